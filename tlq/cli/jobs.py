@@ -1,0 +1,140 @@
+"""`tlq jobs`, `tlq show`, `tlq wait` and `tlq cancel`: following and steering jobs."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from tlq.cli.output import duration, emit_job, format_value, print_json
+from tlq.cli.state import CliState, pass_state
+
+STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def load_job(state: CliState, job_id: int, session=None):
+    """The job row, or a BadInput saying there is none."""
+    from tlq.db import queries
+    from tlq.plugins.errors import BadInput
+
+    if session is None:
+        with state.env.db.session() as own:
+            job = queries.get_job(own, job_id)
+    else:
+        job = queries.get_job(session, job_id)
+    if job is None:
+        raise BadInput(f"there is no job {job_id}; `tlq jobs` lists the jobs")
+    return job
+
+
+@click.command()
+@click.option("--status", type=click.Choice(STATUSES), help="Only jobs in this state.")
+@click.option("--task", metavar="TASK", help="Only jobs of this task.")
+@click.option("--backbone", metavar="NAME", help="Only jobs on this backbone.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest N jobs.")
+@click.option("--json", "json_out", is_flag=True, help="Print a list of job objects.")
+@pass_state
+def jobs(state: CliState, status, task, backbone, limit, json_out) -> None:
+    """List jobs, newest first."""
+    from tlq.db import queries
+
+    with state.env.db.session() as session:
+        rows = queries.list_jobs(session, status=status, task=task, backbone=backbone, limit=limit)
+        data = [queries.job_as_dict(session, job, state.settings.artifacts_dir) for job in rows]
+    if json_out:
+        print_json(data)
+        return
+    from rich.table import Table
+
+    from tlq.cli.output import console
+
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "TASK", "BACKBONE", "STATUS", "PROGRESS", "QUEUE", "WORKER", "CREATED", "TOOK"):
+        table.add_column(column)
+    for job in data:
+        progress = job["progress"]
+        shown = ""
+        if job["status"] == "running" and progress["total"]:
+            shown = f"{100 * (progress['current'] or 0) / progress['total']:.0f}% {progress['stage'] or ''}"
+        elif job["status"] == "succeeded" and job["metrics"]:
+            key = next((k for k in ("val_acc", "accuracy", "target_prob", "success_rate", "images") if k in job["metrics"]), None)
+            shown = f"{key}={format_value(job['metrics'][key])}" if key else ""
+        elif job["status"] == "failed" and job["error"]:
+            shown = job["error"][:60]
+        table.add_row(
+            str(job["id"]),
+            job["task"],
+            job["backbone"] or "",
+            job["status"],
+            shown,
+            job["queue"],
+            job["worker"] or "",
+            job["created_at"][:19].replace("T", " "),
+            duration(job["started_at"], job["finished_at"]),
+        )
+    console().print(table)
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "json_out", is_flag=True, help="Print the job object.")
+@pass_state
+def show(state: CliState, job_id: int, json_out: bool) -> None:
+    """Show a job: status, parameters, metrics (latest values) and artifacts."""
+    emit_job(state, job_id, json_out)
+
+
+def wait_for_job(state: CliState, job_id: int, timeout: float | None, quiet: bool = False, poll: float = 0.5) -> int:
+    """Follows a job with a progress bar until it ends; 0 if it succeeded, 1 otherwise."""
+    from tlq.cli.progress import JobProgress
+    from tlq.db import queries
+    from tlq.db.models import JobStatus
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with JobProgress(disable=quiet, description="queued") as bar:
+        while True:
+            with state.env.db.session() as session:
+                job = load_job(state, job_id, session)
+                metrics = queries.last_metrics(session, job_id) if job.status == "running" else {}
+            if job.status == "queued":
+                bar.update(0, None, "queued", {})
+            else:
+                bar.update(job.progress_current, job.progress_total, job.progress_stage or job.status, metrics)
+            if job.status in JobStatus.final():
+                return 0 if job.status == JobStatus.SUCCEEDED.value else 1
+            if deadline is not None and time.monotonic() > deadline:
+                click.echo(f"job {job_id} is still {job.status} after {timeout:g} s", err=True)
+                return 1
+            time.sleep(poll)
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this long (exit 1).")
+@click.option("--json", "json_out", is_flag=True, help="No bar; print the job as JSON at the end.")
+@pass_state
+def wait(state: CliState, job_id: int, timeout: float | None, json_out: bool) -> int:
+    """Wait for a job with a progress bar; exit 0 if it succeeded, 1 otherwise."""
+    load_job(state, job_id)
+    code = wait_for_job(state, job_id, timeout, quiet=json_out)
+    emit_job(state, job_id, json_out, brief=True)
+    return code
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@pass_state
+def cancel(state: CliState, job_id: int) -> int:
+    """Cancel a job: a queued job never starts; a running one stops at its next step."""
+    from tlq.db import queries
+
+    load_job(state, job_id)
+    with state.env.db.session() as session:
+        outcome = queries.request_cancel(session, job_id)
+    if outcome == "cancelled":
+        click.echo(f"job {job_id} cancelled")
+    elif outcome == "requested":
+        click.echo(f"job {job_id} is running; it stops at its next step")
+    else:
+        click.echo(f"job {job_id} already {outcome}; nothing to cancel")
+    return 0

@@ -1,0 +1,79 @@
+"""Click options generated from a task's pydantic parameter model, so a new task needs no CLI code.
+
+Values go to pydantic as given (text), so every bad value gets the same one-line message, naming its flag.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal
+
+import click
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def describe_type(annotation: Any) -> str:
+    """A short type name for `tlq tasks`."""
+    base = _unwrap_optional(annotation)
+    if typing.get_origin(base) is Literal:
+        return "|".join(str(a) for a in typing.get_args(base))
+    return getattr(base, "__name__", str(base)).lower()
+
+
+def default_text(field: FieldInfo) -> str | None:
+    if field.default is PydanticUndefined or field.default is None:
+        return None
+    return str(field.default)
+
+
+def option_for_field(name: str, field: FieldInfo) -> click.Option:
+    """A click option for one parameter field; unset options are left out so pydantic defaults apply."""
+    base = _unwrap_optional(field.annotation)
+    help_text = field.description or ""
+    default = default_text(field)
+    if field.is_required():
+        help_text += "  [required]"
+    elif default is not None:
+        help_text += f"  [default: {default}]"
+    flag = flag_name(name)
+    if base is bool:
+        return click.Option([f"{flag}/--no-{name.replace('_', '-')}"], default=None, help=help_text)
+    if typing.get_origin(base) is Literal:
+        choices = [str(a) for a in typing.get_args(base)]
+        return click.Option([flag], type=click.Choice(choices), default=None, help=help_text)
+    metavar = {int: "N", float: "X"}.get(base, "TEXT")
+    if "Path" in getattr(base, "__name__", ""):
+        metavar = "PATH"
+    return click.Option([flag], type=str, default=None, metavar=metavar, help=help_text)
+
+
+def describe_params(model) -> list[dict[str, Any]]:
+    """The parameters of a task model, for `tlq tasks --json`."""
+    rows = []
+    for name, field in model.model_fields.items():
+        rows.append(
+            {
+                "name": name,
+                "flag": flag_name(name),
+                "type": describe_type(field.annotation),
+                "required": field.is_required(),
+                "default": None if field.default is PydanticUndefined else field.default,
+                "help": field.description or "",
+            }
+        )
+    return rows

@@ -1,0 +1,104 @@
+"""Printing jobs for people (rich tables) and for scripts (JSON)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import click
+
+from tlq.cli.state import CliState
+
+
+def print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def console():
+    import shutil
+
+    from rich.console import Console
+
+    # Piped output gets a wide page rather than rich's 80 columns, so tables stay readable in logs.
+    width = None if shutil.get_terminal_size((0, 0)).columns else 160
+    return Console(highlight=False, soft_wrap=False, width=width)
+
+
+def job_dict(state: CliState, job_id: int) -> dict[str, Any]:
+    from tlq.cli.jobs import load_job
+    from tlq.db import queries
+
+    with state.env.db.session() as session:
+        job = load_job(state, job_id, session)
+        return queries.job_as_dict(session, job, state.settings.artifacts_dir)
+
+
+def duration(start: str | None, end: str | None) -> str:
+    if not start:
+        return ""
+    begin = dt.datetime.fromisoformat(start)
+    finish = dt.datetime.fromisoformat(end) if end else dt.datetime.now(dt.UTC)
+    seconds = (finish - begin).total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_value(value: float) -> str:
+    if float(value).is_integer() and abs(value) < 1e12:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def show_job(data: dict[str, Any], brief: bool = False) -> None:
+    """A job for people: status line, then metrics, artifacts and the error if any."""
+    out = console()
+    color = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}.get(data["status"], "")
+    title = f"job {data['id']}  {data['task']}"
+    if data.get("backbone"):
+        title += f" on {data['backbone']}"
+    out.print(f"[bold]{title}[/bold]  [{color}]{data['status']}[/{color}]" if color else f"{title}  {data['status']}")
+    if data.get("error"):
+        out.print(f"  error: {data['error']}", markup=False)
+    if not brief:
+        rows = [
+            ("name", data.get("name")),
+            ("queue", data.get("queue")),
+            ("device", data.get("device")),
+            ("ran on", data.get("ran_on")),
+            ("worker", data.get("worker")),
+            ("attempts", f"{data['attempts']} of {data['max_attempts']}"),
+            ("created", data.get("created_at")),
+            ("started", data.get("started_at")),
+            ("finished", data.get("finished_at")),
+            ("took", duration(data.get("started_at"), data.get("finished_at"))),
+            ("tags", ", ".join(f"{k}={v}" for k, v in (data.get("tags") or {}).items())),
+            ("params", json.dumps(data.get("params"), default=str)),
+        ]
+        progress = data.get("progress") or {}
+        if data["status"] in ("queued", "running") and progress.get("stage"):
+            total = progress.get("total")
+            done = progress.get("current")
+            rows.append(("progress", f"{progress['stage']} {format_value(done or 0)}/{format_value(total or 0)}"))
+        for key, value in rows:
+            if value not in (None, ""):
+                out.print(f"  {key:<9} {value}", markup=False)
+    if data.get("metrics"):
+        out.print("  metrics: " + ", ".join(f"{k}={format_value(v)}" for k, v in sorted(data["metrics"].items())))
+    if data.get("artifacts"):
+        out.print("  artifacts:")
+        for artifact in data["artifacts"]:
+            out.print(f"    {artifact['kind']:<14} {artifact['path']}", markup=False)
+
+
+def emit_job(state: CliState, job_id: int, json_out: bool, brief: bool = False) -> str:
+    """Prints a job as JSON or for people; returns its status."""
+    data = job_dict(state, job_id)
+    if json_out:
+        print_json(data)
+    else:
+        show_job(data, brief=brief)
+    return data["status"]

@@ -1,0 +1,29 @@
+"""What every subcommand shares: the settings in force and, on demand, the job database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import click
+
+from tlq.config import Settings
+
+
+@dataclass
+class CliState:
+    settings: Settings
+    _env: object = field(default=None, repr=False)
+
+    @classmethod
+    def from_flags(cls, home, database_url, broker_url, artifacts_dir) -> CliState:
+        return cls(Settings.load(home, database_url, broker_url, artifacts_dir))
+
+    @cached_property
+    def env(self):
+        from tlq.plugins.base import Environment
+
+        return Environment(self.settings)
+
+
+pass_state = click.make_pass_decorator(CliState)

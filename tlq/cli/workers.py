@@ -1,0 +1,113 @@
+"""`tlq worker` starts a Celery worker; `tlq workers` lists the workers that registered."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+
+from tlq.cli.output import print_json
+from tlq.cli.state import CliState, pass_state
+
+
+def parse_queues(text: str | None, has_gpu: bool) -> list[str]:
+    """The queues a worker consumes: as given, else cpu plus gpu on a GPU host. A CPU host refuses gpu."""
+    from tlq.plugins.errors import BadInput
+    from tlq.workers.app import QUEUES
+
+    if text is None:
+        return ["gpu", "cpu"] if has_gpu else ["cpu"]
+    queues = [q.strip() for q in text.split(",") if q.strip()]
+    unknown = [q for q in queues if q not in QUEUES]
+    if not queues or unknown:
+        raise BadInput(f"unknown queue {', '.join(unknown) or '(none)'}; --queues takes gpu, cpu or gpu,cpu")
+    if "gpu" in queues and not has_gpu:
+        raise BadInput("this machine has no CUDA GPU, so it cannot consume the gpu queue; use --queues cpu")
+    return queues
+
+
+@click.command()
+@click.option("--queues", metavar="LIST", help="Comma-separated: gpu, cpu.  [default: cpu, plus gpu with a GPU]")
+@click.option(
+    "--concurrency", "-c", type=click.IntRange(1, 64), default=1, show_default=True,
+    help="Jobs at once; one training job already uses every core.",
+)
+@click.option("--name", metavar="NAME", help="Worker name.  [default: HOST-PID]")
+@click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
+@pass_state
+def worker(state: CliState, queues, concurrency, name, loglevel, pool) -> None:
+    """Start a worker that runs queued jobs (Ctrl-C stops it)."""
+    from tlq.workers.app import create_app, default_worker_name
+    from tlq.workers.devices import cuda_available, describe_device
+    from tlq.workers.lifecycle import start_worker
+
+    has_gpu = cuda_available()
+    import timm  # noqa: F401  (loaded once here, so forked pool children start jobs without the import)
+
+    chosen = parse_queues(queues, has_gpu)
+    state.env.db.ensure_schema()
+    app = create_app(state.settings)
+    start_worker(
+        app,
+        name=name or default_worker_name(),
+        queues=chosen,
+        device=describe_device(),
+        concurrency=concurrency,
+        loglevel=loglevel,
+        pool=pool,
+    )
+
+
+@click.command()
+@click.option("--all", "show_all", is_flag=True, help="Include workers that went offline.")
+@click.option("--json", "json_out", is_flag=True, help="Print a list of worker objects.")
+@pass_state
+def workers(state: CliState, show_all: bool, json_out: bool) -> None:
+    """List workers: host, queues, device, current job and when each last reported in."""
+    from tlq.db import queries
+    from tlq.db.models import utcnow
+    from tlq.workers.dispatch import WORKER_LIVE_WINDOW
+
+    now = utcnow()
+    with state.env.db.session() as session:
+        rows = queries.list_workers(session)
+    data = []
+    for w in rows:
+        live = w.status == "online" and now - w.last_seen <= WORKER_LIVE_WINDOW
+        if not (live or show_all):
+            continue
+        data.append(
+            {
+                "name": w.name,
+                "hostname": w.hostname,
+                "pid": w.pid,
+                "queues": w.queues.split(","),
+                "device": w.device,
+                "concurrency": w.concurrency,
+                "status": "online" if live else "offline",
+                "current_job": w.current_job_id,
+                "started_at": w.started_at.isoformat(),
+                "last_seen": w.last_seen.isoformat(),
+                "seconds_since_seen": round((now - w.last_seen) / dt.timedelta(seconds=1), 1),
+            }
+        )
+    if json_out:
+        print_json(data)
+        return
+    if not data:
+        click.echo("no live workers; start one with `tlq worker`")
+        return
+    from rich.table import Table
+
+    from tlq.cli.output import console
+
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "HOST", "QUEUES", "DEVICE", "STATUS", "JOB", "LAST SEEN"):
+        table.add_column(column)
+    for w in data:
+        table.add_row(
+            w["name"], w["hostname"], ",".join(w["queues"]), w["device"], w["status"],
+            str(w["current_job"] or ""), f"{w['seconds_since_seen']:.0f}s ago",
+        )
+    console().print(table)

@@ -1,0 +1,118 @@
+"""Settings in force: where tlq keeps its database, broker and artifacts.
+
+Every setting comes from an environment variable, each of which is also a flag on the root command. With
+nothing set, tlq needs no server: SQLite holds the database and, through kombu's SQLAlchemy transport, the
+broker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_HOME = "TLQ_HOME"
+ENV_DATABASE_URL = "TLQ_DATABASE_URL"
+ENV_BROKER_URL = "TLQ_BROKER_URL"
+ENV_ARTIFACTS_DIR = "TLQ_ARTIFACTS_DIR"
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):(?P<password>[^@/]+)@")
+_DRIVERLESS_POSTGRES = re.compile(r"^(postgres|postgresql)://")
+
+
+def mask_url(url: str) -> str:
+    """Returns ``url`` with any password replaced by ``***``, fit for logs and `tlq config`."""
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m.group('head')}:***@", url)
+
+
+def normalize_database_url(url: str) -> str:
+    """Maps a plain ``postgresql://`` (or ``postgres://``) URL to the psycopg driver tlq ships."""
+    return _DRIVERLESS_POSTGRES.sub("postgresql+psycopg://", url)
+
+
+def normalize_broker_url(url: str) -> str:
+    """Accepts ``sqlite:///file`` as a broker URL by routing it through kombu's SQLAlchemy transport."""
+    if url.startswith("sqlite:"):
+        return "sqla+" + url
+    if url.startswith(("sqla+postgres://", "sqla+postgresql://")):
+        return "sqla+" + normalize_database_url(url[len("sqla+"):])
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a CLI call or a worker process runs against.
+
+    Attributes:
+        home: Folder for the default SQLite files and artifacts.
+        database_url: SQLAlchemy URL of the job database.
+        broker_url: Celery broker URL.
+        artifacts_dir: Folder under which each job writes its artifacts.
+    """
+
+    home: Path
+    database_url: str
+    broker_url: str
+    artifacts_dir: Path
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def load(
+        cls,
+        home: str | os.PathLike | None = None,
+        database_url: str | None = None,
+        broker_url: str | None = None,
+        artifacts_dir: str | os.PathLike | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Builds settings from explicit values, then the environment, then the defaults, in that order."""
+        env = os.environ if environ is None else environ
+        sources: dict[str, str] = {}
+
+        def pick(name: str, explicit, env_name: str, default):
+            if explicit not in (None, ""):
+                sources[name] = "flag"
+                return explicit
+            if env.get(env_name):
+                sources[name] = env_name
+                return env[env_name]
+            sources[name] = "default"
+            return default
+
+        home_path = Path(pick("home", home, ENV_HOME, "~/.tlq")).expanduser().resolve()
+        db = pick("database_url", database_url, ENV_DATABASE_URL, f"sqlite:///{home_path / 'tlq.sqlite'}")
+        broker = pick("broker_url", broker_url, ENV_BROKER_URL, f"sqla+sqlite:///{home_path / 'broker.sqlite'}")
+        artifacts = Path(pick("artifacts_dir", artifacts_dir, ENV_ARTIFACTS_DIR, home_path / "artifacts"))
+        return cls(
+            home=home_path,
+            database_url=normalize_database_url(str(db)),
+            broker_url=normalize_broker_url(str(broker)),
+            artifacts_dir=artifacts.expanduser().resolve(),
+            sources=sources,
+        )
+
+    def as_env(self) -> dict[str, str]:
+        """The environment variables that make a child process (a worker, say) use these settings."""
+        return {
+            ENV_HOME: str(self.home),
+            ENV_DATABASE_URL: self.database_url,
+            ENV_BROKER_URL: self.broker_url,
+            ENV_ARTIFACTS_DIR: str(self.artifacts_dir),
+        }
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        """Settings with passwords masked and where each came from, for `tlq config`."""
+        values = {
+            "home": str(self.home),
+            "database_url": mask_url(self.database_url),
+            "broker_url": mask_url(self.broker_url),
+            "artifacts_dir": str(self.artifacts_dir),
+        }
+        return {k: {"value": v, "source": self.sources.get(k, "default")} for k, v in values.items()}
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        """True when the broker is kombu's SQLAlchemy transport (no server to run)."""
+        return self.broker_url.startswith(("sqla+", "sqlalchemy+"))

@@ -1,0 +1,156 @@
+"""The engine factory and schema management: SQLite in WAL mode with a busy timeout, or PostgreSQL.
+
+Migrations are applied on first use, so a fresh ``TLQ_HOME`` or an empty PostgreSQL database just works;
+`tlq db upgrade` applies them explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tlq.config import mask_url, normalize_database_url
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_PG_MIGRATION_LOCK = 7_274_201  # arbitrary key for pg_advisory_xact_lock, shared by every tlq process
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached; the message names the URL (masked) and what to do."""
+
+
+def create_db_engine(url: str) -> Engine:
+    """Creates an engine for ``url`` with the settings tlq relies on.
+
+    SQLite gets WAL mode, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` transactions so that
+    concurrent writers queue for the lock instead of failing with "database is locked".
+    """
+    url = normalize_database_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (the SQLAlchemy docs' recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        # Take the write lock up front: a deferred transaction that later writes can fail at once with
+        # SQLITE_BUSY instead of waiting, which is the usual cause of "database is locked".
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """An engine, its session factory, and the schema check that runs on first use.
+
+    Args:
+        url: SQLAlchemy URL; a driverless ``postgresql://`` URL is mapped to psycopg.
+        migrate: Apply pending migrations on first use.
+    """
+
+    def __init__(self, url: str, migrate: bool = True) -> None:
+        self.url = normalize_database_url(url)
+        self.engine = create_db_engine(self.url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._migrate = migrate
+        self._schema_ready = False
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        self.ensure_schema()
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def ensure_schema(self) -> None:
+        """Brings the schema to the newest migration, once per process."""
+        if self._schema_ready or not self._migrate:
+            return
+        try:
+            upgrade(self.engine)
+        except OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"cannot reach the database at {self.masked_url} ({_first_line(exc.orig or exc)}); "
+                "start it, or point TLQ_DATABASE_URL / --database-url at one that runs"
+            ) from exc
+        self._schema_ready = True
+
+    def dispose(self) -> None:
+        """Drops pooled connections; called in a forked worker child so no connection crosses a fork."""
+        self.engine.dispose(close=False)
+
+
+def _first_line(exc: BaseException) -> str:
+    text_ = str(exc).strip().splitlines()
+    return text_[0] if text_ else type(exc).__name__
+
+
+def _alembic_config():
+    from alembic.config import Config
+
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this tlq."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The migration the database is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> bool:
+    """Applies pending migrations under a lock; returns whether anything was applied."""
+    from alembic import command
+
+    head = head_revision()
+    if revision == "head" and current_revision(engine) == head:
+        return False
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        from alembic.runtime.migration import MigrationContext
+
+        if revision == "head" and MigrationContext.configure(conn).get_current_revision() == head:
+            return False  # another process got there first
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    return True

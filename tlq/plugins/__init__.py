@@ -1,0 +1,20 @@
+"""Backbones and tasks, found through the ``tlq.backbones`` and ``tlq.tasks`` entry points.
+
+Built-in plugins register through the very entry points third parties use, so every run exercises the
+plugin path.
+"""
+
+from tlq.plugins.base import BackboneRef, LoadedBackbone, TaskParams, TaskPlugin
+from tlq.plugins.errors import BadInput
+from tlq.plugins.registry import Registry, backbone_providers, task_registry
+
+__all__ = [
+    "BackboneRef",
+    "BadInput",
+    "LoadedBackbone",
+    "Registry",
+    "TaskParams",
+    "TaskPlugin",
+    "backbone_providers",
+    "task_registry",
+]

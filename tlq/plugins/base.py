@@ -1,0 +1,107 @@
+"""What a task and a backbone provider are, and what they are handed.
+
+A task is one file: a parameter model (validated in the CLI before anything is queued), a run function, and
+a ``TaskPlugin`` object that an entry point in the ``tlq.tasks`` group names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from tlq.config import Settings
+
+if TYPE_CHECKING:
+    from tlq.db import Database
+    from tlq.plugins.context import JobContext
+
+
+class TaskParams(BaseModel):
+    """Base of every task's parameter model: unknown keys are errors, and values are re-checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What plugins can reach at submit and at run time: the settings and the job database."""
+
+    settings: Settings
+
+    @cached_property
+    def db(self) -> Database:
+        from tlq.db import Database
+
+        return Database(self.settings.database_url)
+
+
+@dataclass(frozen=True)
+class TaskPlugin:
+    """A task tlq can run.
+
+    Attributes:
+        name: The name users type (``tlq submit NAME``).
+        summary: One line for `tlq tasks`.
+        params: The pydantic model of the task's options; each field becomes a ``--flag``.
+        run: ``run(ctx, params)`` does the work in a worker (or in `tlq run`).
+        needs_backbone: Whether ``--backbone`` is required.
+        check: Optional submit-time check beyond field validation, ``check(params, env)``; raises BadInput.
+        default_device: The device a job asks for when the user says ``auto``.
+    """
+
+    name: str
+    summary: str
+    params: type[TaskParams]
+    run: Callable[[JobContext, Any], None]
+    needs_backbone: bool = True
+    check: Callable[[Any, Environment], None] | None = None
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    """The backbone a job asked for: a name (``resnet18``, ``job:12``), local weights, and whether to load the
+    pretrained ones."""
+
+    name: str
+    weights: Path | None = None
+    pretrained: bool = True
+
+
+@dataclass
+class LoadedBackbone:
+    """A model ready for a task.
+
+    Attributes:
+        model: The torch module; with ``num_classes=0`` it returns pooled pre-logits features.
+        data_config: timm's data config (input_size, interpolation, mean, std, crop_pct, crop_mode).
+        arch: The timm architecture name.
+        source: Where the weights came from, in words (recorded on the job and in model cards).
+        class_names: Names of the classifier's outputs, when known.
+    """
+
+    model: Any
+    data_config: dict[str, Any]
+    arch: str
+    source: str
+    class_names: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BackboneProvider(Protocol):
+    """Resolves backbone names of one scheme (``timm`` for plain names, ``job`` for ``job:ID``)."""
+
+    scheme: str
+
+    def list(self, pattern: str | None, env: Environment) -> list[dict[str, str]]:
+        """Backbones this provider offers, as ``{"name", "source", "description"}`` rows."""
+
+    def check(self, ref: BackboneRef, env: Environment) -> None:
+        """Submit-time check; raises BadInput naming the fix."""
+
+    def load(self, ref: BackboneRef, env: Environment, num_classes: int | None) -> LoadedBackbone:
+        """Builds the model; ``num_classes=0`` gives a feature extractor, None keeps the trained head."""

@@ -1,0 +1,116 @@
+"""Batched, pooled pre-logits features of image files, the work feature-extract, linear probes and predict
+share. Files that cannot be decoded are skipped with their reason."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tlq.plugins.images import ImageFile, UnreadableImage, load_rgb
+from tlq.plugins.precision import autocast, prepare_batch, prepare_model
+
+
+class ImageFileDataset(Dataset):
+    """Image files through a transform; an unreadable file yields ``None`` and its reason instead of raising."""
+
+    def __init__(self, files: Sequence[ImageFile], transform: Callable) -> None:
+        self.files = files
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.transform(load_rgb(self.files[index].path)), index, ""
+        except UnreadableImage as exc:
+            return None, index, str(exc)
+
+
+def collate_skipping(batch):
+    """Stacks the readable images of a batch and passes the unreadable ones on as (index, reason)."""
+    good = [(x, i) for x, i, _ in batch if x is not None]
+    bad = [(i, reason) for x, i, reason in batch if x is None]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, [i for _, i in good], bad
+
+
+def loader_workers(requested: int | None, num_files: int, batch_size: int) -> int:
+    """DataLoader processes: as asked, else one per spare core, none for a batch or two of work."""
+    if requested is not None:
+        return requested
+    if num_files <= 2 * batch_size:
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def image_loader(
+    files: Sequence[ImageFile], transform: Callable, batch_size: int, workers: int | None = None
+) -> DataLoader:
+    n = loader_workers(workers, len(files), batch_size)
+    return DataLoader(
+        ImageFileDataset(files, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=n,
+        collate_fn=collate_skipping,
+        persistent_workers=False,
+        prefetch_factor=4 if n else None,
+    )
+
+
+@dataclass
+class FeatureResult:
+    """Features of the readable files, in file order, and the files skipped with their reasons."""
+
+    features: np.ndarray
+    kept: list[int]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.kept) / self.seconds if self.seconds > 0 else 0.0
+
+
+@torch.inference_mode()
+def extract_features(
+    model: torch.nn.Module,
+    files: Sequence[ImageFile],
+    transform: Callable,
+    device: str = "cpu",
+    precision: str = "fp32",
+    batch_size: int = 32,
+    workers: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> FeatureResult:
+    """Runs ``model`` (a feature extractor, ``num_classes=0``) over ``files``.
+
+    Args:
+        on_batch: Called after each batch with (files done, files in all); may raise to stop.
+    """
+    model = prepare_model(model.eval(), device, precision)
+    chunks: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    start = time.perf_counter()
+    done = 0
+    for images, indices, bad in image_loader(files, transform, batch_size, workers):
+        skipped.extend(bad)
+        if images is not None:
+            with autocast(device, precision):
+                out = model(prepare_batch(images, device, precision))
+            chunks.append(out.float().cpu().numpy())
+            kept.extend(indices)
+        done += len(indices) + len(bad)
+        if on_batch is not None:
+            on_batch(done, len(files))
+    width = chunks[0].shape[1] if chunks else 0
+    features = np.concatenate(chunks) if chunks else np.zeros((0, width), dtype=np.float32)
+    return FeatureResult(features.astype(np.float32, copy=False), kept, skipped, time.perf_counter() - start)

@@ -1,0 +1,47 @@
+"""Parameter types shared by task models: data folders, precisions, fractions such as ``8/255``."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def _existing_dir(value: Path) -> Path:
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"folder {path} does not exist; pass the path of a folder of images")
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder; pass the path of a folder of images")
+    return path.resolve()
+
+
+def _existing_file(value: Path) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"file {path} does not exist; pass the path of an image file")
+    return path.resolve()
+
+
+def parse_number(value):
+    """Accepts numbers and fractions given as text (``8/255``); rejects NaN and infinities."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(Fraction(text)) if "/" in text else float(text)
+        except (ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"'{text}' is not a number; write it as 0.03 or 8/255") from exc
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+DataDir = Annotated[Path, AfterValidator(_existing_dir)]
+ImageFile = Annotated[Path, AfterValidator(_existing_file)]
+Number = Annotated[float, BeforeValidator(parse_number)]
+BatchSize = Annotated[int, Field(ge=1, le=4096)]

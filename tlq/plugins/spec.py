@@ -1,0 +1,91 @@
+"""The job spec: what a user asks for, validated in full before anything is queued."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tlq.plugins.backbones import provider_for
+from tlq.plugins.base import BackboneRef, Environment, TaskParams, TaskPlugin
+from tlq.plugins.errors import BadInput
+from tlq.plugins.registry import Registry, backbone_providers, task_registry
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class JobSpec(BaseModel):
+    """A job as submitted: the task, its backbone, its parameters and how to run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    backbone: str | None = None
+    weights: Path | None = None
+    pretrained: bool = True
+    device: Device = "auto"
+    priority: int = Field(0, ge=0, le=9)
+    name: str | None = Field(None, max_length=255)
+    max_attempts: int = Field(3, ge=1, le=20)
+    timeout: float | None = Field(None, gt=0, le=30 * 24 * 3600)
+    tags: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    parent_id: int | None = None
+    group_id: int | None = None
+
+    @property
+    def backbone_ref(self) -> BackboneRef | None:
+        if self.backbone is None:
+            return None
+        return BackboneRef(self.backbone, self.weights, self.pretrained)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad option as its flag (``--batch-size: ...``)."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ()) if not isinstance(p, int)]
+        flag = "--" + loc[0].replace("_", "-") if loc else "value"
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden":
+            message = "is not an option of this task (see its --help)"
+        elif error.get("type") == "missing":
+            message = "is required"
+        elif "input" in error and not isinstance(error["input"], dict | list):
+            message = f"{message} (got {error['input']!r})"
+        parts.append(f"{flag}: {message}")
+    return "; ".join(parts)
+
+
+def validate_params(plugin: TaskPlugin, params: dict[str, Any]) -> TaskParams:
+    try:
+        return plugin.params.model_validate(params)
+    except ValidationError as exc:
+        raise BadInput(f"{plugin.name}: {describe_validation_error(exc)}") from exc
+
+
+def validate_spec(
+    spec: JobSpec,
+    env: Environment,
+    tasks: Registry | None = None,
+    providers: Registry | None = None,
+) -> tuple[TaskPlugin, TaskParams]:
+    """Checks everything that can be checked before queueing; raises BadInput naming the fix.
+
+    Returns:
+        The task plugin and the validated parameters.
+    """
+    tasks = tasks or task_registry()
+    plugin: TaskPlugin = tasks.get(spec.task)
+    params = validate_params(plugin, spec.params)
+    if plugin.needs_backbone and not spec.backbone:
+        raise BadInput(f"{plugin.name} needs a backbone; pass --backbone NAME (`tlq backbones` lists them)")
+    if spec.weights is not None and not spec.backbone:
+        raise BadInput("--weights needs --backbone ARCH naming the architecture the weights belong to")
+    if spec.backbone:
+        provider = provider_for(spec.backbone, providers or backbone_providers())
+        provider.check(spec.backbone_ref, env)
+    if plugin.check is not None:
+        plugin.check(params, env)
+    return plugin, params

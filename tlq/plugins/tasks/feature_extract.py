@@ -1,0 +1,97 @@
+"""feature-extract: the pooled pre-logits features of every image under a folder, with an index.
+
+Artifacts: ``features.npy`` (float32, one row per readable image), ``index.csv`` (row, path, label) and, when
+files were skipped, ``skipped.csv`` (path, reason). Metrics: images, skipped, images_per_second.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from pydantic import Field
+
+from tlq.plugins.base import Environment, TaskParams, TaskPlugin
+from tlq.plugins.errors import BadInput
+from tlq.plugins.images import discover_files
+from tlq.plugins.params import BatchSize, DataDir, Precision
+
+
+class FeatureExtractParams(TaskParams):
+    data: DataDir = Field(description="Folder of images, searched recursively; class subfolders become labels.")
+    batch_size: BatchSize = Field(32, description="Images per forward pass.")
+    precision: Precision = Field("auto", description="auto: bf16 where the device runs it fast, else fp32.")
+    loader_workers: int | None = Field(
+        None, ge=0, le=64, description="Image-decoding processes (default: sized to the machine)."
+    )
+
+
+def check(params: FeatureExtractParams, env: Environment) -> None:
+    if not discover_files(params.data):
+        raise BadInput(f"no files under {params.data}; point --data at a folder of images")
+
+
+def csv_text(header: list[str], rows) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def run(ctx, params: FeatureExtractParams) -> None:
+    import numpy as np
+    import timm.data
+
+    from tlq.plugins.features import extract_features
+    from tlq.plugins.precision import resolve_precision
+
+    files = discover_files(params.data)
+    if not files:
+        raise BadInput(f"no files under {params.data}; point --data at a folder of images")
+    backbone = ctx.load_backbone(num_classes=0)
+    precision = resolve_precision(params.precision, ctx.device)
+    ctx.log.info("extracting %s features of %d files with %s (%s)", backbone.arch, len(files), precision, ctx.device)
+    transform = timm.data.create_transform(**backbone.data_config, is_training=False)
+    result = extract_features(
+        backbone.model,
+        files,
+        transform,
+        device=ctx.device,
+        precision=precision,
+        batch_size=params.batch_size,
+        workers=params.loader_workers,
+        on_batch=lambda done, total: ctx.progress(done, total, "extracting features"),
+    )
+    if not result.kept:
+        examples = "; ".join(f"{files[i].rel}: {reason}" for i, reason in result.skipped[:3])
+        raise BadInput(f"none of the {len(files)} files under {params.data} is a readable image ({examples})")
+    with ctx.artifacts.target("features", "features.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, result.features)
+    ctx.artifacts.write_text(
+        "index",
+        "index.csv",
+        csv_text(["row", "path", "label"], ((row, files[i].rel, files[i].label or "") for row, i in enumerate(result.kept))),
+    )
+    if result.skipped:
+        ctx.artifacts.write_text(
+            "skipped", "skipped.csv", csv_text(["path", "reason"], ((files[i].rel, r) for i, r in result.skipped))
+        )
+    ctx.metrics(
+        {
+            "images": len(result.kept),
+            "skipped": len(result.skipped),
+            "images_per_second": result.images_per_second,
+            "feature_dim": result.features.shape[1],
+        }
+    )
+
+
+task = TaskPlugin(
+    name="feature-extract",
+    summary="Pooled pre-logits features of every image under a folder, saved as features.npy + index.csv.",
+    params=FeatureExtractParams,
+    run=run,
+    check=check,
+)

@@ -1,0 +1,46 @@
+"""Which compute device this process has, found without initializing CUDA in a parent that will fork."""
+
+from __future__ import annotations
+
+import os
+
+
+def cuda_available() -> bool:
+    """True when a CUDA GPU is usable; asks NVML, so a forked child can still initialize CUDA itself."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def describe_device() -> str:
+    """``cuda:0 (NVIDIA H200)`` style for GPU hosts, ``cpu (N cores)`` otherwise."""
+    if cuda_available():
+        import torch
+
+        count = torch.cuda.device_count()
+        # get_device_name initializes CUDA; read the name through NVML-free properties only in children.
+        return f"cuda x{count}"
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def choose_device(requested: str) -> str:
+    """The torch device for a job: ``cuda`` when asked (or ``auto`` on a GPU host), else ``cpu``."""
+    from tlq.plugins.errors import BadInput
+
+    if requested == "cuda":
+        if not cuda_available():
+            raise BadInput("this job asks for --device cuda but the worker has no CUDA GPU; resubmit with --device cpu")
+        return "cuda"
+    if requested == "auto" and cuda_available():
+        return "cuda"
+    return "cpu"
+
+
+def device_label(device: str) -> str:
+    """What a job ran on, for its ``ran_on`` column."""
+    if device == "cuda":
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({os.cpu_count()} cores)"

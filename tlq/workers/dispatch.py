@@ -1,0 +1,125 @@
+"""Submitting jobs: validate the spec, write the job row, then send only its id to the right queue."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from tlq.config import mask_url
+from tlq.db import queries
+from tlq.db.models import utcnow
+from tlq.plugins.base import Environment
+from tlq.plugins.errors import BadInput
+from tlq.plugins.spec import JobSpec, validate_spec
+
+log = logging.getLogger("tlq.dispatch")
+
+WORKER_LIVE_WINDOW = dt.timedelta(seconds=30)
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker refused or could not be reached; the job row records it as failed."""
+
+
+def route(device: str, env: Environment) -> str:
+    """The queue for a job: ``gpu`` for cuda, ``cpu`` for cpu; ``auto`` takes gpu when a live GPU worker exists."""
+    if device == "cuda":
+        return "gpu"
+    if device == "cpu":
+        return "cpu"
+    with env.db.session() as session:
+        gpu_workers = queries.live_workers(session, utcnow() - WORKER_LIVE_WINDOW, queue="gpu")
+    return "gpu" if gpu_workers else "cpu"
+
+
+def create_job_row(env: Environment, spec: JobSpec, queue: str, params: dict) -> int:
+    with env.db.session() as session:
+        job = queries.create_job(
+            session,
+            task=spec.task,
+            backbone=spec.backbone,
+            weights=str(spec.weights.expanduser().resolve()) if spec.weights else None,
+            pretrained=spec.pretrained,
+            params=params,
+            queue=queue,
+            device=spec.device,
+            priority=spec.priority,
+            name=spec.name,
+            max_attempts=spec.max_attempts,
+            timeout_s=spec.timeout,
+            tags=spec.tags,
+            parent_id=spec.parent_id,
+            group_id=spec.group_id,
+        )
+        return job.id
+
+
+def submit(env: Environment, spec: JobSpec, app=None) -> int:
+    """Validates ``spec``, writes its job row and publishes the job id.
+
+    Returns:
+        The new job's id.
+
+    Raises:
+        BadInput: The spec cannot work; nothing was written or queued.
+        BrokerUnavailable: The broker could not take the message; the job row is marked failed with why.
+    """
+    _, params = validate_spec(spec, env)
+    queue = route(spec.device, env)
+    job_id = create_job_row(env, spec, queue, params.model_dump(mode="json"))
+    if app is None:
+        from tlq.workers.app import create_app
+
+        app = create_app(env.settings)
+    from tlq.workers.app import publish
+
+    try:
+        publish(app, job_id, queue, spec.priority)
+    except Exception as exc:
+        reason = (
+            f"cannot reach the broker at {mask_url(env.settings.broker_url)} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); start it or point TLQ_BROKER_URL at one that runs"
+        )
+        with env.db.session() as session:
+            queries.fail_queued_job(session, job_id, reason)
+        raise BrokerUnavailable(f"job {job_id} was not queued: {reason}") from exc
+    log.info("job %s queued on %s", job_id, queue)
+    return job_id
+
+
+def spec_of_job(job) -> JobSpec:
+    """The spec a job was submitted with, for `tlq retry`."""
+    return JobSpec(
+        task=job.task,
+        backbone=job.backbone,
+        weights=job.weights,
+        pretrained=job.pretrained,
+        device=job.device,
+        priority=job.priority,
+        name=job.name,
+        max_attempts=job.max_attempts,
+        timeout=job.timeout_s,
+        tags=job.tags or {},
+        params=job.params or {},
+        parent_id=job.id,
+        group_id=None,
+    )
+
+
+def run_here(env: Environment, spec: JobSpec, on_progress=None) -> int:
+    """Validates and runs a job in this process, with no broker or worker; records the same rows.
+
+    Returns:
+        The job's id.
+    """
+    from tlq.workers.execute import execute_job
+
+    _, params = validate_spec(spec, env)
+    job_id = create_job_row(env, spec, "local", params.model_dump(mode="json"))
+    from tlq.workers.app import default_worker_name
+
+    execute_job(env, job_id, f"local-{default_worker_name()}", on_progress=on_progress)
+    return job_id
+
+
+__all__ = ["BadInput", "BrokerUnavailable", "route", "run_here", "spec_of_job", "submit"]
