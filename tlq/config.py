@@ -37,7 +37,7 @@ def normalize_broker_url(url: str) -> str:
     if url.startswith("sqlite:"):
         return "sqla+" + url
     if url.startswith(("sqla+postgres://", "sqla+postgresql://")):
-        return "sqla+" + normalize_database_url(url[len("sqla+"):])
+        return "sqla+" + normalize_database_url(url[len("sqla+") :])
     return url
 
 

@@ -39,7 +39,10 @@ def upgrade(state: CliState) -> None:
         revision = current_revision(database.engine)
     except Exception as exc:
         if "OperationalError" in type(exc).__name__:
-            raise DatabaseUnavailable(f"cannot reach the database at {database.masked_url} ({exc.__class__.__name__})")
+            raise DatabaseUnavailable(
+                f"cannot reach the database at {database.masked_url} ({exc.__class__.__name__}); "
+                "start it, or point TLQ_DATABASE_URL / --database-url at one that runs"
+            ) from exc
         raise
     message = "upgraded to" if applied else "already at"
     click.echo(f"{database.masked_url}: {message} revision {revision} (head {head_revision()})")

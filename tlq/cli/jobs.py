@@ -57,7 +57,10 @@ def jobs(state: CliState, status, task, backbone, limit, json_out) -> None:
         if job["status"] == "running" and progress["total"]:
             shown = f"{100 * (progress['current'] or 0) / progress['total']:.0f}% {progress['stage'] or ''}"
         elif job["status"] == "succeeded" and job["metrics"]:
-            key = next((k for k in ("val_acc", "accuracy", "target_prob", "success_rate", "images") if k in job["metrics"]), None)
+            key = next(
+                (k for k in ("val_acc", "accuracy", "target_prob", "success_rate", "images") if k in job["metrics"]),
+                None,
+            )
             shown = f"{key}={format_value(job['metrics'][key])}" if key else ""
         elif job["status"] == "failed" and job["error"]:
             shown = job["error"][:60]

@@ -53,15 +53,11 @@ class RootGroup(click.Group):
 
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--home", metavar="DIR", help="Where tlq keeps its files [env TLQ_HOME; default ~/.tlq].")
-@click.option(
-    "--database-url", metavar="URL", help="Job database [env TLQ_DATABASE_URL; default SQLite in TLQ_HOME]."
-)
+@click.option("--database-url", metavar="URL", help="Job database [env TLQ_DATABASE_URL; default SQLite in TLQ_HOME].")
 @click.option(
     "--broker-url", metavar="URL", help="Celery broker [env TLQ_BROKER_URL; default SQLite in TLQ_HOME, no server]."
 )
-@click.option(
-    "--artifacts-dir", metavar="DIR", help="Job outputs [env TLQ_ARTIFACTS_DIR; default TLQ_HOME/artifacts]."
-)
+@click.option("--artifacts-dir", metavar="DIR", help="Job outputs [env TLQ_ARTIFACTS_DIR; default TLQ_HOME/artifacts].")
 @click.version_option(__version__, prog_name="tlq")
 @click.pass_context
 def cli(ctx: click.Context, home, database_url, broker_url, artifacts_dir) -> None:

@@ -56,5 +56,7 @@ def tasks(json_out: bool) -> None:
     for task in data:
         click.echo(click.style(task["name"], bold=True) + f"  {task['summary']}")
         for p in task["params"]:
-            default = " (required)" if p["required"] else (f" [default: {p['default']}]" if p["default"] is not None else "")
+            default = (
+                " (required)" if p["required"] else (f" [default: {p['default']}]" if p["default"] is not None else "")
+            )
             click.echo(f"    {p['flag']:<22} {p['type']:<14} {p['help']}{default}")

@@ -10,7 +10,7 @@ import click
 from pydantic import ValidationError
 
 from tlq.cli.options import option_for_field
-from tlq.cli.output import emit_job, print_json
+from tlq.cli.output import emit_job
 from tlq.cli.state import CliState, pass_state
 
 COMMON = {"backbone", "weights", "pretrained", "device", "priority", "name", "max_attempts", "timeout", "tag"}
@@ -22,10 +22,15 @@ def _common_options(queued: bool) -> list[click.Option]:
         click.Option(["--backbone"], metavar="NAME", help="timm model name (resnet18, vgg16, ...) or job:ID."),
         click.Option(["--weights"], metavar="FILE", help="Local weights (.safetensors, or .pth read weights-only)."),
         click.Option(
-            ["--pretrained/--no-pretrained"], default=True, help="Load the backbone's pretrained weights.  [default: on]"
+            ["--pretrained/--no-pretrained"],
+            default=True,
+            help="Load the backbone's pretrained weights.  [default: on]",
         ),
         click.Option(
-            ["--device"], type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+            ["--device"],
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
             help="cuda runs on the gpu queue, cpu on the cpu queue; auto takes a GPU worker when one is live.",
         ),
         click.Option(["--name"], metavar="TEXT", help="A name to find the job by."),
@@ -39,7 +44,9 @@ def _common_options(queued: bool) -> list[click.Option]:
     if queued:
         options += [
             click.Option(["--priority"], type=int, default=0, show_default=True, help="0 (default) to 9 (first)."),
-            click.Option(["--wait"], is_flag=True, help="Wait for the job, with a progress bar; exit 1 unless it succeeds."),
+            click.Option(
+                ["--wait"], is_flag=True, help="Wait for the job, with a progress bar; exit 1 unless it succeeds."
+            ),
         ]
     return options
 

@@ -29,7 +29,11 @@ def parse_queues(text: str | None, has_gpu: bool) -> list[str]:
 @click.command()
 @click.option("--queues", metavar="LIST", help="Comma-separated: gpu, cpu.  [default: cpu, plus gpu with a GPU]")
 @click.option(
-    "--concurrency", "-c", type=click.IntRange(1, 64), default=1, show_default=True,
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
     help="Jobs at once; one training job already uses every core.",
 )
 @click.option("--name", metavar="NAME", help="Worker name.  [default: HOST-PID]")
@@ -107,7 +111,12 @@ def workers(state: CliState, show_all: bool, json_out: bool) -> None:
         table.add_column(column)
     for w in data:
         table.add_row(
-            w["name"], w["hostname"], ",".join(w["queues"]), w["device"], w["status"],
-            str(w["current_job"] or ""), f"{w['seconds_since_seen']:.0f}s ago",
+            w["name"],
+            w["hostname"],
+            ",".join(w["queues"]),
+            w["device"],
+            w["status"],
+            str(w["current_job"] or ""),
+            f"{w['seconds_since_seen']:.0f}s ago",
         )
     console().print(table)

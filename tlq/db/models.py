@@ -60,7 +60,7 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(dt.UTC)
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """Where a job is in its life; succeeded, failed and cancelled are final."""
 
     QUEUED = "queued"

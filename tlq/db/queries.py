@@ -29,9 +29,7 @@ def _upsert(session: Session, table: Table, values: dict[str, Any], keys: Iterab
     insert = _insert_for(session)
     keys = list(keys)
     stmt = insert(table).values(**values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=keys, set_={k: stmt.excluded[k] for k in values if k not in keys}
-    )
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_={k: stmt.excluded[k] for k in values if k not in keys})
     session.execute(stmt)
 
 

@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 
 
 class UnreadableImage(Exception):
@@ -34,7 +32,7 @@ class ImageFile:
 
 def safe_name(path: str | os.PathLike) -> str:
     """A printable form of a path, also when its bytes are not valid UTF-8."""
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def discover_files(root: Path) -> list[ImageFile]:
@@ -88,7 +86,7 @@ def load_rgb(path: Path) -> Image.Image:
         if "truncated" in message:
             raise UnreadableImage("truncated image") from exc
         raise UnreadableImage(f"cannot read ({exc.strerror or exc})") from exc
-    except (ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as exc:
+    except (ValueError, SyntaxError, MemoryError) as exc:
         raise UnreadableImage(f"cannot decode ({exc})") from exc
 
 

@@ -62,7 +62,9 @@ class Registry(Generic[T]):
             try:
                 plugin = self._points()[name].load()
             except Exception as exc:  # a broken third-party plugin must not take the CLI down
-                raise BadInput(f"the {self.kind} '{name}' failed to load ({exc}); reinstall the package that provides it")
+                raise BadInput(
+                    f"the {self.kind} '{name}' failed to load ({exc}); reinstall the package that provides it"
+                ) from exc
         else:
             raise BadInput(unknown_name_message(self.kind, name, self.names(), self.hint))
         self._loaded[name] = plugin

@@ -47,10 +47,7 @@ def recover_stale_jobs(env: Environment, app: Celery, older_than_s: float) -> li
 def requeue_own_jobs(env: Environment, app: Celery, name: str) -> None:
     """A worker restarting under the same name takes back the jobs its earlier life left running."""
     with env.db.session() as session:
-        orphans = [
-            j.id
-            for j in session.query(Job).filter(Job.status == JobStatus.RUNNING.value, Job.worker == name)
-        ]
+        orphans = [j.id for j in session.query(Job).filter(Job.status == JobStatus.RUNNING.value, Job.worker == name)]
         for job_id in orphans:
             session.query(Job).filter(Job.id == job_id).update({"heartbeat_at": utcnow() - dt.timedelta(days=1)})
     if orphans:

@@ -123,7 +123,9 @@ class TimmProvider:
         elif ref.pretrained:
             cached = cached_pretrained_file(arch)
             if cached is not None:
-                model = timm.create_model(ref.name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}, **kwargs)
+                model = timm.create_model(
+                    ref.name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}, **kwargs
+                )
                 source = f"timm pretrained ({model.pretrained_cfg.get('hf_hub_id') or arch}, cached)"
             else:
                 model = timm.create_model(ref.name, pretrained=True, **kwargs)

@@ -19,9 +19,7 @@ def check_weights_path(path: Path) -> Path:
     if not path.is_file():
         raise BadInput(f"weights file {path} does not exist; pass the path of a .safetensors or .pth file")
     if path.suffix.lower() not in WEIGHT_SUFFIXES:
-        raise BadInput(
-            f"weights file {path.name} is not a known format; use .safetensors (preferred) or .pth/.pt/.bin"
-        )
+        raise BadInput(f"weights file {path.name} is not a known format; use .safetensors (preferred) or .pth/.pt/.bin")
     return path.resolve()
 
 

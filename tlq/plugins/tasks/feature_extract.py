@@ -72,7 +72,9 @@ def run(ctx, params: FeatureExtractParams) -> None:
     ctx.artifacts.write_text(
         "index",
         "index.csv",
-        csv_text(["row", "path", "label"], ((row, files[i].rel, files[i].label or "") for row, i in enumerate(result.kept))),
+        csv_text(
+            ["row", "path", "label"], ((row, files[i].rel, files[i].label or "") for row, i in enumerate(result.kept))
+        ),
     )
     if result.skipped:
         ctx.artifacts.write_text(

@@ -1,0 +1,37 @@
+# tlq: `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tlq-installed
+
+.PHONY: venv demo test test-fast services lint bench clean
+
+venv: $(STAMP)
+
+# pip takes the torch build that lies on this machine's disk; see the README for other machines.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+services:
+	bash scripts/services.sh
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+test: $(STAMP) services
+	$(PY) -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not integration"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tlq tests examples
+
+bench: $(STAMP) services
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,94 @@
+"""The CLI surface: listings, configuration, and a --help that stays light."""
+
+import json
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+
+from tlq.cli.main import cli
+
+
+def invoke(home, *args, **env):
+    runner = CliRunner()
+    base = {"TLQ_HOME": str(home), "TLQ_DATABASE_URL": "", "TLQ_BROKER_URL": "", "HF_HUB_OFFLINE": "1"}
+    return runner.invoke(cli, [str(a) for a in args], env=base | env, catch_exceptions=False)
+
+
+def test_help_does_not_import_torch_or_timm():
+    code = (
+        "import sys, time; t = time.perf_counter()\n"
+        "from tlq.cli.main import cli\n"
+        "try:\n    cli.main(['--help'], prog_name='tlq')\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules or 'timm' in sys.modules else 'LIGHT', time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1].startswith("LIGHT")
+    assert "submit" in out and "feature-extract" not in out.splitlines()[-1]
+
+
+def test_tasks_json_lists_parameters(home):
+    result = invoke(home, "tasks", "--json")
+    tasks = {t["name"]: t for t in json.loads(result.stdout)}
+    params = {p["name"]: p for p in tasks["feature-extract"]["params"]}
+    assert params["data"]["required"] and params["data"]["flag"] == "--data"
+    assert params["batch_size"]["default"] == 32
+    assert params["precision"]["type"] == "auto|fp32|bf16"
+
+
+def test_backbones_filter_like_timm(home):
+    rows = json.loads(invoke(home, "backbones", "--filter", "vgg1*", "--json").stdout)
+    names = [r["name"] for r in rows]
+    assert "vgg16" in names and "vgg19" in names and all(n.startswith("vgg1") for n in names)
+    assert all(r["source"] == "timm" for r in rows)
+
+
+def test_task_help_is_generated_from_the_parameter_model(home):
+    text = invoke(home, "submit", "feature-extract", "--help").stdout
+    for flag in (
+        "--backbone",
+        "--weights",
+        "--no-pretrained",
+        "--device",
+        "--priority",
+        "--wait",
+        "--json",
+        "--data",
+        "--batch-size",
+        "--precision",
+    ):
+        assert flag in text
+
+
+def test_config_masks_passwords_and_names_sources(home):
+    result = invoke(
+        home,
+        "config",
+        "--json",
+        TLQ_DATABASE_URL="postgresql://tlq:topsecret@db:5432/tlq",
+        TLQ_BROKER_URL="redis://:alsosecret@redis:6379/0",
+    )
+    assert "topsecret" not in result.stdout and "alsosecret" not in result.stdout
+    config = json.loads(result.stdout)
+    assert config["database_url"] == {"value": "postgresql+psycopg://tlq:***@db:5432/tlq", "source": "TLQ_DATABASE_URL"}
+    assert config["home"]["source"] == "TLQ_HOME"
+
+
+def test_run_executes_in_process_and_records_the_same_rows(home, digits_dir):
+    start = time.monotonic()
+    result = invoke(
+        home, "run", "feature-extract", "--backbone", "test_resnet", "--no-pretrained", "--data", digits_dir, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert job["status"] == "succeeded" and job["queue"] == "local" and job["metrics"]["images"] == 120
+    assert time.monotonic() - start < 60
+    listed = json.loads(invoke(home, "jobs", "--json").stdout)
+    assert [j["id"] for j in listed] == [job["id"]]
+
+
+def test_db_upgrade_reports_the_revision(home):
+    first = invoke(home, "db", "upgrade").stdout
+    assert "revision" in first and "(head 0001)" in first
+    assert "already at revision 0001" in invoke(home, "db", "upgrade").stdout

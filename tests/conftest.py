@@ -1,0 +1,104 @@
+"""Fixtures: real services (Redis, PostgreSQL) that must be up, fresh databases, and real image data."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support import PG_ADMIN_URL, REDIS_URL, make_digits
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_redis_db_numbers = itertools.cycle(range(1, 16))
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def services() -> None:
+    """Redis and PostgreSQL must be up: a missing service fails the suite, never skips it (`make services`)."""
+    missing = [name for name, port in (("Redis", 6379), ("PostgreSQL", 5432)) if not _reachable(port)]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not reachable on 127.0.0.1; run `make services` (make test does)")
+
+
+@pytest.fixture
+def pg_url(services) -> str:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import sqlalchemy as sa
+
+    from tlq.config import normalize_database_url
+
+    name = f"tlq_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalize_database_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def redis_url(services) -> str:
+    """A Redis database number of its own, emptied first."""
+    import redis
+
+    number = next(_redis_db_numbers)
+    url = f"{REDIS_URL}/{number}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """Real handwritten digits (scikit-learn's scans) as PNG files in class folders: 10 classes x 12."""
+    return make_digits(tmp_path_factory.mktemp("digits"), per_class=12)
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "tlq-home"
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example third-party plugin and the test-only tasks, pip-installed into a folder of their own.
+
+    Processes that get it on PYTHONPATH see their tasks through the ``tlq.tasks`` entry points, exactly as
+    after a `pip install`; tlq itself is not touched.
+    """
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    site = tmp_path_factory.mktemp("plugin-site")
+    for package in (REPO / "examples" / "tlq-example-plugin", REPO / "tests" / "fixtures" / "tlq-test-tasks"):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "--target",
+                str(site),
+                str(package),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return site

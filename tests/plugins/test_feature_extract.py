@@ -1,0 +1,93 @@
+"""feature-extract stores exactly what timm computes for each image, and skips what cannot be read."""
+
+import csv
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from tlq.config import Settings
+from tlq.db import queries
+from tlq.plugins.base import Environment
+from tlq.plugins.spec import JobSpec
+from tlq.workers.dispatch import run_here
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Environment(Settings.load(home=tmp_path / "home", environ={}))
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=10)
+    path = tmp_path / "test_resnet.safetensors"
+    save_file(model.state_dict(), str(path))
+    return path
+
+
+def run_extract(env, data, weights, precision):
+    spec = JobSpec(
+        task="feature-extract",
+        backbone="test_resnet",
+        weights=weights,
+        params={"data": str(data), "precision": precision, "batch_size": 16},
+    )
+    job_id = run_here(env, spec)
+    with env.db.session() as session:
+        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
+    assert job["status"] == "succeeded", job["error"]
+    paths = {a["kind"]: a["path"] for a in job["artifacts"]}
+    with open(paths["index"]) as fh:
+        index = list(csv.DictReader(fh))
+    return job, np.load(paths["features"]), index
+
+
+def reference_model(weights):
+    from safetensors.torch import load_file
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=10)
+    model.load_state_dict(load_file(str(weights)))
+    model.reset_classifier(0)
+    return model.eval()
+
+
+def test_stored_features_equal_timms_own_forward(env, digits_dir, weights):
+    job, features, index = run_extract(env, digits_dir, weights, "fp32")
+    assert features.shape == (120, 96) and len(index) == 120
+    assert job["metrics"]["images"] == 120 and job["metrics"]["skipped"] == 0
+    assert {row["label"] for row in index} == {str(d) for d in range(10)}
+    model = reference_model(weights)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    for row in (0, 57, 119):
+        image = Image.open(digits_dir / index[row]["path"]).convert("RGB")
+        with torch.no_grad():
+            expected = model(transform(image).unsqueeze(0))[0].numpy()
+        np.testing.assert_allclose(features[row], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_features_stay_faithful_to_fp32(env, digits_dir, weights):
+    _, fp32, _ = run_extract(env, digits_dir, weights, "fp32")
+    _, bf16, _ = run_extract(env, digits_dir, weights, "bf16")
+    cosine = (fp32 * bf16).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(bf16, axis=1))
+    assert cosine.min() >= 0.99
+
+
+def test_unreadable_files_are_skipped_counted_and_listed(env, tmp_path, digits_dir, weights):
+    import shutil
+
+    data = tmp_path / "mixed"
+    shutil.copytree(digits_dir / "3", data / "3")
+    (data / "3" / "notes.txt").write_text("not an image")
+    (data / "3" / "empty.png").write_bytes(b"")
+    job, features, index = run_extract(env, data, weights, "auto")
+    assert features.shape[0] == len(index) == 12
+    assert job["metrics"]["skipped"] == 2
+    skipped = next(a["path"] for a in job["artifacts"] if a["kind"] == "skipped")
+    with open(skipped) as fh:
+        rows = {r["path"]: r["reason"] for r in csv.DictReader(fh)}
+    assert rows == {"3/notes.txt": "not an image", "3/empty.png": "empty file"}

@@ -1,0 +1,145 @@
+"""Helpers for tests: real data on disk, the real `tlq` command, and real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+REDIS_URL = "redis://127.0.0.1:6379"
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def make_digits(
+    root: Path, classes=range(10), per_class: int = 20, size: int = 32, offset: int = 0, fmt: str = "png"
+) -> Path:
+    """Writes scikit-learn's handwritten digits (real scans, shipped in the package) as image files in
+    class folders, ``per_class`` of each class starting at the ``offset``-th example of that class."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = Path(root)
+    for label in classes:
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        picks = np.flatnonzero(digits.target == label)[offset : offset + per_class]
+        for i in picks:
+            array = (digits.images[i] / 16.0 * 255).astype(np.uint8)
+            image = Image.fromarray(array, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
+            image.save(root / str(label) / f"{label}_{i}.{fmt}")
+    return root
+
+
+def tlq_env(home: Path, database_url: str | None = None, broker_url: str | None = None, **extra: str) -> dict:
+    """An environment in which `tlq` uses ``home`` and the given services, and never waits on the network."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TLQ_")}
+    env.update(
+        TLQ_HOME=str(home),
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        TLQ_STALE_AFTER=env.get("TLQ_STALE_AFTER", "60"),
+    )
+    if database_url:
+        env["TLQ_DATABASE_URL"] = database_url
+    if broker_url:
+        env["TLQ_BROKER_URL"] = broker_url
+    env.update(extra)
+    return env
+
+
+def run_tlq(args: list[str], env: dict, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs the real `tlq` command line in a child process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tlq", *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"tlq {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}\n{result.stdout}"
+        )
+    return result
+
+
+def tlq_json(args: list[str], env: dict, timeout: float = 180):
+    return json.loads(run_tlq([*args, "--json"], env, timeout=timeout).stdout)
+
+
+class WorkerProcess:
+    """A real `tlq worker` in its own process group, logging to a file."""
+
+    def __init__(self, env: dict, log_path: Path, *args: str) -> None:
+        self.env = env
+        self.log_path = Path(log_path)
+        self.args = list(args)
+        self.proc: subprocess.Popen | None = None
+        self.name: str | None = None
+        if "--name" in self.args:
+            self.name = self.args[self.args.index("--name") + 1]
+
+    def start(self) -> WorkerProcess:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tlq", "worker", *self.args],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> WorkerProcess:
+        """Waits until the worker has registered and its consumer is up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            if " ready." in self.log():
+                return self
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Sends ``sig`` to the worker's whole process group (its pool children too)."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None:
+            return
+        self.kill(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_for_status(env: dict, job_id: int, statuses: tuple[str, ...], timeout: float = 180) -> dict:
+    """Polls `tlq show --json` until the job reaches one of ``statuses``."""
+    deadline = time.monotonic() + timeout
+    job = {}
+    while time.monotonic() < deadline:
+        job = tlq_json(["show", job_id], env)
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout} s: {job}")

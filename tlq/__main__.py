@@ -1,0 +1,5 @@
+"""`python -m tlq` is the `tlq` command."""
+
+from tlq.cli.main import main
+
+main()
