@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 
 def cuda_available() -> bool:
@@ -14,13 +15,16 @@ def cuda_available() -> bool:
 
 
 def describe_device() -> str:
-    """``cuda:0 (NVIDIA H200)`` style for GPU hosts, ``cpu (N cores)`` otherwise."""
+    """``cuda (NVIDIA H200)`` on GPU hosts, ``cpu (N cores)`` otherwise; never initializes CUDA here."""
     if cuda_available():
-        import torch
-
-        count = torch.cuda.device_count()
-        # get_device_name initializes CUDA; read the name through NVML-free properties only in children.
-        return f"cuda x{count}"
+        try:  # nvidia-smi answers without touching CUDA in this (soon forking) process
+            names = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            ).stdout.split("\n")
+            names = [n.strip() for n in names if n.strip()]
+        except (OSError, subprocess.SubprocessError):
+            names = []
+        return f"cuda ({', '.join(names)})" if names else "cuda"
     return f"cpu ({os.cpu_count()} cores)"
 
 
