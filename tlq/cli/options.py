@@ -19,11 +19,14 @@ def flag_name(field_name: str) -> str:
 
 
 def _unwrap_optional(annotation: Any) -> Any:
+    """The plain type behind ``X | None`` and ``Annotated[X, ...]``."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return args[0]
+            return _unwrap_optional(args[0])
     return annotation
 
 

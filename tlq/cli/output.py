@@ -91,7 +91,7 @@ def show_job(data: dict[str, Any], brief: bool = False) -> None:
     if data.get("artifacts"):
         out.print("  artifacts:")
         for artifact in data["artifacts"]:
-            out.print(f"    {artifact['kind']:<14} {artifact['path']}", markup=False)
+            out.print(f"    {artifact['kind']:<20} {artifact['path']}", markup=False)
 
 
 def emit_job(state: CliState, job_id: int, json_out: bool, brief: bool = False) -> str:

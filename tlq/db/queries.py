@@ -232,6 +232,10 @@ def record_artifact(session: Session, job_id: int, kind: str, path: str, size: i
     )
 
 
+def delete_artifact(session: Session, job_id: int, path: str) -> None:
+    session.execute(Artifact.__table__.delete().where(Artifact.job_id == job_id, Artifact.path == path))
+
+
 def list_artifacts(session: Session, job_id: int, kind: str | None = None) -> list[Artifact]:
     query = select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)
     if kind:

@@ -40,11 +40,14 @@ class ArtifactStore:
         record: Called with (kind, path relative to ``root``, bytes, sha256) after each file lands.
     """
 
-    def __init__(self, root: Path, job_id: int, record: RecordArtifact) -> None:
+    def __init__(
+        self, root: Path, job_id: int, record: RecordArtifact, forget: Callable[[str], None] | None = None
+    ) -> None:
         self.root = Path(root)
         self.job_id = job_id
         self.dir = self.root / str(job_id)
         self._record = record
+        self._forget = forget
 
     def path(self, name: str) -> Path:
         """The absolute path of artifact ``name``, checked to stay inside the job's folder (symlinks too)."""
@@ -76,6 +79,13 @@ class ArtifactStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         self._record(kind, final.relative_to(self.root).as_posix(), final.stat().st_size, sha256_of(final))
+
+    def remove(self, name: str) -> None:
+        """Deletes an artifact file and its record (a checkpoint once the model is saved, say)."""
+        path = self.path(name)
+        path.unlink(missing_ok=True)
+        if self._forget is not None:
+            self._forget(path.relative_to(self.root).as_posix())
 
     def write_bytes(self, kind: str, name: str, data: bytes) -> Path:
         with self.target(kind, name) as tmp:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class TaskParams(BaseModel):
     """Base of every task's parameter model: unknown keys are errors, and values are re-checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ class JobContext:
         self.attempt = attempt
         self.timeout_s = timeout_s
         self.log = logger or logging.getLogger(f"tlq.job.{job_id}")
-        self.artifacts = ArtifactStore(env.settings.artifacts_dir, job_id, self._record_artifact)
+        self.artifacts = ArtifactStore(env.settings.artifacts_dir, job_id, self._record_artifact, self._forget_artifact)
         self._on_progress = on_progress
         self._check_interval = check_interval
         self._started = time.monotonic()
@@ -131,6 +131,10 @@ class JobContext:
     def _record_artifact(self, kind: str, path: str, size: int, sha256: str) -> None:
         with self.env.db.session() as session:
             queries.record_artifact(session, self.job_id, kind, path, size, sha256)
+
+    def _forget_artifact(self, path: str) -> None:
+        with self.env.db.session() as session:
+            queries.delete_artifact(session, self.job_id, path)
 
     def summary(self) -> dict[str, Any]:
         return {"job": self.job_id, "metrics": dict(self._last_metrics)}

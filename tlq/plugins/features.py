@@ -51,16 +51,26 @@ def loader_workers(requested: int | None, num_files: int, batch_size: int) -> in
 
 
 def image_loader(
-    files: Sequence[ImageFile], transform: Callable, batch_size: int, workers: int | None = None
+    files: Sequence[ImageFile],
+    transform: Callable,
+    batch_size: int,
+    workers: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+    persistent: bool = False,
 ) -> DataLoader:
+    """Batches of decoded, transformed images; unreadable files come out as (index, reason) instead."""
     n = loader_workers(workers, len(files), batch_size)
     return DataLoader(
         ImageFileDataset(files, transform),
         batch_size=batch_size,
-        shuffle=False,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
         num_workers=n,
         collate_fn=collate_skipping,
-        persistent_workers=False,
+        drop_last=drop_last,
+        persistent_workers=persistent and n > 0,
         prefetch_factor=4 if n else None,
     )
 
@@ -89,13 +99,17 @@ def extract_features(
     batch_size: int = 32,
     workers: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    forward: Callable | None = None,
 ) -> FeatureResult:
     """Runs ``model`` (a feature extractor, ``num_classes=0``) over ``files``.
 
     Args:
         on_batch: Called after each batch with (files done, files in all); may raise to stop.
+        forward: What to compute from a batch instead of ``model(batch)`` (pooled features of a model that
+            has a head, say).
     """
-    model = prepare_model(model.eval(), device, precision)
+    forward = forward or model
+    prepare_model(model.eval(), device, precision)
     chunks: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[tuple[int, str]] = []
@@ -105,7 +119,7 @@ def extract_features(
         skipped.extend(bad)
         if images is not None:
             with autocast(device, precision):
-                out = model(prepare_batch(images, device, precision))
+                out = forward(prepare_batch(images, device, precision))
             chunks.append(out.float().cpu().numpy())
             kept.extend(indices)
         done += len(indices) + len(bad)
@@ -114,3 +128,28 @@ def extract_features(
     width = chunks[0].shape[1] if chunks else 0
     features = np.concatenate(chunks) if chunks else np.zeros((0, width), dtype=np.float32)
     return FeatureResult(features.astype(np.float32, copy=False), kept, skipped, time.perf_counter() - start)
+
+
+def pooled_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The pooled pre-logits features of a timm model that keeps its classifier."""
+    return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+def scan_images(
+    files: Sequence[ImageFile], workers: int | None = None, on_batch: Callable[[int, int], None] | None = None
+) -> tuple[list[int], list[tuple[int, str]]]:
+    """Decodes every file once, in parallel, before training; returns (readable indices, skipped with reasons)."""
+    readable: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    done = 0
+    for _, indices, bad in image_loader(files, _nothing, batch_size=64, workers=workers):
+        readable.extend(indices)
+        skipped.extend(bad)
+        done += len(indices) + len(bad)
+        if on_batch is not None:
+            on_batch(done, len(files))
+    return sorted(readable), sorted(skipped)
+
+
+def _nothing(_image) -> torch.Tensor:
+    return torch.zeros(0)

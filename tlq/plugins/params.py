@@ -21,6 +21,15 @@ def _existing_dir(value: Path) -> Path:
     return path.resolve()
 
 
+def _data_source(value: Path) -> Path:
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{path} does not exist; pass a folder of images or a CSV manifest (path,label)")
+    if path.is_file() and path.suffix.lower() != ".csv":
+        raise ValueError(f"{path} is a file but not a .csv manifest; pass a folder of images or a CSV (path,label)")
+    return path.resolve()
+
+
 def _existing_file(value: Path) -> Path:
     path = Path(value).expanduser()
     if not path.is_file():
@@ -42,6 +51,7 @@ def parse_number(value):
 
 
 DataDir = Annotated[Path, AfterValidator(_existing_dir)]
+DataSource = Annotated[Path, AfterValidator(_data_source)]
 ImageFile = Annotated[Path, AfterValidator(_existing_file)]
 Number = Annotated[float, BeforeValidator(parse_number)]
 BatchSize = Annotated[int, Field(ge=1, le=4096)]
