@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from tests.support import make_digits
 from tlq.cli.main import cli
 from tlq.config import Settings
-from tlq.db import queries
+from tlq.db import JobStatus, queries
 from tlq.plugins.base import Environment
 from tlq.plugins.spec import JobSpec
 from tlq.workers.dispatch import run_here
@@ -210,3 +210,27 @@ def test_bad_parameters_exit_2_and_queue_nothing(tmp_path, source_dir, one_class
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "home" / "broker.sqlite").exists()
+
+
+def test_job_models_serve_feature_extract_too(env, source_job, source_dir):
+    spec = JobSpec(task="feature-extract", backbone=f"job:{source_job['id']}", params={"data": str(source_dir / "0")})
+    job_id = run_here(env, spec)
+    with env.db.session() as session:
+        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["metrics"]["images"] == 80 and job["metrics"]["feature_dim"] == 96
+
+
+def test_a_failed_job_is_no_backbone(env, tmp_path):
+    from tlq.plugins.backbones.job_models import provider
+    from tlq.plugins.base import BackboneRef
+    from tlq.plugins.errors import BadInput
+
+    with env.db.session() as session:
+        failed = queries.create_job(session, task="finetune", backbone="test_resnet", params={})
+        queries.claim_job(session, failed.id, "w")
+        queries.finish_job(session, failed.id, "w", JobStatus.FAILED, "boom")
+    with pytest.raises(BadInput, match=f"job {failed.id} is failed, so it left no model"):
+        provider.check(BackboneRef(f"job:{failed.id}"), env)
+    with pytest.raises(BadInput, match="is not job:ID"):
+        provider.check(BackboneRef("job:latest"), env)

@@ -135,8 +135,8 @@ class TimmProvider:
             source = "random init"
         data_config = timm.data.resolve_data_config({}, model=model)
         class_names = None
-        if ref.pretrained and ref.weights is None and num_classes is None:
-            class_names = imagenet_class_names(model)
+        if num_classes is None and (ref.weights is not None or ref.pretrained):
+            class_names = imagenet_class_names(model)  # a 1000-class head is ImageNet's
         return LoadedBackbone(model=model, data_config=data_config, arch=arch, source=source, class_names=class_names)
 
     def _build_with_weights(self, arch: str, weights: Path, num_classes: int | None, meta: bool = False):
