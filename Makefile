@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# torchattacks (the PGD reference in tests and bench/) pins an old requests; its code needs none of it.
+	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 services:

@@ -102,3 +102,44 @@ def plugin_site(tmp_path_factory) -> Path:
             capture_output=True,
         )
     return site
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A small model tlq fine-tuned itself, offline: test_resnet on real digits 0-4 (80 each), full training.
+
+    Returns a namespace with ``env`` (the tlq environment holding the job), ``job`` (its JSON form),
+    ``backbone`` ("job:ID"), ``data`` (the training folder) and ``val`` (20 other digits per class).
+    """
+    from types import SimpleNamespace
+
+    from tlq.config import Settings
+    from tlq.db import queries
+    from tlq.plugins.base import Environment
+    from tlq.plugins.spec import JobSpec
+    from tlq.workers.dispatch import run_here
+
+    root = tmp_path_factory.mktemp("trained")
+    env = Environment(Settings.load(home=root / "home", environ={}))
+    data = make_digits(root / "source", classes=range(5), per_class=80)
+    val = make_digits(root / "val", classes=range(5), per_class=20, offset=80)
+    spec = JobSpec(
+        task="finetune",
+        backbone="test_resnet",
+        pretrained=False,
+        params={
+            "data": str(data),
+            "strategy": "full",
+            "epochs": 6,
+            "lr": 2e-3,
+            "image_size": 64,
+            "augment": "none",
+            "batch_size": 16,
+        },
+    )
+    job_id = run_here(env, spec)
+    with env.db.session() as session:
+        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
+    assert job["status"] == "succeeded", job["error"]
+    job["files"] = {a["kind"]: a["path"] for a in job["artifacts"]}
+    return SimpleNamespace(env=env, job=job, backbone=f"job:{job_id}", data=data, val=val, home=root / "home")

@@ -12,9 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.support import make_digits
 from tlq.cli.main import cli
-from tlq.config import Settings
 from tlq.db import JobStatus, queries
-from tlq.plugins.base import Environment
 from tlq.plugins.spec import JobSpec
 from tlq.workers.dispatch import run_here
 
@@ -22,13 +20,13 @@ FAST = {"image_size": 64, "augment": "none", "batch_size": 16}
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return Environment(Settings.load(home=tmp_path_factory.mktemp("home"), environ={}))
+def env(trained):
+    return trained.env
 
 
 @pytest.fixture(scope="module")
-def source_dir(tmp_path_factory):
-    return make_digits(tmp_path_factory.mktemp("source"), classes=range(5), per_class=80)
+def source_dir(trained):
+    return trained.data
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +54,8 @@ def finetune(env, backbone, data, pretrained=False, weights=None, **params):
 
 
 @pytest.fixture(scope="module")
-def source_job(env, source_dir):
-    return finetune(env, "test_resnet", source_dir, strategy="full", epochs=6, lr=2e-3)
+def source_job(trained):
+    return trained.job
 
 
 def test_training_from_scratch_reaches_high_accuracy(source_job):

@@ -50,8 +50,8 @@ class TaskPlugin:
         params: The pydantic model of the task's options; each field becomes a ``--flag``.
         run: ``run(ctx, params)`` does the work in a worker (or in `tlq run`).
         needs_backbone: Whether ``--backbone`` is required.
-        check: Optional submit-time check beyond field validation, ``check(params, env)``; raises BadInput.
-        default_device: The device a job asks for when the user says ``auto``.
+        check: Optional submit-time check beyond field validation, ``check(params, env, backbone)`` with the
+            job's BackboneRef (or None); raises BadInput.
     """
 
     name: str
@@ -59,7 +59,7 @@ class TaskPlugin:
     params: type[TaskParams]
     run: Callable[[JobContext, Any], None]
     needs_backbone: bool = True
-    check: Callable[[Any, Environment], None] | None = None
+    check: Callable[[Any, Environment, BackboneRef | None], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,6 @@ class BackboneProvider(Protocol):
 
     def load(self, ref: BackboneRef, env: Environment, num_classes: int | None) -> LoadedBackbone:
         """Builds the model; ``num_classes=0`` gives a feature extractor, None keeps the trained head."""
+
+    def class_names(self, ref: BackboneRef, env: Environment) -> list[str] | None:
+        """Names of the classifier's outputs, found without building the model; None when unknown."""

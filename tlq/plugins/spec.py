@@ -87,5 +87,5 @@ def validate_spec(
         provider = provider_for(spec.backbone, providers or backbone_providers())
         provider.check(spec.backbone_ref, env)
     if plugin.check is not None:
-        plugin.check(params, env)
+        plugin.check(params, env, spec.backbone_ref)
     return plugin, params

@@ -85,6 +85,10 @@ class JobModelProvider:
         except (OSError, ValueError) as exc:
             raise BadInput(f"the model card of {ref.name} is unreadable ({exc})") from exc
 
+    def class_names(self, ref: BackboneRef, env: Environment) -> list[str] | None:
+        card, _ = model_files(env, parse_job_ref(ref.name))
+        return list(read_card(card)["classes"])
+
     def load(self, ref: BackboneRef, env: Environment, num_classes: int | None) -> LoadedBackbone:
         import timm
         from safetensors.torch import load_file

@@ -135,9 +135,23 @@ class TimmProvider:
             source = "random init"
         data_config = timm.data.resolve_data_config({}, model=model)
         class_names = None
-        if num_classes is None and (ref.weights is not None or ref.pretrained):
-            class_names = imagenet_class_names(model)  # a 1000-class head is ImageNet's
+        if num_classes is None:
+            class_names = imagenet_names(getattr(model, "num_classes", 0))  # a 1000-class head is ImageNet's
         return LoadedBackbone(model=model, data_config=data_config, arch=arch, source=source, class_names=class_names)
+
+    def class_names(self, ref: BackboneRef, env: Environment) -> list[str] | None:
+        from timm.models import get_pretrained_cfg
+
+        arch = _arch(ref.name)
+        if ref.weights is not None:
+            num = _classifier_outputs(arch, read_state_dict(ref.weights)) or 0
+        else:
+            try:
+                cfg = get_pretrained_cfg(arch)
+            except RuntimeError:
+                cfg = None
+            num = cfg.num_classes if cfg is not None and cfg.num_classes else 1000
+        return imagenet_names(num)
 
     def _build_with_weights(self, arch: str, weights: Path, num_classes: int | None, meta: bool = False):
         """Builds ``arch`` sized like the weights file, loads it strictly, then fits the head to ``num_classes``."""
@@ -190,9 +204,8 @@ def _classifier_outputs(arch: str, state: dict) -> int | None:
     return None
 
 
-def imagenet_class_names(model) -> list[str] | None:
+def imagenet_names(num: int) -> list[str] | None:
     """ImageNet class descriptions for a 1000- or 1001-class head, from timm's bundled class info (offline)."""
-    num = getattr(model, "num_classes", None)
     if num not in (1000, 1001):
         return None
     from timm.data import ImageNetInfo

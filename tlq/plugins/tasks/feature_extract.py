@@ -26,7 +26,7 @@ class FeatureExtractParams(TaskParams):
     )
 
 
-def check(params: FeatureExtractParams, env: Environment) -> None:
+def check(params: FeatureExtractParams, env: Environment, backbone=None) -> None:
     if not discover_files(params.data):
         raise BadInput(f"no files under {params.data}; point --data at a folder of images")
 

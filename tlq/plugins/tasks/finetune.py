@@ -108,7 +108,7 @@ def load_sets(params: FinetuneParams):
     return train, val
 
 
-def check(params: FinetuneParams, env: Environment) -> None:
+def check(params: FinetuneParams, env: Environment, backbone=None) -> None:
     load_sets(params)
 
 

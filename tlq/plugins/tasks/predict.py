@@ -23,7 +23,7 @@ class PredictParams(TaskParams):
     loader_workers: int | None = Field(None, ge=0, le=64, description="Image-decoding processes.")
 
 
-def check(params: PredictParams, env: Environment) -> None:
+def check(params: PredictParams, env: Environment, backbone=None) -> None:
     if not discover_files(params.data):
         raise BadInput(f"no files under {params.data}; point --data at a folder of images")
 

@@ -1,0 +1,216 @@
+"""ideal-image and adversarial on a small model tlq fine-tuned itself (offline digits)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from tlq.cli.main import cli
+from tlq.db import queries
+from tlq.plugins.spec import JobSpec
+from tlq.workers.dispatch import run_here
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_job(trained, task, **params):
+    job_id = run_here(trained.env, JobSpec(task=task, backbone=trained.backbone, params=params))
+    with trained.env.db.session() as session:
+        job = queries.job_as_dict(session, queries.get_job(session, job_id), trained.env.settings.artifacts_dir)
+        history = {}
+        for metric in queries.metric_history(session, job_id):
+            history.setdefault(metric.name, []).append((metric.step, metric.value))
+    assert job["status"] == "succeeded", job["error"]
+    job["files"] = {a["kind"]: a["path"] for a in job["artifacts"]}
+    job["history"] = history
+    return job
+
+
+def least_likely_class_of_noise(trained) -> str:
+    """The class the model finds least likely in the starting noise (seed 0), so the run starts below chance."""
+    from tlq.plugins.backbones import provider_for
+    from tlq.plugins.base import BackboneRef
+    from tlq.plugins.registry import backbone_providers
+
+    ref = BackboneRef(trained.backbone)
+    model = provider_for(ref.name, backbone_providers()).load(ref, trained.env, None).model.eval()
+    noise = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return str(int(model(noise).argmin()))
+
+
+def test_ideal_image_raises_the_target_from_chance_to_certainty(trained):
+    target = least_likely_class_of_noise(trained)
+    job = run_job(trained, "ideal-image", target=target, steps=150, snapshots=4)
+    start = job["history"]["target_prob"][0]
+    assert start[0] == 0 and start[1] < 0.2  # below chance (5 classes) at the start
+    assert job["metrics"]["target_prob"] >= 0.9
+    assert job["metrics"]["target_prob_png"] >= 0.9  # the saved 8-bit PNG holds it too
+    for kind in ("image", "snapshots", "top_classes"):
+        assert open(job["files"][kind], "rb").read(8) == PNG
+    assert Image.open(job["files"]["image"]).size == (64, 64)
+
+
+def test_total_variation_is_lower_with_the_tv_term(trained):
+    target = least_likely_class_of_noise(trained)
+    plain = run_job(trained, "ideal-image", target=target, steps=150, tv_weight=0, snapshots=0)
+    smooth = run_job(trained, "ideal-image", target=target, steps=150, tv_weight=0.005, snapshots=0)
+    assert smooth["metrics"]["tv"] < 0.7 * plain["metrics"]["tv"]
+    assert smooth["metrics"]["target_prob"] >= 0.9
+
+
+def test_targeted_pgd_fools_most_correctly_classified_images_within_eps(trained):
+    job = run_job(trained, "adversarial", data=str(trained.val), method="pgd", target="3", eps="8/255")
+    metrics = job["metrics"]
+    assert metrics["clean_acc"] >= 0.9
+    assert metrics["success_rate"] >= 0.8  # counted over correctly classified images not already of class 3
+    assert metrics["linf"] <= 8 / 255 + 1e-6
+    with open(job["files"]["per_image"]) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 100 and max(float(r["linf"]) for r in rows) <= 8 / 255 + 1e-6
+    assert sum(int(r["counted"]) for r in rows) == metrics["attacked"] <= 80
+
+
+def test_an_eps_list_draws_a_robustness_curve(trained):
+    job = run_job(trained, "adversarial", data=str(trained.val), method="pgd", untargeted=True, eps="1/255,4/255")
+    with open(job["files"]["robustness"]) as fh:
+        curve = list(csv.DictReader(fh))
+    assert [round(float(p["eps"]) * 255) for p in curve] == [1, 4]
+    assert float(curve[0]["robust_acc"]) >= float(curve[1]["robust_acc"])  # a larger budget fools more
+    assert open(job["files"]["robustness_png"], "rb").read(8) == PNG
+
+
+@pytest.mark.parametrize("method", ["pgd", "fgsm", "gd"])
+def test_single_image_attack_reports_sizes_and_keeps_pixels_valid(trained, method):
+    from tlq.plugins.attacks import pixel_transform
+    from tlq.plugins.images import load_rgb
+    from tlq.plugins.model_card import read_card, timm_data_config
+
+    image = sorted((trained.val / "0").glob("*.png"))[0]
+    job = run_job(trained, "adversarial", image=str(image), method=method, target="3", eps="8/255")
+    metrics = job["metrics"]
+    card = read_card(trained.job["files"]["model_card"])
+    clean = pixel_transform(timm_data_config(card["data_config"]))(load_rgb(image))
+    adversarial = torch.from_numpy(np.array(Image.open(job["files"]["adversarial"]))).permute(2, 0, 1).float() / 255
+    delta = (adversarial - clean).abs().max().item()
+    assert metrics["linf"] == pytest.approx(delta, abs=1e-6) and metrics["l2"] > 0
+    if method != "gd":
+        assert delta <= 8 / 255 + 1e-6  # never beyond eps, in the saved PNG too
+    if method in ("pgd", "gd"):
+        assert metrics["success"] == 1 and metrics["target_prob"] > 0.5
+    predictions = json.loads(open(job["files"]["predictions"]).read())
+    assert predictions["top5_before"][0]["class"] == "0" and len(predictions["top5_after_png"]) == 5
+    for kind in ("adversarial", "perturbation", "comparison"):
+        assert open(job["files"][kind], "rb").read(8) == PNG
+
+
+@pytest.mark.parametrize("targeted, eps", [(False, 2 / 255), (True, 1 / 255)])
+def test_pgd_succeeds_at_least_as_often_as_torchattacks(trained, targeted, eps):
+    import torchattacks
+
+    from tlq.plugins.attacks import PixelModel, attack, pixel_transform
+    from tlq.plugins.backbones import provider_for
+    from tlq.plugins.base import BackboneRef
+    from tlq.plugins.images import discover_files, load_rgb
+    from tlq.plugins.registry import backbone_providers
+
+    ref = BackboneRef(trained.backbone)
+    loaded = provider_for(ref.name, backbone_providers()).load(ref, trained.env, None)
+    model = PixelModel(loaded.model.eval(), loaded.data_config["mean"], loaded.data_config["std"]).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    transform = pixel_transform(loaded.data_config)
+    files = discover_files(trained.val)
+    x = torch.stack([transform(load_rgb(f.path)) for f in files])
+    y = torch.tensor([int(f.label) for f in files])
+    labels = torch.full_like(y, 3) if targeted else y
+    keep = (model(x).argmax(1) == y) & (y != 3 if targeted else torch.ones_like(y, dtype=torch.bool))
+    steps = 10
+    ours = attack(
+        model,
+        x[keep],
+        labels[keep],
+        "pgd",
+        targeted,
+        eps,
+        steps,
+        2.5 * eps / steps,
+        generator=torch.Generator().manual_seed(0),
+    )
+    reference = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+    if targeted:
+        reference.set_mode_targeted_by_label(quiet=True)
+    torch.manual_seed(0)
+    theirs = reference(x[keep], labels[keep])
+    hit = (lambda p: p == labels[keep]) if targeted else (lambda p: p != labels[keep])
+    our_rate = hit(model(ours.adversarial).argmax(1)).float().mean().item()
+    their_rate = hit(model(theirs).argmax(1)).float().mean().item()
+    assert our_rate >= their_rate, (our_rate, their_rate)
+    assert 0 < their_rate < 1  # the comparison is not saturated either way
+    assert (ours.adversarial - x[keep]).abs().max() <= eps + 1e-6
+
+
+@pytest.fixture
+def cli_env(trained):
+    return {"TLQ_HOME": str(trained.home), "TLQ_DATABASE_URL": "", "TLQ_BROKER_URL": "", "HF_HUB_OFFLINE": "1"}
+
+
+BAD = {
+    "unknown target": (["ideal-image", "--target", "threee"], "is not a class of this model"),
+    "target out of range": (["ideal-image", "--target", "7"], "--target 7 is out of range"),
+    "eps zero": (["adversarial", "--image", "{image}", "--eps", "0"], "must be in (0, 1]"),
+    "eps above one": (["adversarial", "--image", "{image}", "--eps", "2"], "must be in (0, 1]"),
+    "missing image": (["adversarial", "--image", "/no/such.png"], "file /no/such.png does not exist"),
+    "non-image file": (["adversarial", "--image", "{text}"], "cannot be attacked: not an image"),
+    "image and data": (["adversarial", "--image", "{image}", "--data", "{data}"], "exactly one of --image"),
+    "curve of one image": (["adversarial", "--image", "{image}", "--eps", "1/255,2/255"], "needs --data DIR"),
+    "target and untargeted": (["adversarial", "--data", "{data}", "--target", "1", "--untargeted"], "exclude"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_attack_input_is_refused_at_submit(trained, cli_env, tmp_path, case):
+    (tmp_path / "notes.png").write_text("not really a png")
+    image = sorted((trained.val / "0").glob("*.png"))[0]
+    args, expected = BAD[case]
+    args = [a.format(image=image, text=tmp_path / "notes.png", data=trained.val) for a in args]
+    before = json.loads(CliRunner().invoke(cli, ["jobs", "--json"], env=cli_env).stdout)
+    result = CliRunner().invoke(cli, ["submit", args[0], "--backbone", trained.backbone, *args[1:]], env=cli_env)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr and result.stderr.count("\n") == 1
+    assert json.loads(CliRunner().invoke(cli, ["jobs", "--json"], env=cli_env).stdout) == before
+
+
+def test_unknown_imagenet_name_lists_the_closest(tmp_path):
+    from tlq.plugins.backbones.timm_models import imagenet_names
+    from tlq.plugins.classes import resolve_class
+    from tlq.plugins.errors import BadInput
+
+    names = imagenet_names(1000)
+    assert resolve_class("Siamese cat", names) == 284
+    assert resolve_class("siamese", names) == 284
+    assert resolve_class("340", names) == 340 and names[340].startswith("zebra")
+    with pytest.raises(BadInput, match="closest: 'Siamese cat, Siamese' \\(284\\)"):
+        resolve_class("siamese kat", names)
+
+
+@pytest.mark.parametrize("extra", [{"param": "fft", "steps": 150}, {"jitter": 2, "steps": 300, "lr": 0.3}])
+def test_feature_visualization_tricks_also_reach_the_target(trained, extra):
+    target = least_likely_class_of_noise(trained)
+    job = run_job(trained, "ideal-image", target=target, snapshots=0, **extra)
+    assert job["metrics"]["target_prob_png"] >= 0.9
+
+
+def test_imagenet_class_names_resolve_at_submit(tmp_path):
+    env = {"TLQ_HOME": str(tmp_path), "TLQ_DATABASE_URL": "", "TLQ_BROKER_URL": "", "HF_HUB_OFFLINE": "1"}
+    args = ["submit", "ideal-image", "--backbone", "test_resnet", "--no-pretrained", "--target"]
+    result = CliRunner().invoke(cli, [*args, "siamese kat"], env=env)
+    assert result.exit_code == 2
+    assert "closest: 'Siamese cat, Siamese' (284), 'meerkat, mierkat' (299)" in result.stderr
+    queued = CliRunner().invoke(cli, [*args, "Siamese cat", "--json"], env=env)
+    assert queued.exit_code == 0, queued.output
+    assert json.loads(queued.stdout)["params"]["target"] == "Siamese cat"
