@@ -90,5 +90,5 @@ def test_run_executes_in_process_and_records_the_same_rows(home, digits_dir):
 
 def test_db_upgrade_reports_the_revision(home):
     first = invoke(home, "db", "upgrade").stdout
-    assert "revision" in first and "(head 0001)" in first
-    assert "already at revision 0001" in invoke(home, "db", "upgrade").stdout
+    assert "upgraded to revision 0002" in first and "(head 0002)" in first
+    assert "already at revision 0002" in invoke(home, "db", "upgrade").stdout

@@ -6,7 +6,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from tests.support import WorkerProcess, make_digits, tlq_env, tlq_json, wait_for_status
+from tests.support import WorkerProcess, job_json, make_digits, tlq_env, tlq_json, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def metric_rows(home, job_id):
 
 def test_killed_worker_job_resumes_from_its_checkpoint(tmp_path, home):
     data = make_digits(tmp_path / "data", classes=range(4), per_class=60)
-    env = tlq_env(home, TLQ_STALE_AFTER="6")
+    env = tlq_env(home, TLQ_STALE_AFTER="5")
     first = WorkerProcess(env, tmp_path / "w1.log", "--name", "doomed").start().wait_ready()
     try:
         job = tlq_json(
@@ -50,7 +50,7 @@ def test_killed_worker_job_resumes_from_its_checkpoint(tmp_path, home):
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # wait until two epochs are checkpointed
-            shown = tlq_json(["show", job["id"]], env)
+            shown = job_json(env, job["id"])
             if (
                 any(a["kind"] == "checkpoint" for a in shown["artifacts"])
                 and len({s for n, s, _ in metric_rows(home, job["id"]) if n == "val_acc"}) >= 2
@@ -64,7 +64,7 @@ def test_killed_worker_job_resumes_from_its_checkpoint(tmp_path, home):
         killed_at = dt.datetime.now(dt.UTC)
     finally:
         first.stop()
-    assert tlq_json(["show", job["id"]], env)["status"] == "running"  # the database still thinks so
+    assert job_json(env, job["id"])["status"] == "running"  # the database still thinks so
 
     with WorkerProcess(env, tmp_path / "w2.log", "--name", "rescuer") as second:
         done = wait_for_status(env, job["id"], ("succeeded", "failed", "cancelled"), timeout=180)

@@ -121,6 +121,7 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     heartbeat_at: Mapped[dt.datetime | None]
+    dispatched_at: Mapped[dt.datetime | None]
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     group_id: Mapped[int | None] = mapped_column(ForeignKey("job_groups.id", ondelete="SET NULL"), index=True)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, func, select, update
+from sqlalchemy import Table, and_, case, func, select, update
 from sqlalchemy.orm import Session
 
 from tlq.db.models import Artifact, Job, JobStatus, Metric, WorkerRecord, utcnow
@@ -69,11 +69,13 @@ def list_jobs(
 
 
 def claim_job(session: Session, job_id: int, worker: str) -> bool:
-    """Moves a queued job to running for ``worker``; False when another delivery, a cancel or a worker got it."""
+    """Moves a queued job to running for ``worker``; False when another delivery, a cancel or a worker got it,
+    or when ``worker`` is shutting down."""
     now = utcnow()
+    stopping = select(WorkerRecord.id).where(WorkerRecord.name == worker, WorkerRecord.status == "stopping").exists()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.cancel_requested.is_(False))
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.cancel_requested.is_(False), ~stopping)
         .values(
             status=JobStatus.RUNNING.value,
             worker=worker,
@@ -106,6 +108,85 @@ def fail_queued_job(session: Session, job_id: int, error: str) -> None:
     )
 
 
+def mark_undispatched(session: Session, job_id: int) -> None:
+    """Marks a queued job as having no message in the broker, so the next live worker sends it again."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value).values(dispatched_at=None)
+    )
+
+
+def claim_redispatch(session: Session, broker_started: dt.datetime | None) -> list[tuple[int, str, int]]:
+    """Queued jobs with no message in the broker: never sent, handed back by a stopping worker, or sent before
+    the broker last (re)started (``broker_started``), so possibly gone with it.
+
+    Each job is claimed for re-sending with a conditional update, so of several workers noticing it only one
+    re-sends it. Returns (id, queue, priority) of the claimed jobs.
+    """
+    lost = Job.dispatched_at.is_(None)
+    if broker_started is not None:
+        lost = lost | (Job.dispatched_at < broker_started)
+    waiting = (Job.status == JobStatus.QUEUED.value, Job.queue != "local", lost)
+    candidates = list(session.execute(select(Job.id, Job.queue, Job.priority).where(*waiting)))
+    claimed = []
+    for job_id, queue, priority in candidates:
+        result = session.execute(update(Job).where(Job.id == job_id, *waiting).values(dispatched_at=utcnow()))
+        if result.rowcount == 1:
+            claimed.append((job_id, queue, priority))
+    return claimed
+
+
+def release_job(session: Session, job_id: int, worker: str, reason: str) -> bool:
+    """Puts a running job back in the queue without spending an attempt (its worker is shutting down); it
+    has no message until a live worker sends one (``claim_redispatch``)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
+        .values(
+            status=JobStatus.QUEUED.value,
+            worker=None,
+            attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
+            progress_stage=reason,
+            dispatched_at=None,
+        )
+    )
+    return result.rowcount == 1
+
+
+def record_worker_loss(session: Session, job_id: int, worker: str, reason: str) -> str | None:
+    """After the process running a job died: requeue it, or fail it with ``reason`` once out of attempts.
+
+    Returns:
+        "requeued", "failed", "cancelled", or None when the job was no longer this worker's.
+    """
+    job = session.get(Job, job_id)
+    if job is None or job.status != JobStatus.RUNNING.value or job.worker != worker:
+        return None
+    if job.cancel_requested:
+        values, outcome = dict(status=JobStatus.CANCELLED.value, finished_at=utcnow()), "cancelled"
+    elif job.attempts >= job.max_attempts:
+        values = dict(
+            status=JobStatus.FAILED.value,
+            finished_at=utcnow(),
+            error=f"{reason} on attempt {job.attempts} of {job.max_attempts}; giving up "
+            "(raise --max-attempts to allow more)",
+        )
+        outcome = "failed"
+    else:
+        values = dict(
+            status=JobStatus.QUEUED.value,
+            worker=None,
+            dispatched_at=utcnow(),
+            progress_stage=f"requeued: {reason} on attempt {job.attempts}",
+        )
+        outcome = "requeued"
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
+        .values(**values)
+    )
+    return outcome if result.rowcount == 1 else None
+
+
 def heartbeat(session: Session, job_id: int, worker: str) -> tuple[bool, bool]:
     """Refreshes a running job's heartbeat.
 
@@ -122,11 +203,12 @@ def heartbeat(session: Session, job_id: int, worker: str) -> tuple[bool, bool]:
 
 
 def update_progress(
-    session: Session, job_id: int, current: float | None, total: float | None, stage: str | None
+    session: Session, job_id: int, worker: str, current: float | None, total: float | None, stage: str | None
 ) -> None:
+    """Records live progress of a running job, only while ``worker`` still holds it."""
     session.execute(
         update(Job)
-        .where(Job.id == job_id)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
         .values(progress_current=current, progress_total=total, progress_stage=stage, heartbeat_at=utcnow())
     )
 
@@ -183,7 +265,12 @@ def requeue_stale_jobs(session: Session, stale_before: dt.datetime) -> tuple[lis
             )
             target = failed
         else:
-            values = dict(status=JobStatus.QUEUED.value, worker=None, progress_stage="requeued after worker loss")
+            values = dict(
+                status=JobStatus.QUEUED.value,
+                worker=None,
+                progress_stage="requeued after worker loss",
+                dispatched_at=utcnow(),
+            )
             target = requeued
         if session.execute(base.values(**values)).rowcount == 1 and target is not None:
             target.append(job_id)

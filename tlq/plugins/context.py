@@ -46,7 +46,7 @@ class JobContext:
         attempt: int = 1,
         timeout_s: float | None = None,
         on_progress: ProgressCallback | None = None,
-        check_interval: float = 0.5,
+        check_interval: float = 0.2,
         logger: logging.Logger | None = None,
     ) -> None:
         self.job_id = job_id
@@ -86,6 +86,7 @@ class JobContext:
 
     def metrics(self, values: dict[str, float], step: int = 0, epoch: int | None = None) -> None:
         """Records several metrics at one step in one transaction; a repeated (name, step) replaces the old value."""
+        self._ensure_ours()
         with self.env.db.session() as session:
             for name, value in values.items():
                 queries.record_metric(session, self.job_id, name, float(value), step=step, epoch=epoch)
@@ -99,7 +100,7 @@ class JobContext:
         if now - self._last_progress_write >= 0.5 or (total is not None and current is not None and current >= total):
             self._last_progress_write = now
             with self.env.db.session() as session:
-                queries.update_progress(session, self.job_id, current, total, stage)
+                queries.update_progress(session, self.job_id, self.worker, current, total, stage)
         self.check()
 
     def check(self) -> None:
@@ -128,7 +129,12 @@ class JobContext:
     def elapsed(self) -> float:
         return time.monotonic() - self._started
 
+    def _ensure_ours(self) -> None:
+        if self._lost.is_set():
+            raise JobLost(f"job {self.job_id} was taken over by another worker")
+
     def _record_artifact(self, kind: str, path: str, size: int, sha256: str) -> None:
+        self._ensure_ours()
         with self.env.db.session() as session:
             queries.record_artifact(session, self.job_id, kind, path, size, sha256)
 

@@ -9,9 +9,11 @@ import logging
 import multiprocessing
 import os
 import socket
+import time
 
 from celery import Celery
 from celery.signals import worker_process_init
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
 from tlq.config import Settings
 from tlq.plugins.base import Environment
@@ -35,11 +37,35 @@ def transport_options(broker_url: str) -> dict:
             "queue_order_strategy": "priority",
         }
         if os.environ.get("TLQ_VISIBILITY_TIMEOUT"):
-            options["visibility_timeout"] = float(os.environ["TLQ_VISIBILITY_TIMEOUT"])
+            timeout = float(os.environ["TLQ_VISIBILITY_TIMEOUT"])
+            options["visibility_timeout"] = timeout
+            # kombu sweeps for overdue messages every interval x throttle seconds (100 s by default); a short
+            # timeout needs sweeps to match.
+            options["unacked_restore_interval"] = max(1, min(10, int(timeout / 2)))
+            options["unacked_restore_throttle"] = 1
         return options
     if broker_url.startswith("sqla+sqlite"):
         return {"connect_args": {"timeout": 30}}
     return {}
+
+
+class EmbeddedTransport(kombu_sqlalchemy.Transport):
+    """kombu's SQLAlchemy transport, polling every 0.1 s instead of every second.
+
+    The stock transport cannot take ``polling_interval`` as an option (it hands every option to
+    create_engine), and its one-second sleep between fetches made the embedded broker run about one small
+    job per second per worker.
+    """
+
+    polling_interval = 0.1
+
+
+def celery_broker(broker_url: str) -> tuple[str, type | None]:
+    """The URL and transport Celery gets: the embedded broker goes through EmbeddedTransport."""
+    for prefix in ("sqla+", "sqlalchemy+"):
+        if broker_url.startswith(prefix):
+            return broker_url[len(prefix) :], EmbeddedTransport
+    return broker_url, None
 
 
 class WorkerRuntime:
@@ -60,15 +86,19 @@ class WorkerRuntime:
 
 def create_app(settings: Settings) -> Celery:
     """Builds the Celery app for ``settings``, with the ``tlq.run_job`` task registered."""
-    app = Celery("tlq", broker=settings.broker_url, set_as_current=False)
+    url, transport = celery_broker(settings.broker_url)
+    app = Celery("tlq", broker=url, set_as_current=False)
     app.conf.update(
+        broker_transport=transport,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
         event_serializer="json",
         task_ignore_result=True,
         task_acks_late=True,
-        task_reject_on_worker_lost=True,
+        # tlq requeues a job whose pool process died itself (see lifecycle.record_lost_process), with the reason
+        # and the attempt counted; the broker message is acknowledged rather than redelivered forever.
+        task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,
         task_default_queue="cpu",
         task_create_missing_queues=True,
@@ -78,6 +108,9 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=False,
         broker_heartbeat=10,
+        # How long the pool waits, after a child died, for a result it may still have sent (default 10 s);
+        # tlq requeues the job itself, so a short wait gets it running again sooner.
+        worker_lost_wait=2.0,
     )
     runtime = WorkerRuntime(settings)
     app.tlq_runtime = runtime
@@ -98,6 +131,31 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
+def ensure_broker_queues(app: Celery, attempts: int = 10) -> None:
+    """Creates the cpu and gpu queues in the embedded (SQLite) broker before anything uses them.
+
+    kombu's SQLAlchemy transport creates a queue row on first use and, when two processes do so at once, one
+    of them fails with a unique-constraint error that kombu does not catch (seen with four workers starting
+    together). Creating them here, retrying on that error, keeps workers and `tlq submit` clear of it.
+    """
+    if getattr(app, "_tlq_queues_ready", False) or app.conf.broker_transport is not EmbeddedTransport:
+        return
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            with app.connection_for_write() as conn:
+                channel = conn.default_channel
+                for queue in QUEUES:
+                    channel.queue_declare(queue=queue, durable=True, auto_delete=False)
+            app._tlq_queues_ready = True
+            return
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def redis_priority(priority: int) -> int:
     """tlq's priority (9 most urgent) as Celery's Redis priority (0 most urgent)."""
     return 9 - max(0, min(9, priority))
@@ -105,6 +163,7 @@ def redis_priority(priority: int) -> int:
 
 def publish(app: Celery, job_id: int, queue: str, priority: int = 0) -> None:
     """Sends a job id to ``queue``; raises the broker's error when it cannot be reached."""
+    ensure_broker_queues(app)
     app.send_task(
         TASK_NAME,
         args=[job_id],

@@ -50,6 +50,7 @@ def create_job_row(env: Environment, spec: JobSpec, queue: str, params: dict) ->
             tags=spec.tags,
             parent_id=spec.parent_id,
             group_id=spec.group_id,
+            dispatched_at=utcnow(),
         )
         return job.id
 

@@ -7,6 +7,7 @@ wrapper around it. Only the job id travels through the broker; everything else i
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import traceback
 from collections.abc import Callable
@@ -24,7 +25,17 @@ from tlq.workers.devices import choose_device, device_label
 
 log = logging.getLogger("tlq.worker")
 
-HEARTBEAT_INTERVAL_S = 5.0
+DEFAULT_STALE_AFTER_S = 60.0
+
+
+def stale_after() -> float:
+    """Seconds without a heartbeat after which a running job counts as abandoned (``TLQ_STALE_AFTER``)."""
+    return float(os.environ.get("TLQ_STALE_AFTER", DEFAULT_STALE_AFTER_S))
+
+
+def heartbeat_interval() -> float:
+    """A beat every 5 s, or often enough for three beats within a shorter stale window."""
+    return min(5.0, stale_after() / 3)
 
 
 class _Heartbeat(threading.Thread):
@@ -50,7 +61,7 @@ def execute_job(
     worker: str,
     tasks: Registry | None = None,
     on_progress: ProgressCallback | None = None,
-    heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+    heartbeat_every: float | None = None,
     on_claim: Callable[[int], None] | None = None,
 ) -> str:
     """Runs job ``job_id`` if this call can claim it.
@@ -63,6 +74,11 @@ def execute_job(
         if not queries.claim_job(session, job_id, worker):
             job = queries.get_job(session, job_id)
             state = job.status if job else "missing"
+            if state == JobStatus.QUEUED.value and not job.cancel_requested:
+                # This worker is stopping: leave the job to the next live worker, which sends it again.
+                queries.mark_undispatched(session, job_id)
+                log.info("job %s left for another worker: %s is shutting down", job_id, worker)
+                return "deferred"
             log.info("job %s is %s; delivery dropped", job_id, state)
             return "dropped"
         job = queries.get_job(session, job_id)
@@ -93,7 +109,7 @@ def execute_job(
             timeout_s=job.timeout_s,
             on_progress=on_progress,
         )
-        heartbeat = _Heartbeat(ctx, heartbeat_interval)
+        heartbeat = _Heartbeat(ctx, heartbeat_every or heartbeat_interval())
         heartbeat.start()
         plugin.run(ctx, params)
         status = JobStatus.SUCCEEDED

@@ -1,7 +1,14 @@
-"""A worker's life around the Celery consumer: registering itself, reporting in, recovering stale jobs.
+"""A worker's life around the Celery consumer: registering itself, reporting in, recovering jobs.
 
-The database, not the broker, knows which jobs run where: a job whose heartbeat stopped (its worker was
-killed, its machine died) is put back in the queue by any live worker within ``TLQ_STALE_AFTER`` seconds.
+The database, not the broker, knows which jobs run where, so recovery does not lean on the broker:
+
+- a job whose heartbeat stopped (its worker was killed, its machine died) is put back in the queue by any
+  live worker within ``TLQ_STALE_AFTER`` seconds, or failed once it is out of attempts;
+- a job whose pool process died under it is requeued (or failed) at once, with the reason;
+- a worker told to stop (SIGTERM) puts its running job back without spending an attempt;
+- jobs queued before the Redis broker (re)started are sent again, since their messages may be gone with it.
+
+Every resend is safe: a duplicate delivery finds the job no longer queued and is dropped.
 """
 
 from __future__ import annotations
@@ -13,21 +20,18 @@ import socket
 import threading
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import task_failure, worker_ready, worker_shutdown, worker_shutting_down
 
 from tlq.db import JobStatus, queries
 from tlq.db.models import Job, utcnow
 from tlq.plugins.base import Environment
 from tlq.workers.app import publish
+from tlq.workers.execute import stale_after
 
 log = logging.getLogger("tlq.worker")
 
 REPORT_INTERVAL_S = 5.0
-DEFAULT_STALE_AFTER_S = 60.0
-
-
-def stale_after() -> float:
-    return float(os.environ.get("TLQ_STALE_AFTER", DEFAULT_STALE_AFTER_S))
+CLOCK_MARGIN = dt.timedelta(seconds=5)  # messages sent this soon after a broker start may predate it
 
 
 def recover_stale_jobs(env: Environment, app: Celery, older_than_s: float) -> list[int]:
@@ -42,6 +46,57 @@ def recover_stale_jobs(env: Environment, app: Celery, older_than_s: float) -> li
         log.warning("job %s had no heartbeat for %.0f s; requeued on %s", job_id, older_than_s, queue)
         publish(app, job_id, queue, priority)
     return requeued
+
+
+def broker_started_at(broker_url: str) -> dt.datetime | None:
+    """When a Redis broker last started (from its uptime); None for brokers that keep messages on disk."""
+    if not broker_url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        uptime = int(client.info("server")["uptime_in_seconds"])
+    finally:
+        client.close()
+    return utcnow() - dt.timedelta(seconds=uptime)
+
+
+def redispatch_lost_messages(env: Environment, app: Celery) -> list[int]:
+    """Sends again the queued jobs that have no message: handed back by a stopping worker, or queued before
+    the Redis broker last started. Returns their ids."""
+    started = broker_started_at(env.settings.broker_url)
+    with env.db.session() as session:
+        claimed = queries.claim_redispatch(session, started + CLOCK_MARGIN if started else None)
+    for job_id, queue, priority in claimed:
+        publish(app, job_id, queue, priority)
+    if claimed:
+        log.warning("sent %d queued job(s) again (no message in the broker for them)", len(claimed))
+    return [job_id for job_id, _, _ in claimed]
+
+
+def release_running_jobs(env: Environment, name: str) -> list[int]:
+    """Marks this worker as stopping (it claims nothing more) and puts its running jobs back in the queue;
+    they stop at their next step, and a live worker sends them on."""
+    with env.db.session() as session:
+        queries.touch_worker(session, name, status="stopping")
+    with env.db.session() as session:
+        running = [j.id for j in session.query(Job).filter(Job.status == JobStatus.RUNNING.value, Job.worker == name)]
+        released = [j for j in running if queries.release_job(session, j, name, f"released by stopping worker {name}")]
+    for job_id in released:
+        log.warning("job %s put back in the queue: worker %s is shutting down", job_id, name)
+    return released
+
+
+def record_lost_process(env: Environment, app: Celery, name: str, job_id: int, reason: str) -> None:
+    """The pool process running ``job_id`` died: requeue the job at once, or fail it with the reason."""
+    with env.db.session() as session:
+        outcome = queries.record_worker_loss(session, job_id, name, reason)
+        job = queries.get_job(session, job_id)
+    if outcome == "requeued":
+        publish(app, job_id, job.queue, job.priority)
+    if outcome:
+        log.warning("job %s %s: %s", job_id, outcome, reason)
 
 
 def requeue_own_jobs(env: Environment, app: Celery, name: str) -> None:
@@ -79,17 +134,19 @@ class WorkerMonitor(threading.Thread):
                 concurrency=self.concurrency,
             )
         requeue_own_jobs(self.env, self.app, self.worker_name)
+        try:
+            redispatch_lost_messages(self.env, self.app)
+        except Exception:
+            log.warning("could not check the broker for lost messages", exc_info=True)
         log.info("worker %s registered: queues %s, device %s", self.worker_name, ",".join(self.queues), self.device)
 
     def run(self) -> None:
-        ticks = 0
         while not self.stopped.wait(REPORT_INTERVAL_S):
-            ticks += 1
             try:
                 with self.env.db.session() as session:
                     queries.touch_worker(session, self.worker_name, status="online")
-                if ticks % 2 == 0:
-                    recover_stale_jobs(self.env, self.app, stale_after())
+                recover_stale_jobs(self.env, self.app, stale_after())
+                redispatch_lost_messages(self.env, self.app)
             except Exception:
                 log.warning("worker report failed; retrying", exc_info=True)
 
@@ -98,6 +155,8 @@ class WorkerMonitor(threading.Thread):
         try:
             with self.env.db.session() as session:
                 queries.touch_worker(session, self.worker_name, status="offline", current_job_id=None)
+            # Deliveries this worker turned down while stopping left their jobs without a message.
+            redispatch_lost_messages(self.env, self.app)
         except Exception:
             log.warning("could not mark worker %s offline", self.worker_name, exc_info=True)
 
@@ -112,6 +171,9 @@ def start_worker(
     pool: str = "prefork",
 ) -> None:
     """Runs a Celery worker consuming ``queues`` until it is stopped; blocks."""
+    from tlq.workers.app import ensure_broker_queues
+
+    ensure_broker_queues(app)
     runtime = app.tlq_runtime
     runtime.worker_name = name
     monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency)
@@ -123,8 +185,25 @@ def start_worker(
     def on_shutdown(**_kwargs) -> None:
         monitor.stop()
 
+    def on_shutting_down(**_kwargs) -> None:
+        # Warm shutdown (SIGTERM, `docker stop`): hand the running job back instead of finishing it, so the
+        # stop is quick and the job resumes elsewhere from its last checkpoint.
+        monitor.stopped.set()
+        try:
+            release_running_jobs(runtime.env, name)
+        except Exception:
+            log.warning("could not release the running job; it will be recovered by heartbeat", exc_info=True)
+
+    def on_task_failure(sender=None, exception=None, args=None, **_kwargs) -> None:
+        from billiard.exceptions import WorkerLostError
+
+        if isinstance(exception, WorkerLostError) and args and isinstance(args[0], int):
+            record_lost_process(runtime.env, app, name, args[0], f"the worker process running it died ({exception})")
+
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
+    worker_shutting_down.connect(on_shutting_down, weak=False)
+    task_failure.connect(on_task_failure, weak=False)
     argv = [
         "worker",
         f"--loglevel={loglevel}",
