@@ -151,6 +151,15 @@ class WorkerProcess:
         self.discard()
 
 
+def figure(name: str, **values) -> None:
+    """Prints a measured figure; the README's Reliability table quotes them
+    (`pytest tests/integration -s | grep FIGURE`)."""
+    print(
+        f"FIGURE {name}: "
+        + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    )
+
+
 def job_json(env: dict, job_id: int) -> dict:
     """The job as `tlq show --json` prints it, read in this process (cheaper than a CLI call when polling)."""
     from tlq.config import Settings

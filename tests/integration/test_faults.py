@@ -13,7 +13,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from tests.support import WorkerProcess, job_json, run_tlq, tlq_env, tlq_json, wait_for_status
+from tests.support import WorkerProcess, figure, job_json, run_tlq, tlq_env, tlq_json, wait_for_status
 
 pytestmark = pytest.mark.integration
 FINAL = ("succeeded", "failed", "cancelled")
@@ -143,7 +143,9 @@ def test_redis_restart_loses_no_job_and_the_worker_keeps_consuming(tmp_path, hom
         private_redis.stop()  # no persistence: the queued messages die with it
         time.sleep(1.0)
         private_redis.start()
+        restarted = time.monotonic()
         rows = wait_all(pg_url, [running["id"], *queued], timeout=120)
+        figure("redis restart", jobs=len(rows), restart_to_all_done_s=time.monotonic() - restarted)
         assert {r["status"] for r in rows.values()} == {"succeeded"}, (rows, worker.log()[-3000:])
         assert all(r["attempts"] == 1 and r["step_rows"] in (2, 16) for r in rows.values())
         after = json.loads(run_tlq(["submit", "sleep", "--steps", "1", "--wait", "--json"], env, timeout=120).stdout)
@@ -167,6 +169,7 @@ def test_a_job_longer_than_the_visibility_timeout_runs_exactly_once(tmp_path, ho
     rows = job_rows(pg_url, [job["id"]])
     assert rows[job["id"]]["step_rows"] == 12  # each step ran once
     assert f"job {job['id']} is running; delivery dropped" in logs  # the redelivery came, and was dropped
+    figure("visibility timeout 2 s, 6 s job", runs=1, deliveries_dropped=logs.count("delivery dropped"))
 
 
 # 4 ---------------------------------------------------------------------------------------------------------------
@@ -180,9 +183,15 @@ def test_cancel_stops_a_running_job_within_one_step(tmp_path, home, plugin_site)
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert run_tlq(["cancel", queued["id"]], env).stdout.strip() == f"job {queued['id']} cancelled"
+        cancelled_at = time.monotonic()
         run_tlq(["cancel", job["id"]], env)
         at_cancel = job_json(env, job["id"])["metrics"]["step_done"]
         done = wait_for_status(env, job["id"], FINAL, timeout=30)
+        figure(
+            "cancel running job (0.5 s steps)",
+            steps_after_cancel=done["metrics"]["step_done"] - at_cancel,
+            cancel_to_cancelled_s=time.monotonic() - cancelled_at,
+        )
     assert done["status"] == "cancelled"
     assert done["metrics"]["step_done"] <= at_cancel + 1
     assert tlq_json(["show", queued["id"]], env)["status"] == "cancelled"
@@ -206,8 +215,10 @@ def test_a_burst_of_200_jobs_on_4_workers_runs_each_once(tmp_path, home, plugin_
     try:
         for w in workers:
             w.wait_ready(timeout=120)
+        submitted = time.monotonic()
         ids = submit_many(env, 200, steps=1, step_seconds=0)
         rows = wait_all(database_url, ids, timeout=240)
+        figure(f"burst on {backend}", jobs=len(rows), workers=4, submit_to_all_done_s=time.monotonic() - submitted)
         logs = "".join(w.log() for w in workers)
     finally:
         for w in workers:
@@ -224,8 +235,10 @@ def test_a_poison_job_fails_after_max_attempts_while_others_flow(tmp_path, home,
     env = tlq_env(home, PYTHONPATH=str(plugin_site))
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         poison = tlq_json(["submit", "crash", "--max-attempts", "2"], env)
+        submitted = time.monotonic()
         others = [tlq_json(["submit", "sleep", "--steps", "2", "--step-seconds", "0.1"], env)["id"] for _ in range(3)]
         failed = wait_for_status(env, poison["id"], FINAL, timeout=120)
+        figure("poison job", attempts=failed["attempts"], submit_to_failed_s=time.monotonic() - submitted)
         for job_id in others:
             assert wait_for_status(env, job_id, FINAL, timeout=60)["status"] == "succeeded"
         assert worker.proc.poll() is None  # the worker itself lived through it
@@ -242,6 +255,7 @@ def test_sigterm_puts_the_running_job_back_and_it_finishes_elsewhere(tmp_path, h
     time.sleep(1.0)
     took = first.stop(timeout=30)
     assert took < 10, first.log()[-2000:]
+    figure("SIGTERM with a running job", stop_took_s=took)
     back = job_json(env, job["id"])
     assert back["status"] == "queued" and back["attempts"] == 0 and "released" in back["progress"]["stage"]
     with WorkerProcess(env, tmp_path / "w2.log", "--name", "staying"):

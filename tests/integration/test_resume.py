@@ -6,7 +6,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from tests.support import WorkerProcess, job_json, make_digits, tlq_env, tlq_json, wait_for_status
+from tests.support import WorkerProcess, figure, job_json, make_digits, tlq_env, tlq_json, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +78,11 @@ def test_killed_worker_job_resumes_from_its_checkpoint(tmp_path, home):
     for step, recorded in val_acc:  # epochs up to the checkpoint ran before the kill; later ones after it
         assert (recorded < killed_at) == (step <= resumed_from), (step, recorded, killed_at)
     assert "requeued" in second.log() or "resuming" in second.log()
+    finished = dt.datetime.fromisoformat(done["finished_at"])
+    figure(
+        "sigkill mid-finetune",
+        resumed_from_epoch=resumed_from,
+        attempts=done["attempts"],
+        kill_to_finish_s=(finished - killed_at).total_seconds(),
+        stale_after_s=5,
+    )
