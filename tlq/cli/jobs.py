@@ -37,10 +37,14 @@ def load_job(state: CliState, job_id: int, session=None):
 def jobs(state: CliState, status, task, backbone, limit, json_out) -> None:
     """List jobs, newest first."""
     from tlq.db import queries
+    from tlq.workers.dispatch import live_queues, waiting_reason
 
     with state.env.db.session() as session:
         rows = queries.list_jobs(session, status=status, task=task, backbone=backbone, limit=limit)
         data = [queries.job_as_dict(session, job, state.settings.artifacts_dir) for job in rows]
+    consumed = live_queues(state.env)
+    for job in data:
+        job["waiting"] = waiting_reason(job["queue"], job["status"], consumed)
     if json_out:
         print_json(data)
         return
@@ -64,6 +68,8 @@ def jobs(state: CliState, status, task, backbone, limit, json_out) -> None:
             shown = f"{key}={format_value(job['metrics'][key])}" if key else ""
         elif job["status"] == "failed" and job["error"]:
             shown = job["error"][:60]
+        elif job["waiting"]:
+            shown = job["waiting"].split(":")[0]
         table.add_row(
             str(job["id"]),
             job["task"],

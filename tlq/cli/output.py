@@ -26,12 +26,16 @@ def console():
 
 
 def job_dict(state: CliState, job_id: int) -> dict[str, Any]:
+    """A job's JSON form, with ``waiting`` saying why it has not started when no worker takes its queue."""
     from tlq.cli.jobs import load_job
     from tlq.db import queries
+    from tlq.workers.dispatch import live_queues, waiting_reason
 
     with state.env.db.session() as session:
         job = load_job(state, job_id, session)
-        return queries.job_as_dict(session, job, state.settings.artifacts_dir)
+        data = queries.job_as_dict(session, job, state.settings.artifacts_dir)
+    data["waiting"] = waiting_reason(data["queue"], data["status"], live_queues(state.env))
+    return data
 
 
 def duration(start: str | None, end: str | None) -> str:
@@ -63,6 +67,8 @@ def show_job(data: dict[str, Any], brief: bool = False) -> None:
     out.print(f"[bold]{title}[/bold]  [{color}]{data['status']}[/{color}]" if color else f"{title}  {data['status']}")
     if data.get("error"):
         out.print(f"  error: {data['error']}", markup=False)
+    if data.get("waiting"):
+        out.print(f"  {data['waiting']}", markup=False)
     if not brief:
         rows = [
             ("name", data.get("name")),

@@ -39,8 +39,9 @@ def parse_queues(text: str | None, has_gpu: bool) -> list[str]:
 @click.option("--name", metavar="NAME", help="Worker name.  [default: HOST-PID]")
 @click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
+@click.option("--events", is_flag=True, help="Send Celery task events (for Flower).")
 @pass_state
-def worker(state: CliState, queues, concurrency, name, loglevel, pool) -> None:
+def worker(state: CliState, queues, concurrency, name, loglevel, pool, events) -> None:
     """Start a worker that runs queued jobs (Ctrl-C stops it)."""
     from tlq.workers.app import create_app, default_worker_name
     from tlq.workers.devices import cuda_available, describe_device
@@ -60,6 +61,7 @@ def worker(state: CliState, queues, concurrency, name, loglevel, pool) -> None:
         concurrency=concurrency,
         loglevel=loglevel,
         pool=pool,
+        events=events,
     )
 
 

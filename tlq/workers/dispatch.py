@@ -32,6 +32,22 @@ def route(device: str, env: Environment) -> str:
     return "gpu" if gpu_workers else "cpu"
 
 
+def live_queues(env: Environment) -> set[str]:
+    """The queues at least one live worker consumes."""
+    with env.db.session() as session:
+        workers = queries.live_workers(session, utcnow() - WORKER_LIVE_WINDOW)
+    return {queue for w in workers for queue in w.queues.split(",")}
+
+
+def waiting_reason(queue: str, status: str, consumed: set[str]) -> str | None:
+    """Why a queued job is not starting, when no live worker takes its queue; None otherwise."""
+    if status != "queued" or queue == "local" or queue in consumed:
+        return None
+    if queue == "gpu":
+        return "waiting for a GPU worker: none is live; start `tlq worker --queues gpu` on a host with a GPU"
+    return f"waiting for a worker: none is live on the {queue} queue; start one with `tlq worker`"
+
+
 def create_job_row(env: Environment, spec: JobSpec, queue: str, params: dict) -> int:
     with env.db.session() as session:
         job = queries.create_job(

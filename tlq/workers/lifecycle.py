@@ -169,6 +169,7 @@ def start_worker(
     concurrency: int = 1,
     loglevel: str = "INFO",
     pool: str = "prefork",
+    events: bool = False,
 ) -> None:
     """Runs a Celery worker consuming ``queues`` until it is stopped; blocks."""
     from tlq.workers.app import ensure_broker_queues
@@ -218,4 +219,6 @@ def start_worker(
         "--without-gossip",
         "--without-mingle",
     ]
+    if events:
+        argv.append("--task-events")
     app.worker_main(argv)
