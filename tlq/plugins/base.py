@@ -82,6 +82,8 @@ class LoadedBackbone:
         arch: The timm architecture name.
         source: Where the weights came from, in words (recorded on the job and in model cards).
         class_names: Names of the classifier's outputs, when known.
+        weights_file: The file the weights came from (None for random initialization); the feature cache
+            keys on its digest.
     """
 
     model: Any
@@ -90,6 +92,7 @@ class LoadedBackbone:
     source: str
     class_names: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    weights_file: Path | None = None
 
 
 class BackboneProvider(Protocol):

@@ -48,6 +48,7 @@ class JobContext:
         on_progress: ProgressCallback | None = None,
         check_interval: float = 0.2,
         logger: logging.Logger | None = None,
+        model_cache=None,
     ) -> None:
         self.job_id = job_id
         self.backbone = backbone
@@ -66,6 +67,8 @@ class JobContext:
         self._cancel = threading.Event()
         self._lost = threading.Event()
         self._last_metrics: dict[str, float] = {}
+        self._model_cache = model_cache
+        self._first_batch_marked = False
 
     # --- the backbone ---------------------------------------------------------------------------------------
 
@@ -77,7 +80,25 @@ class JobContext:
         from tlq.plugins.registry import backbone_providers
 
         provider = provider_for(self.backbone.name, backbone_providers())
-        return provider.load(self.backbone, self.env, num_classes)
+        if self._model_cache is None:
+            return provider.load(self.backbone, self.env, num_classes)
+        return self._model_cache.get(
+            self.backbone, num_classes, lambda: provider.load(self.backbone, self.env, num_classes)
+        )
+
+    @property
+    def feature_cache(self):
+        """The on-disk feature cache of this host (``TLQ_HOME/cache``), or None when disabled."""
+        from tlq.plugins.feature_cache import FeatureCache
+
+        cache = FeatureCache.for_home(self.env.settings.home)
+        return cache if cache.enabled else None
+
+    def mark_first_batch(self) -> None:
+        """Records, once, how long the job took from its start until its first batch reached the model."""
+        if not self._first_batch_marked:
+            self._first_batch_marked = True
+            self.metric("seconds_to_first_batch", self.elapsed)
 
     # --- reporting ------------------------------------------------------------------------------------------
 

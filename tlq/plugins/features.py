@@ -83,6 +83,7 @@ class FeatureResult:
     kept: list[int]
     skipped: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
+    cached: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -100,6 +101,7 @@ def extract_features(
     workers: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     forward: Callable | None = None,
+    on_first_batch: Callable[[], None] | None = None,
 ) -> FeatureResult:
     """Runs ``model`` (a feature extractor, ``num_classes=0``) over ``files``.
 
@@ -107,6 +109,7 @@ def extract_features(
         on_batch: Called after each batch with (files done, files in all); may raise to stop.
         forward: What to compute from a batch instead of ``model(batch)`` (pooled features of a model that
             has a head, say).
+        on_first_batch: Called once, when the first batch is ready to enter the model.
     """
     forward = forward or model
     prepare_model(model.eval(), device, precision)
@@ -118,6 +121,8 @@ def extract_features(
     for images, indices, bad in image_loader(files, transform, batch_size, workers):
         skipped.extend(bad)
         if images is not None:
+            if on_first_batch is not None and not kept:
+                on_first_batch()
             with autocast(device, precision):
                 out = forward(prepare_batch(images, device, precision))
             chunks.append(out.float().cpu().numpy())
@@ -153,3 +158,67 @@ def scan_images(
 
 def _nothing(_image) -> torch.Tensor:
     return torch.zeros(0)
+
+
+def pooled_features_of(
+    ctx,
+    backbone,
+    files: Sequence[ImageFile],
+    transform,
+    precision: str,
+    batch_size: int,
+    workers: int | None,
+    stage: str,
+) -> FeatureResult:
+    """Pooled pre-logits features of ``files`` for a job, served from the feature cache where they are there.
+
+    Only the files the cache lacks go through the model; what they yield is stored for next time. Random
+    initializations (no weights file) are never cached.
+    """
+    model = backbone.model
+
+    def compute(subset: Sequence[ImageFile], done_before: int, total: int) -> FeatureResult:
+        return extract_features(
+            model,
+            subset,
+            transform,
+            ctx.device,
+            precision,
+            batch_size,
+            workers,
+            on_batch=lambda done, _n: ctx.progress(done_before + done, total, stage),
+            forward=lambda x: pooled_features(model, x),
+            on_first_batch=ctx.mark_first_batch,
+        )
+
+    cache = ctx.feature_cache if backbone.weights_file is not None else None
+    weights = cache.weights_digest(backbone.weights_file) if cache is not None else None
+    if cache is None or weights is None:
+        return compute(files, 0, len(files))
+    from tlq.plugins.feature_cache import file_digest
+
+    config = {
+        k: backbone.data_config.get(k) for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    }
+    key = cache.model_key(
+        arch=backbone.arch,
+        weights=weights,
+        data=config,
+        precision=precision,
+        device=ctx.device.split(":")[0],
+        output="pooled",
+    )
+    start = time.perf_counter()
+    digests = [file_digest(f.path) for f in files]
+    found = cache.lookup(key, [d for d in digests if d])
+    missing = [i for i, d in enumerate(digests) if d not in found]
+    computed = compute([files[i] for i in missing], len(files) - len(missing), len(files))
+    fresh = {digests[missing[j]]: computed.features[row] for row, j in enumerate(computed.kept) if digests[missing[j]]}
+    cache.store(key, fresh)
+    rows: dict[int, np.ndarray] = {i: found[d] for i, d in enumerate(digests) if d in found}
+    rows.update({missing[j]: computed.features[row] for row, j in enumerate(computed.kept)})
+    kept = sorted(rows)
+    width = next(iter(rows.values())).shape[0] if rows else 0
+    features = np.stack([rows[i] for i in kept]).astype(np.float32) if rows else np.zeros((0, width), np.float32)
+    skipped = sorted((missing[j], reason) for j, reason in computed.skipped)
+    return FeatureResult(features, kept, skipped, time.perf_counter() - start, cached=len(files) - len(missing))

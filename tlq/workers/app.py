@@ -72,8 +72,11 @@ class WorkerRuntime:
     """What a worker process holds: its settings, database and name. Built per app, never a module global."""
 
     def __init__(self, settings: Settings) -> None:
+        from tlq.plugins.model_cache import ModelCache
+
         self.env = Environment(settings)
         self.worker_name = default_worker_name()
+        self.model_cache = ModelCache()
 
     def run(self, job_id) -> str:
         from tlq.workers.execute import execute_job
@@ -81,7 +84,7 @@ class WorkerRuntime:
         if isinstance(job_id, bool) or not isinstance(job_id, int):
             log.error("refused a message whose job id is %r, not an integer", job_id)
             return "refused"
-        return execute_job(self.env, job_id, self.worker_name)
+        return execute_job(self.env, job_id, self.worker_name, model_cache=self.model_cache)
 
 
 def create_app(settings: Settings) -> Celery:

@@ -63,6 +63,7 @@ def execute_job(
     on_progress: ProgressCallback | None = None,
     heartbeat_every: float | None = None,
     on_claim: Callable[[int], None] | None = None,
+    model_cache=None,
 ) -> str:
     """Runs job ``job_id`` if this call can claim it.
 
@@ -108,6 +109,7 @@ def execute_job(
             attempt=job.attempts,
             timeout_s=job.timeout_s,
             on_progress=on_progress,
+            model_cache=model_cache,
         )
         heartbeat = _Heartbeat(ctx, heartbeat_every or heartbeat_interval())
         heartbeat.start()

@@ -111,6 +111,7 @@ class JobModelProvider:
             + ")",
             class_names=classes,
             extra={"card": card, "lineage": [*card.get("lineage", []), ref.name]},
+            weights_file=weights_path,
         )
 
 

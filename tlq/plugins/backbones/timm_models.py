@@ -117,11 +117,14 @@ class TimmProvider:
         timm = _timm()
         arch = _arch(ref.name)
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        weights_file = None
         if ref.weights is not None:
             model = self._build_with_weights(arch, ref.weights, num_classes)
             source = f"file {Path(ref.weights).name}"
+            weights_file = Path(ref.weights)
         elif ref.pretrained:
             cached = cached_pretrained_file(arch)
+            weights_file = cached
             if cached is not None:
                 model = timm.create_model(
                     ref.name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}, **kwargs
@@ -130,6 +133,7 @@ class TimmProvider:
             else:
                 model = timm.create_model(ref.name, pretrained=True, **kwargs)
                 source = f"timm pretrained ({model.pretrained_cfg.get('hf_hub_id') or arch})"
+                weights_file = cached_pretrained_file(arch)
         else:
             model = timm.create_model(ref.name, pretrained=False, **kwargs)
             source = "random init"
@@ -137,7 +141,14 @@ class TimmProvider:
         class_names = None
         if num_classes is None:
             class_names = imagenet_names(getattr(model, "num_classes", 0))  # a 1000-class head is ImageNet's
-        return LoadedBackbone(model=model, data_config=data_config, arch=arch, source=source, class_names=class_names)
+        return LoadedBackbone(
+            model=model,
+            data_config=data_config,
+            arch=arch,
+            source=source,
+            class_names=class_names,
+            weights_file=weights_file,
+        )
 
     def class_names(self, ref: BackboneRef, env: Environment) -> list[str] | None:
         from timm.models import get_pretrained_cfg

@@ -43,7 +43,7 @@ def run(ctx, params: FeatureExtractParams) -> None:
     import numpy as np
     import timm.data
 
-    from tlq.plugins.features import extract_features
+    from tlq.plugins.features import pooled_features_of
     from tlq.plugins.precision import resolve_precision
 
     files = discover_files(params.data)
@@ -53,15 +53,8 @@ def run(ctx, params: FeatureExtractParams) -> None:
     precision = resolve_precision(params.precision, ctx.device)
     ctx.log.info("extracting %s features of %d files with %s (%s)", backbone.arch, len(files), precision, ctx.device)
     transform = timm.data.create_transform(**backbone.data_config, is_training=False)
-    result = extract_features(
-        backbone.model,
-        files,
-        transform,
-        device=ctx.device,
-        precision=precision,
-        batch_size=params.batch_size,
-        workers=params.loader_workers,
-        on_batch=lambda done, total: ctx.progress(done, total, "extracting features"),
+    result = pooled_features_of(
+        ctx, backbone, files, transform, precision, params.batch_size, params.loader_workers, "extracting features"
     )
     if not result.kept:
         examples = "; ".join(f"{files[i].rel}: {reason}" for i, reason in result.skipped[:3])
@@ -86,6 +79,7 @@ def run(ctx, params: FeatureExtractParams) -> None:
             "skipped": len(result.skipped),
             "images_per_second": result.images_per_second,
             "feature_dim": result.features.shape[1],
+            "cached_images": result.cached,
         }
     )
 

@@ -156,7 +156,7 @@ def build_transforms(data_config: dict, augment: str):
 
 def run(ctx, params: FinetuneParams) -> None:
 
-    from tlq.plugins.features import extract_features, pooled_features, scan_images
+    from tlq.plugins.features import pooled_features_of, scan_images
     from tlq.plugins.precision import prepare_model, resolve_precision
     from tlq.plugins.training import (
         load_checkpoint,
@@ -192,16 +192,8 @@ def run(ctx, params: FinetuneParams) -> None:
     if params.strategy == "linear-probe":
         # The feature pass decodes every file once, so it doubles as the check for unreadable ones.
         def features_of(files, stage):
-            return extract_features(
-                model,
-                files,
-                eval_tf,
-                ctx.device,
-                precision,
-                params.batch_size,
-                params.loader_workers,
-                on_batch=lambda done, total: ctx.progress(done, total, stage),
-                forward=lambda x: pooled_features(model, x),
+            return pooled_features_of(
+                ctx, backbone, files, eval_tf, precision, params.batch_size, params.loader_workers, stage
             )
 
         train_feats, val_feats = features_of(train_files, "features (train)"), features_of(val_files, "features (val)")
@@ -209,6 +201,7 @@ def run(ctx, params: FinetuneParams) -> None:
             (val_files[i].rel, r) for i, r in val_feats.skipped
         ]
         record_data_metrics(ctx, len(train_feats.kept), len(val_feats.kept), classes, skipped + unlabelled)
+        ctx.metric("cached_images", train_feats.cached + val_feats.cached)
         fit = _LinearProbe(ctx, params, model, train_feats, train_y, val_feats, val_y)
     else:
         every = train_files + val_files

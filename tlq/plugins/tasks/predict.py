@@ -33,7 +33,7 @@ def run(ctx, params: PredictParams) -> None:
     import timm.data
     import torch
 
-    from tlq.plugins.features import extract_features
+    from tlq.plugins.features import pooled_features_of
     from tlq.plugins.precision import resolve_precision
     from tlq.plugins.reports import confusion_csv, confusion_figure, confusion_matrix, per_class_csv
     from tlq.plugins.tasks.feature_extract import csv_text
@@ -48,19 +48,14 @@ def run(ctx, params: PredictParams) -> None:
     classes = backbone.class_names or [f"class_{i}" for i in range(num_classes)]
     precision = resolve_precision(params.precision, ctx.device)
     transform = timm.data.create_transform(**backbone.data_config, is_training=False)
-    result = extract_features(
-        backbone.model,
-        files,
-        transform,
-        ctx.device,
-        precision,
-        params.batch_size,
-        params.loader_workers,
-        on_batch=lambda done, total: ctx.progress(done, total, "predicting"),
+    result = pooled_features_of(
+        ctx, backbone, files, transform, precision, params.batch_size, params.loader_workers, "predicting"
     )
     if not result.kept:
         raise BadInput(f"none of the {len(files)} files under {params.data} is a readable image")
-    probs = torch.softmax(torch.from_numpy(result.features), dim=1).numpy()
+    head = backbone.model.get_classifier().float().cpu().eval()
+    with torch.no_grad():  # the classifier on the pooled features, which the feature cache can serve
+        probs = torch.softmax(head(torch.from_numpy(result.features)), dim=1).numpy()
     k = min(params.top_k, num_classes)
     top = np.argsort(-probs, axis=1)[:, :k]
     rows = []
@@ -82,6 +77,7 @@ def run(ctx, params: PredictParams) -> None:
         "images": len(result.kept),
         "skipped": len(result.skipped),
         "images_per_second": result.images_per_second,
+        "cached_images": result.cached,
     }
     index = {name: i for i, name in enumerate(classes)}
     labelled = [(row, index[files[i].label]) for row, i in enumerate(result.kept) if files[i].label in index]

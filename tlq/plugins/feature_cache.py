@@ -1,0 +1,144 @@
+"""Features already computed, kept on disk: keyed by backbone, weights digest, preprocessing, precision and
+the image file's content, so a linear probe, a feature-extract or a predict over images seen before skips
+the forward pass. Size-bounded (least recently used go first) and safe to delete at any time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MB = 2048
+
+
+def file_digest(path: Path) -> str | None:
+    """sha256 of a file's bytes; None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """A SQLite file of feature vectors.
+
+    Args:
+        path: The cache file (default ``TLQ_HOME/cache/features.sqlite``).
+        max_bytes: Size bound of the stored vectors; 0 disables the cache.
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def for_home(cls, home: Path) -> FeatureCache:
+        megabytes = float(os.environ.get("TLQ_FEATURE_CACHE_MB", DEFAULT_MB))
+        return cls(Path(home) / "cache" / "features.sqlite", int(megabytes * 2**20))
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS features (model TEXT, image TEXT, dim INTEGER, vector BLOB, "
+                "used REAL, PRIMARY KEY (model, image))"
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS features_used ON features (used)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS digests (path TEXT, size INTEGER, mtime INTEGER, sha256 TEXT, "
+                "PRIMARY KEY (path, size, mtime))"
+            )
+            self._conn = conn
+        return self._conn
+
+    def weights_digest(self, path: Path) -> str | None:
+        """sha256 of a weights file, computed once per file version."""
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        row = self._db().execute("SELECT sha256 FROM digests WHERE path=? AND size=? AND mtime=?", key).fetchone()
+        if row:
+            return row[0]
+        digest = file_digest(path)
+        if digest:
+            self._db().execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", (*key, digest))
+        return digest
+
+    @staticmethod
+    def model_key(**parts) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def lookup(self, model: str, images: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        db = self._db()
+        for start in range(0, len(images), 500):
+            chunk = images[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for image, dim, vector in db.execute(
+                f"SELECT image, dim, vector FROM features WHERE model=? AND image IN ({marks})", (model, *chunk)
+            ):
+                found[image] = np.frombuffer(vector, dtype=np.float32, count=dim).copy()
+        if found:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE features SET used=? WHERE model=? AND image=?", [(time.time(), model, i) for i in found]
+            )
+            db.execute("COMMIT")
+        return found
+
+    def store(self, model: str, vectors: dict[str, np.ndarray]) -> None:
+        if not vectors:
+            return
+        db = self._db()
+        now = time.time()
+        rows = [
+            (model, image, int(v.shape[0]), np.asarray(v, dtype=np.float32).tobytes(), now)
+            for image, v in vectors.items()
+        ]
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", rows)
+        db.execute("COMMIT")
+        self.evict()
+
+    def size_bytes(self) -> int:
+        return int(self._db().execute("SELECT coalesce(sum(length(vector)), 0) FROM features").fetchone()[0])
+
+    def evict(self) -> None:
+        """Drops the least recently used vectors until the cache is within its bound."""
+        excess = self.size_bytes() - self.max_bytes
+        if excess <= 0:
+            return
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        freed = 0
+        for model, image, size in db.execute(
+            "SELECT model, image, length(vector) FROM features ORDER BY used"
+        ).fetchall():
+            if freed >= excess:
+                break
+            db.execute("DELETE FROM features WHERE model=? AND image=?", (model, image))
+            freed += size
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
