@@ -47,6 +47,9 @@ def quantize_within(adv: torch.Tensor, clean: torch.Tensor, eps: float | None, n
     q = quantize(adv)
     if eps is None:
         return q
+    if norm == "linf" and abs(eps * 255 - round(eps * 255)) < 1e-6:
+        # eps is a whole number of 8-bit levels and ``adv`` lies inside the ball: rounding cannot leave it.
+        return q
     if norm == "linf":
         bound = math.floor(eps * 255 + 1e-6) / 255
         return (clean + (q - clean).clamp(-bound, bound)).clamp(0, 1)
@@ -76,10 +79,11 @@ def _normalized(grad: torch.Tensor, norm: str) -> torch.Tensor:
 
 @dataclass
 class AttackResult:
-    adversarial: torch.Tensor  # float pixels
-    quantized: torch.Tensor  # 8-bit pixels, what a PNG holds
-    success: torch.Tensor  # bool per image, float pixels
-    success_quantized: torch.Tensor  # bool per image, 8-bit pixels
+    adversarial: torch.Tensor  # the float pixels the attack accumulated
+    quantized: torch.Tensor  # 8-bit pixels, what a PNG holds: the images to save and judge
+    success_quantized: torch.Tensor  # bool per image, for ``quantized``
+    predictions: torch.Tensor  # the model's class for each of ``quantized``
+    success: torch.Tensor | None = None  # bool per image for ``adversarial``, when asked for (one more forward)
 
 
 def succeeded(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -100,14 +104,20 @@ def attack(
     random_start: bool = True,
     generator: torch.Generator | None = None,
     on_step=None,
+    float_outcome: bool = False,
 ) -> AttackResult:
     """Runs one attack on a batch.
+
+    The model always sees 8-bit images: each step takes the gradient at the quantized iterate and adds the
+    step to a float accumulator (a straight-through estimate). So every forward pass also says whether the
+    image a PNG would hold already succeeds, at no extra cost, and the latest such image is kept.
 
     Args:
         model: Takes [0, 1] pixels (see PixelModel); in eval mode.
         labels: Target classes when ``targeted``, else the true classes.
         eps: Perturbation bound for fgsm and pgd; None for gd (unconstrained).
         step_size: gd's learning rate, or pgd's step (in pixel units, along the sign or the unit gradient).
+        float_outcome: Also judge the float accumulator (one more forward pass).
     """
     bound = None if method == "gd" else eps
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -123,17 +133,19 @@ def attack(
         adv = project(clean + noise, clean, bound, norm)
     if method == "fgsm":
         steps, step_size = 1, bound
-    best_float = adv.clone()
-    ok_float = torch.zeros(len(clean), dtype=torch.bool)
+    best = quantize_within(adv, clean, bound, norm)
+    best_ok = torch.zeros(len(clean), dtype=torch.bool)
+    best_pred = torch.zeros(len(clean), dtype=torch.long)
     direction = -1.0 if targeted else 1.0  # towards the target, or away from the true class
     for step in range(1, steps + 1):
-        adv = adv.detach().requires_grad_(True)
-        logits = model(adv).float()
-        with torch.no_grad():  # the forward pass also tells whether the current iterate already succeeds
+        image = quantize_within(adv, clean, bound, norm).requires_grad_(True)
+        logits = model(image).float()
+        with torch.no_grad():  # the forward pass also judges the image the previous step produced
             now = succeeded(logits, labels, targeted)
-            best_float[now] = adv[now]
-            ok_float |= now
-        (grad,) = torch.autograd.grad(loss_fn(logits, labels), adv)
+            best[now] = image.detach()[now]
+            best_pred[now] = logits.argmax(1)[now].cpu()
+            best_ok |= now.cpu()
+        (grad,) = torch.autograd.grad(loss_fn(logits, labels), image)
         with torch.no_grad():
             if method == "gd":
                 adv = (adv + direction * step_size * grad).clamp(0, 1)
@@ -142,20 +154,15 @@ def attack(
         if on_step is not None:
             on_step(step, steps)
     with torch.no_grad():
-        adv = adv.detach()
-        now = succeeded(model(adv).float(), labels, targeted)
-        best_float[now] = adv[now]
-        ok_float |= now
-        best_float[~ok_float] = adv[~ok_float]
-        # The PNG holds 8-bit pixels: keep the quantized final iterate where it still succeeds, else the
-        # quantized best one.
-        final_q = quantize_within(adv, clean, bound, norm)
-        best_q = quantize_within(best_float, clean, bound, norm)
-        final_ok = succeeded(model(final_q).float(), labels, targeted)
-        best_ok = succeeded(model(best_q).float(), labels, targeted)
-        use_best = ~final_ok & best_ok
-        quantized = torch.where(use_best.view(-1, 1, 1, 1), best_q, final_q)
-    return AttackResult(best_float, quantized, ok_float, final_ok | best_ok)
+        final = quantize_within(adv, clean, bound, norm)
+        logits = model(final).float()
+        final_ok = succeeded(logits, labels, targeted).cpu()
+        # The final image where it succeeds (or nothing did), else the latest one that did.
+        use_best = (~final_ok & best_ok).to(clean.device)
+        quantized = torch.where(use_best.view(-1, 1, 1, 1), best, final)
+        predictions = torch.where(use_best.cpu(), best_pred, logits.argmax(1).cpu())
+        success = succeeded(model(adv).float(), labels, targeted).cpu() if float_outcome else None
+    return AttackResult(adv.detach(), quantized, final_ok | best_ok, predictions, success)
 
 
 def perturbation_sizes(adv: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,6 +39,20 @@ class Environment:
 
         return Database(self.settings.database_url)
 
+    @cached_property
+    def tasks(self):
+        """The installed tasks, read from their entry points once for this environment."""
+        from tlq.plugins.registry import task_registry
+
+        return task_registry()
+
+    @cached_property
+    def backbones(self):
+        """The installed backbone providers, read from their entry points once for this environment."""
+        from tlq.plugins.registry import backbone_providers
+
+        return backbone_providers()
+
 
 @dataclass(frozen=True)
 class TaskPlugin:

@@ -48,8 +48,7 @@ def backbone_class_names(ref: BackboneRef | None, env: Environment) -> list[str]
     if ref is None:
         return None
     from tlq.plugins.backbones import provider_for
-    from tlq.plugins.registry import backbone_providers
 
-    provider = provider_for(ref.name, backbone_providers())
+    provider = provider_for(ref.name, env.backbones)
     lookup = getattr(provider, "class_names", None)
     return lookup(ref, env) if lookup is not None else None

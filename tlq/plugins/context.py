@@ -77,9 +77,8 @@ class JobContext:
         if self.backbone is None:
             raise BadInput("this task needs a backbone; pass --backbone NAME")
         from tlq.plugins.backbones import provider_for
-        from tlq.plugins.registry import backbone_providers
 
-        provider = provider_for(self.backbone.name, backbone_providers())
+        provider = provider_for(self.backbone.name, self.env.backbones)
         if self._model_cache is None:
             return provider.load(self.backbone, self.env, num_classes)
         return self._model_cache.get(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tlq.plugins.images import ImageFile, UnreadableImage, load_rgb
 from tlq.plugins.precision import autocast, prepare_batch, prepare_model
@@ -41,13 +41,40 @@ def collate_skipping(batch):
     return images, [i for _, i in good], bad
 
 
-def loader_workers(requested: int | None, num_files: int, batch_size: int) -> int:
-    """DataLoader processes: as asked, else one per spare core, none for a batch or two of work."""
+class EpochSampler(Sampler[int]):
+    """A shuffled order fixed by (seed, epoch): an epoch gets the same order again after a resume, and one
+    loader with persistent workers serves every epoch."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def loader_workers(requested: int | None, num_files: int, batch_size: int, device: str = "cpu") -> int:
+    """DataLoader processes: as asked; else, for a GPU, one per core up to 8; for a CPU model, none on
+    small machines and a quarter of the cores (up to 8) on large ones; none for a batch or two of work.
+
+    On a CPU the model's threads already use every core, and decoding processes preempt them: on 2 cores,
+    resnet18 training ran at 27 img/s with no loader process against 23-25 with one or two, and resnet50
+    feature extraction was within noise either way (29-32 img/s).
+    """
     if requested is not None:
         return requested
     if num_files <= 2 * batch_size:
         return 0
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    cores = os.cpu_count() or 1
+    if device.startswith("cuda"):
+        return min(8, cores)
+    return 0 if cores <= 4 else min(8, cores // 4)
 
 
 def image_loader(
@@ -55,18 +82,17 @@ def image_loader(
     transform: Callable,
     batch_size: int,
     workers: int | None = None,
-    shuffle: bool = False,
-    seed: int = 0,
+    sampler: Sampler | None = None,
     drop_last: bool = False,
     persistent: bool = False,
+    device: str = "cpu",
 ) -> DataLoader:
     """Batches of decoded, transformed images; unreadable files come out as (index, reason) instead."""
-    n = loader_workers(workers, len(files), batch_size)
+    n = loader_workers(workers, len(files), batch_size, device)
     return DataLoader(
         ImageFileDataset(files, transform),
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        sampler=sampler,
         num_workers=n,
         collate_fn=collate_skipping,
         drop_last=drop_last,
@@ -118,7 +144,7 @@ def extract_features(
     skipped: list[tuple[int, str]] = []
     start = time.perf_counter()
     done = 0
-    for images, indices, bad in image_loader(files, transform, batch_size, workers):
+    for images, indices, bad in image_loader(files, transform, batch_size, workers, device=device):
         skipped.extend(bad)
         if images is not None:
             if on_first_batch is not None and not kept:
@@ -147,6 +173,8 @@ def scan_images(
     readable: list[int] = []
     skipped: list[tuple[int, str]] = []
     done = 0
+    # Nothing else runs during the scan, so every core decodes.
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
     for _, indices, bad in image_loader(files, _nothing, batch_size=64, workers=workers):
         readable.extend(indices)
         skipped.extend(bad)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tlq.plugins.backbones import provider_for
 from tlq.plugins.base import BackboneRef, Environment, TaskParams, TaskPlugin
 from tlq.plugins.errors import BadInput
-from tlq.plugins.registry import Registry, backbone_providers, task_registry
+from tlq.plugins.registry import Registry
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -76,7 +76,7 @@ def validate_spec(
     Returns:
         The task plugin and the validated parameters.
     """
-    tasks = tasks or task_registry()
+    tasks = tasks or env.tasks
     plugin: TaskPlugin = tasks.get(spec.task)
     params = validate_params(plugin, spec.params)
     if plugin.needs_backbone and not spec.backbone:
@@ -84,7 +84,7 @@ def validate_spec(
     if spec.weights is not None and not spec.backbone:
         raise BadInput("--weights needs --backbone ARCH naming the architecture the weights belong to")
     if spec.backbone:
-        provider = provider_for(spec.backbone, providers or backbone_providers())
+        provider = provider_for(spec.backbone, providers or env.backbones)
         provider.check(spec.backbone_ref, env)
     if plugin.check is not None:
         plugin.check(params, env, spec.backbone_ref)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlq.plugins.features import image_loader, pooled_features
+from tlq.plugins.features import EpochSampler, image_loader, pooled_features
 from tlq.plugins.images import ImageFile
 from tlq.plugins.precision import autocast, prepare_batch
 
@@ -115,27 +115,40 @@ def set_backbone_mode(model: nn.Module, train_backbone: bool) -> None:
     model.get_classifier().train(True)
 
 
+def training_loader(
+    files: Sequence[ImageFile],
+    transform: Callable,
+    batch_size: int,
+    seed: int,
+    workers: int | None = None,
+    device: str = "cpu",
+):
+    """A loader for every epoch of a training run: shuffled per epoch (``loader.sampler.set_epoch``), with
+    decoding processes (if any) that persist across epochs instead of starting anew each time."""
+    drop_last = len(files) > batch_size and len(files) % batch_size == 1  # a batch of one breaks batch norm
+    sampler = EpochSampler(len(files), seed)
+    return image_loader(
+        files, transform, batch_size, workers, sampler=sampler, drop_last=drop_last, persistent=True, device=device
+    )
+
+
 def train_epoch(
     model: nn.Module,
-    files: Sequence[ImageFile],
+    loader,
     targets: Sequence[int],
-    transform: Callable,
     optimizer: torch.optim.Optimizer,
     scheduler,
     criterion: nn.Module,
     device: str,
     precision: str,
-    batch_size: int,
-    seed: int,
+    epoch: int,
     train_backbone: bool,
-    workers: int | None = None,
     on_step: StepCallback | None = None,
 ) -> EpochResult:
-    """One pass over the training files in an order fixed by ``seed``."""
+    """One pass over a training loader (see ``training_loader``) in the order of ``epoch``."""
     set_backbone_mode(model, train_backbone)
     head = model.get_classifier()
-    drop_last = len(files) > batch_size and len(files) % batch_size == 1  # a batch of one breaks batch norm
-    loader = image_loader(files, transform, batch_size, workers, shuffle=True, seed=seed, drop_last=drop_last)
+    loader.sampler.set_epoch(epoch)
     label_of = torch.as_tensor(list(targets), dtype=torch.long)
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
@@ -168,18 +181,15 @@ def train_epoch(
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
-    files: Sequence[ImageFile],
+    loader,
     targets: Sequence[int],
-    transform: Callable,
     criterion: nn.Module,
     device: str,
     precision: str,
-    batch_size: int,
-    workers: int | None = None,
     on_step: StepCallback | None = None,
 ) -> EpochResult:
+    """Loss, accuracy and predictions over an evaluation loader (``image_loader``, unshuffled)."""
     model.eval()
-    loader = image_loader(files, transform, batch_size, workers)
     label_of = torch.as_tensor(list(targets), dtype=torch.long)
     logits_all, labels_all = [], []
     start = time.perf_counter()

@@ -19,7 +19,7 @@ from tlq.db import JobStatus, queries
 from tlq.plugins.base import BackboneRef, Environment
 from tlq.plugins.context import JobContext, JobLost, ProgressCallback
 from tlq.plugins.errors import BadInput, JobCancelled, JobTimedOut
-from tlq.plugins.registry import Registry, task_registry
+from tlq.plugins.registry import Registry
 from tlq.plugins.spec import describe_validation_error
 from tlq.workers.devices import choose_device, device_label
 
@@ -94,7 +94,7 @@ def execute_job(
         device = choose_device(job.device)
         with env.db.session() as session:
             session.get(type(job), job_id).ran_on = device_label(device)
-        plugin = (tasks or task_registry()).get(job.task)
+        plugin = (tasks or env.tasks).get(job.task)
         try:
             params = plugin.params.model_validate(job.params)
         except ValidationError as exc:

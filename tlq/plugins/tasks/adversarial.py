@@ -276,18 +276,17 @@ def evaluate_folder(ctx, params: AdversarialParams, model, names, target, transf
                 params.norm,
                 params.random_start,
                 generator,
+                float_outcome=True,
             )
-            with torch.no_grad():
-                adv_pred.append(forward(result.quantized).float().argmax(1).cpu())
-                adv_pred_float.append(forward(result.adversarial).float().argmax(1).cpu())
+            adv_pred.append(result.predictions)
+            adv_pred_float.append(result.success)
             linf, l2 = perturbation_sizes(result.quantized, x)
             linfs.append(linf.cpu())
             l2s.append(l2.cpu())
             ctx.progress((k - 1) * len(clean_batches) + b + 1, total_steps, f"attacking (eps {k}/{len(bounds)})")
-        adv, adv_float = torch.cat(adv_pred), torch.cat(adv_pred_float)
+        adv, fooled_float = torch.cat(adv_pred), torch.cat(adv_pred_float)
         linf_all, l2_all = torch.cat(linfs), torch.cat(l2s)
         fooled = adv == target if target is not None else adv != y
-        fooled_float = adv_float == target if target is not None else adv_float != y
         attacked = int(eligible.sum())
         point = {
             "eps": eps,

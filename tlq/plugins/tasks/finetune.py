@@ -170,6 +170,9 @@ def run(ctx, params: FinetuneParams) -> None:
     seed_everything(params.seed)
     backbone = ctx.load_backbone(num_classes=len(classes))
     model = backbone.model
+    if backbone.class_names is not None and list(backbone.class_names) != list(classes):
+        # A job:ID model with as many classes, but other ones: its head means nothing here.
+        model.reset_classifier(len(classes))
     data_config = dict(backbone.data_config)
     if params.image_size:
         data_config["input_size"] = (3, params.image_size, params.image_size)
@@ -385,8 +388,13 @@ class _ImageTraining(_Fit):
 
         super().__init__(ctx, params, model)
         self.precision = precision
-        self.train_files, self.train_y, self.val_files, self.val_y = train_files, train_y, val_files, val_y
-        self.eval_tf, self.train_tf = eval_tf, train_tf
+        self.train_files, self.train_y, self.val_y = train_files, train_y, val_y
+        from tlq.plugins.features import image_loader
+        from tlq.plugins.training import training_loader
+
+        workers, device = params.loader_workers, ctx.device
+        self.train_loader = training_loader(train_files, train_tf, params.batch_size, params.seed, workers, device)
+        self.val_loader = image_loader(val_files, eval_tf, params.batch_size, workers, persistent=True, device=device)
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.plain_criterion = torch.nn.CrossEntropyLoss()
         self.phase = None
@@ -421,30 +429,24 @@ class _ImageTraining(_Fit):
         stage = f"epoch {epoch}/{p.epochs}"
         trained = train_epoch(
             self.model,
-            self.train_files,
+            self.train_loader,
             self.train_y,
-            self.train_tf,
             self.optimizer,
             self.scheduler,
             self.criterion,
             self.ctx.device,
             self.precision,
-            p.batch_size,
-            p.seed * 1000 + epoch,
+            epoch,
             train_backbone=self.phase == "unfrozen",
-            workers=p.loader_workers,
             on_step=lambda i, n: self.ctx.progress(i, n, f"{stage} train"),
         )
         checked = evaluate(
             self.model,
-            self.val_files,
+            self.val_loader,
             self.val_y,
-            self.eval_tf,
             self.plain_criterion,
             self.ctx.device,
             self.precision,
-            p.batch_size,
-            p.loader_workers,
             on_step=lambda i, n: self.ctx.progress(i, n, f"{stage} val"),
         )
         return self.note(
@@ -487,17 +489,7 @@ class _ImageTraining(_Fit):
 
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        return evaluate(
-            self.model,
-            self.val_files,
-            self.val_y,
-            self.eval_tf,
-            self.plain_criterion,
-            self.ctx.device,
-            self.precision,
-            self.params.batch_size,
-            self.params.loader_workers,
-        )
+        return evaluate(self.model, self.val_loader, self.val_y, self.plain_criterion, self.ctx.device, self.precision)
 
 
 def write_reports(ctx, params, model, backbone, data_config, classes, final, fit) -> None:

@@ -1,0 +1,668 @@
+"""The benchmark rows. Each measures tlq and a plain baseline in the same run, on the same files."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Row:
+    """One line of the results table: a tlq figure against the baseline's, with the target it should meet."""
+
+    name: str
+    tlq: float
+    baseline: float
+    unit: str
+    target: str
+    met: bool | None
+    note: str = ""
+    higher_is_better: bool = True
+
+    @property
+    def ratio(self) -> float:
+        if self.higher_is_better:
+            return self.tlq / self.baseline if self.baseline else float("nan")
+        return self.baseline / self.tlq if self.tlq else float("nan")
+
+
+def tlq_env(home: Path, device: str):
+    """A tlq Environment in a fresh home of its own; the feature cache off, so every row measures real work."""
+    import shutil
+
+    from tlq.config import Settings
+    from tlq.plugins.base import Environment
+
+    shutil.rmtree(home, ignore_errors=True)
+    os.environ["TLQ_FEATURE_CACHE_MB"] = "0"
+    return Environment(Settings.load(home=home, environ={}))
+
+
+def run_job(env, task: str, backbone: str | None, device: str, **params) -> dict:
+    from tlq.db import queries
+    from tlq.plugins.spec import JobSpec
+    from tlq.workers.dispatch import run_here
+
+    spec = JobSpec(task=task, backbone=backbone, pretrained=False, device=device, params=params)
+    job_id = run_here(env, spec)
+    with env.db.session() as session:
+        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
+        job["history"] = {}
+        for m in queries.metric_history(session, job_id):
+            job["history"].setdefault(m.name, []).append((m.step, m.value))
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"{task} job failed: {job['error']}")
+    return job
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# 1 --------------------------------------------------------------------------------------------------------------
+def plain_extract(arch: str, paths: list[Path], device: str, batch_size: int = 16) -> float:
+    """The plain way: fp32 timm model in eval mode, no_grad, batches of 16, PIL + torchvision transforms."""
+    import timm
+    import torch
+    from PIL import Image
+
+    model = timm.create_model(arch, pretrained=False, num_classes=0).eval().to(device)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(paths), batch_size):
+            batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[i : i + batch_size]])
+            model(batch.to(device))
+    sync(device)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def feature_extract_rows(work: Path, device: str, counts: dict[str, int]) -> list[Row]:
+    from data import write_photos
+
+    rows = []
+    for arch, count in counts.items():
+        folder = work / f"photos-{count}"
+        paths = write_photos(folder, count)
+        # Best of two, interleaved: this host's speed drifts by 10-15 % from minute to minute.
+        baseline, rate = 0.0, 0.0
+        for attempt in range(2):
+            baseline = max(baseline, plain_extract(arch, paths, device))
+            home = work / f"home-extract-{arch}-{attempt}"
+            job = run_job(tlq_env(home, device), "feature-extract", arch, device, data=str(folder))
+            rate = max(rate, job["metrics"]["images_per_second"])
+        target = "2.5x" if arch in ("vgg16", "resnet50") else "-"
+        rows.append(
+            Row(
+                f"feature-extract {arch} at 224, {count} JPEGs",
+                rate,
+                baseline,
+                "img/s",
+                target,
+                rate / baseline >= 2.5 if target != "-" else None,
+                note=f"tlq {job['params']['precision']} -> ran {job['ran_on']}",
+            )
+        )
+    return rows
+
+
+# 2 --------------------------------------------------------------------------------------------------------------
+def plain_head_training(build, train, val, device, epochs, lr, batch_size) -> tuple[float, float]:
+    """The plain way to train a head behind a frozen backbone: a backbone forward for every batch of every
+    epoch, fp32. ``build`` returns the backbone (a LoadedBackbone with no head). Returns (seconds, accuracy)."""
+    import timm
+    import torch
+    from PIL import Image
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    loaded = build()
+    backbone = loaded.model.eval().to(device)
+    transform = timm.data.create_transform(**loaded.data_config)
+    classes = sorted({label for _, label in train})
+    head = torch.nn.Linear(backbone.num_features, len(classes)).to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    index = {c: i for i, c in enumerate(classes)}
+
+    def batches(items, shuffle_seed=None):
+        order = list(range(len(items)))
+        if shuffle_seed is not None:
+            order = torch.randperm(len(items), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+        for i in range(0, len(order), batch_size):
+            chunk = [items[j] for j in order[i : i + batch_size]]
+            x = torch.stack([transform(Image.open(p).convert("RGB")) for p, _ in chunk]).to(device)
+            yield x, torch.tensor([index[label] for _, label in chunk], device=device)
+
+    for epoch in range(epochs):
+        for x, y in batches(train, shuffle_seed=epoch):
+            with torch.no_grad():
+                features = backbone(x)
+            loss = torch.nn.functional.cross_entropy(head(features), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    correct = 0
+    with torch.no_grad():
+        for x, y in batches(val):
+            correct += (head(backbone(x)).argmax(1) == y).sum().item()
+    sync(device)
+    return time.perf_counter() - start, correct / len(val)
+
+
+def linear_probe_row(work: Path, device: str, per_class: int, epochs: int = 10, lr: float = 1e-2) -> Row:
+    """Both sides train a linear head on the same backbone: a resnet18 that tlq fine-tuned on digits 0-4
+    (row 3), probed on digits 5-9, so the features mean something and "equal accuracy" is a real check."""
+    from data import write_digits
+
+    from tlq.plugins.backbones import provider_for
+    from tlq.plugins.base import BackboneRef
+    from tlq.plugins.labelled import load_labelled, stratified_split
+    from tlq.plugins.registry import backbone_providers
+
+    env, source = digits_backbone(work, device)
+    data = write_digits(work / f"digits-probe-{per_class}", per_class, classes=range(5, 10))
+    labelled = load_labelled(data)
+    train_idx, val_idx = stratified_split(labelled.labels, 0.2, seed=0)
+    train = [(labelled.files[i].path, labelled.files[i].label) for i in train_idx]
+    val = [(labelled.files[i].path, labelled.files[i].label) for i in val_idx]
+    ref = BackboneRef(f"job:{source['id']}")
+
+    def build():
+        return provider_for(ref.name, backbone_providers()).load(ref, env, 0)
+
+    plain_seconds, plain_acc = plain_head_training(build, train, val, device, epochs, lr, 32)
+    start = time.perf_counter()
+    job = run_job(
+        env,
+        "finetune",
+        ref.name,
+        device,
+        data=str(data),
+        strategy="linear-probe",
+        epochs=epochs,
+        lr=lr,
+        batch_size=32,
+        schedule="constant",
+    )
+    tlq_seconds = time.perf_counter() - start
+    tlq_acc = job["metrics"]["val_acc"]
+    same = abs(tlq_acc - plain_acc) <= 0.01 + 1e-6  # (accuracies are float32 means)
+    return Row(
+        f"linear-probe on a digits resnet18 (job:{source['id']}), {epochs} epochs, {len(train)}+{len(val)} JPEGs at "
+        "224",
+        tlq_seconds,
+        plain_seconds,
+        "s",
+        "7x, accuracy within 1 pt",
+        tlq_seconds * 7 <= plain_seconds and same,
+        note=f"val_acc tlq {tlq_acc:.3f} vs plain {plain_acc:.3f}; both times include building the model",
+        higher_is_better=False,
+    )
+
+
+_DIGITS_BACKBONE: dict = {}
+
+
+def digits_backbone(work: Path, device: str, per_class: int = 50, epochs: int = 3):
+    """A resnet18 fine-tuned by tlq on 224 px JPEGs of digits 0-4 (full strategy): row 3's measurement and
+    row 2's backbone. Trained once per run."""
+    from data import write_digits
+
+    if device not in _DIGITS_BACKBONE:
+        data = write_digits(work / f"digits-source-{per_class}", per_class, classes=range(5))
+        env = tlq_env(work / "home-digits", device)
+        job = run_job(
+            env,
+            "finetune",
+            "resnet18",
+            device,
+            data=str(data),
+            strategy="full",
+            epochs=epochs,
+            batch_size=16,
+            augment="none",
+            lr=1e-3,
+        )
+        _DIGITS_BACKBONE[device] = (env, job)
+    return _DIGITS_BACKBONE[device]
+
+
+# 3 --------------------------------------------------------------------------------------------------------------
+def plain_training_rate(arch, items, device, epochs, batch_size) -> float:
+    """A plain fp32 training loop; images/s over its last epoch."""
+    import timm
+    import torch
+    from PIL import Image
+
+    torch.manual_seed(0)
+    classes = sorted({label for _, label in items})
+    model = timm.create_model(arch, pretrained=False, num_classes=len(classes)).train().to(device)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    index = {c: i for i, c in enumerate(classes)}
+    rate = 0.0
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(epoch)).tolist()
+        for i in range(0, len(order), batch_size):
+            chunk = [items[j] for j in order[i : i + batch_size]]
+            x = torch.stack([transform(Image.open(p).convert("RGB")) for p, _ in chunk]).to(device)
+            y = torch.tensor([index[label] for _, label in chunk], device=device)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        sync(device)
+        rate = len(items) / (time.perf_counter() - start)
+    return rate
+
+
+def full_finetune_row(work: Path, device: str, per_class: int) -> Row:
+    from data import write_digits
+
+    from tlq.plugins.labelled import load_labelled, stratified_split
+
+    data = write_digits(work / f"digits-source-{per_class}", per_class, classes=range(5))
+    labelled = load_labelled(data)
+    train_idx, _ = stratified_split(labelled.labels, 0.2, seed=0)
+    items = [(labelled.files[i].path, labelled.files[i].label) for i in train_idx]
+    baseline = plain_training_rate("resnet18", items, device, epochs=2, batch_size=16)
+    _, job = digits_backbone(work, device, per_class)
+    rate = job["history"]["images_per_second"][-1][1]
+    return Row(
+        f"full finetune resnet18 at 224, {len(items)} train images",
+        rate,
+        baseline,
+        "img/s",
+        "1.8x",
+        rate / baseline >= 1.8,
+        note="training images/s in the last epoch (tlq: of 3; plain: of 2)",
+    )
+
+
+# 4 --------------------------------------------------------------------------------------------------------------
+def install_example_plugin(work: Path) -> Path:
+    site = work / "plugin-site"
+    if not (site / "tlq_example_plugin").exists():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "--target",
+                str(site),
+                str(REPO / "examples" / "tlq-example-plugin"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return site
+
+
+def start_worker(env: dict, log: Path, *args: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tlq", "worker", *args],
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while b" ready." not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+def wait_done(env, job_ids: list[int], timeout: float = 300) -> list:
+    from tlq.db import queries
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with env.db.session() as session:
+            jobs = [queries.get_job(session, j) for j in job_ids]
+        if all(j.status in ("succeeded", "failed", "cancelled") for j in jobs):
+            return jobs
+        if time.monotonic() > deadline:
+            raise RuntimeError("jobs did not finish")
+        time.sleep(0.005)
+
+
+def queue_rows(work: Path, broker: str, broker_url: str | None, database_url: str | None) -> list[Row]:
+    """Submit-to-start latency and throughput of tiny jobs, tlq against bare Celery on the same broker."""
+    from tlq.config import Settings
+    from tlq.plugins.base import Environment
+    from tlq.plugins.spec import JobSpec
+    from tlq.workers.app import create_app
+    from tlq.workers.dispatch import submit
+
+    site = install_example_plugin(work)
+    home = work / f"home-queue-{broker}"
+    tiny = work / "tiny"
+    tiny.mkdir(exist_ok=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tiny / "one.png")
+    env_vars = dict(os.environ, TLQ_HOME=str(home), PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
+    for key, value in (("TLQ_BROKER_URL", broker_url), ("TLQ_DATABASE_URL", database_url)):
+        if value:
+            env_vars[key] = value
+    sys.path.insert(0, str(site))
+    settings = Settings.load(environ=env_vars)
+    env = Environment(settings)
+    app = create_app(settings)
+    worker = start_worker(env_vars, work / f"worker-{broker}.log", "--name", f"bench-{broker}")
+    try:
+        spec = JobSpec(task="pixel-stats", params={"data": str(tiny)})
+        latencies = []
+        for _ in range(20):
+            (job,) = wait_done(env, [submit(env, spec, app=app)])
+            latencies.append((job.started_at - job.created_at).total_seconds())
+        start = time.perf_counter()
+        ids = [submit(env, spec, app=app) for _ in range(100)]
+        wait_done(env, ids)
+        rate = len(ids) / (time.perf_counter() - start)
+    finally:
+        stop(worker)
+    raw_p50, raw_rate = raw_celery(work, broker, settings.broker_url)
+    p50 = statistics.median(latencies)
+    p95 = float(np.percentile(latencies, 95))
+    target = "p50 < 100 ms" if broker == "redis" else "-"
+    return [
+        Row(
+            f"queue {broker}: submit-to-start p50 (p95 {p95 * 1000:.0f} ms)",
+            p50 * 1000,
+            raw_p50 * 1000,
+            "ms",
+            target,
+            p50 < 0.1 if broker == "redis" else None,
+            higher_is_better=False,
+            note="baseline: a bare Celery task on the same broker",
+        ),
+        Row(
+            f"queue {broker}: tiny jobs per second, 100 at once, 1 worker",
+            rate,
+            raw_rate,
+            "jobs/s",
+            "-",
+            None,
+            note="baseline: bare Celery tasks",
+        ),
+    ]
+
+
+RAW_APP = """
+import time
+from celery import Celery
+app = Celery("raw", broker=BROKER, backend=BACKEND)
+app.conf.update(task_serializer="json", accept_content=["json"], worker_prefetch_multiplier=1, task_acks_late=True,
+                broker_transport_options=OPTIONS)
+@app.task(name="raw.stamp")
+def stamp(sent):
+    return time.time() - sent
+"""
+
+
+def raw_celery(work: Path, broker: str, broker_url: str) -> tuple[float, float]:
+    """The same measurements for a bare Celery task that does nothing but report when it started."""
+    from tlq.workers.app import celery_broker
+
+    url, transport = celery_broker(broker_url)
+    if transport is not None:
+        url = "sqla+" + url
+        backend = f"db+sqlite:///{work / 'raw-results.sqlite'}"
+        options = {}
+    else:
+        backend = url
+        options = {}
+    module = work / "raw_bench_app.py"
+    module.write_text(f"BROKER={url!r}\nBACKEND={backend!r}\nOPTIONS={options!r}\n" + RAW_APP)
+    env = dict(os.environ, PYTHONPATH=str(work))
+    log = work / f"raw-worker-{broker}.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "raw_bench_app",
+            "worker",
+            "-c",
+            "1",
+            "-P",
+            "prefork",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ],
+        env=env,
+        cwd=work,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while b" ready." not in log.read_bytes():
+            if time.monotonic() > deadline:
+                raise RuntimeError(log.read_text()[-2000:])
+            time.sleep(0.1)
+        sys.path.insert(0, str(work))
+        import raw_bench_app
+
+        latencies = [raw_bench_app.stamp.delay(time.time()).get(timeout=30) for _ in range(20)]
+        start = time.perf_counter()
+        results = [raw_bench_app.stamp.delay(time.time()) for _ in range(100)]
+        for r in results:
+            r.get(timeout=120)
+        rate = 100 / (time.perf_counter() - start)
+    finally:
+        stop(proc)
+        sys.modules.pop("raw_bench_app", None)
+    return statistics.median(latencies), rate
+
+
+def warm_worker_row(work: Path) -> Row:
+    """Time until the first batch of a second job on a warm worker, same backbone and weights."""
+    import timm
+    from data import write_photos
+    from safetensors.torch import save_file
+
+    from tlq.config import Settings
+    from tlq.plugins.base import Environment
+    from tlq.plugins.spec import JobSpec
+    from tlq.workers.app import create_app
+    from tlq.workers.dispatch import submit
+
+    weights = work / "resnet50.safetensors"
+    if not weights.exists():
+        save_file(timm.create_model("resnet50").state_dict(), str(weights))
+    folder = work / "photos-16"
+    write_photos(folder, 16)
+    home = work / "home-warm"
+    env_vars = dict(os.environ, TLQ_HOME=str(home), HF_HUB_OFFLINE="1", TLQ_FEATURE_CACHE_MB="0")
+    env_vars.pop("TLQ_BROKER_URL", None)
+    env_vars.pop("TLQ_DATABASE_URL", None)
+    settings = Settings.load(environ=env_vars)
+    env = Environment(settings)
+    app = create_app(settings)
+    worker = start_worker(env_vars, work / "worker-warm.log", "--name", "bench-warm")
+    try:
+        spec = JobSpec(task="feature-extract", backbone="resnet50", weights=weights, params={"data": str(folder)})
+        firsts = []
+        for _ in range(2):
+            (job,) = wait_done(env, [submit(env, spec, app=app)])
+            with env.db.session() as session:
+                from tlq.db import queries
+
+                firsts.append(queries.last_metrics(session, job.id)["seconds_to_first_batch"])
+    finally:
+        stop(worker)
+    cold, warm = firsts
+    return Row(
+        "warm worker: second resnet50 job, seconds to its first batch",
+        warm,
+        cold,
+        "s",
+        "< 0.5 s",
+        warm < 0.5,
+        note="baseline: the same job on a cold worker (model built and loaded)",
+        higher_is_better=False,
+    )
+
+
+# 5 --------------------------------------------------------------------------------------------------------------
+def pgd_row(work: Path, device: str, eps: float = 1 / 255, steps: int = 10) -> list[Row]:
+    """tlq's PGD against torchattacks' on a digits model tlq trained: same model, images, eps and steps."""
+    import timm  # noqa: F401
+    import torch
+    import torchattacks
+    from data import write_digits
+
+    from tlq.plugins.attacks import PixelModel, attack, pixel_transform
+    from tlq.plugins.backbones import provider_for
+    from tlq.plugins.base import BackboneRef
+    from tlq.plugins.images import discover_files, load_rgb
+    from tlq.plugins.registry import backbone_providers
+
+    train = write_digits(work / "digits64-train", 60, size=64)
+    env = tlq_env(work / "home-pgd", device)
+    source = run_job(
+        env,
+        "finetune",
+        "test_resnet",
+        device,
+        data=str(train),
+        strategy="full",
+        epochs=6,
+        lr=2e-3,
+        image_size=64,
+        augment="none",
+        batch_size=16,
+    )
+    ref = BackboneRef(f"job:{source['id']}")
+    loaded = provider_for(ref.name, backbone_providers()).load(ref, env, None)
+    model = PixelModel(loaded.model.eval(), loaded.data_config["mean"], loaded.data_config["std"]).to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    files = discover_files(train)[::3]
+    transform = pixel_transform(loaded.data_config)
+    x = torch.stack([transform(load_rgb(f.path)) for f in files]).to(device)
+    y = torch.tensor([int(f.label) for f in files], device=device)
+    keep = model(x).argmax(1) == y
+    x, y = x[keep], y[keep]
+    alpha = 2.5 * eps / steps
+    reference = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    for _ in range(2):  # warm both up (oneDNN builds its kernels on first use), so order does not matter
+        attack(model, x[:8], y[:8], "pgd", False, eps, 2, alpha)
+        reference(x[:8], y[:8])
+
+    def timed(fn):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        return out, time.perf_counter() - start
+
+    def ours_with_outcome():
+        result = attack(model, x, y, "pgd", False, eps, steps, alpha, generator=torch.Generator().manual_seed(0))
+        return result.success_quantized.float().mean().item()  # judged on the 8-bit images it would save
+
+    def theirs_with_outcome():
+        torch.manual_seed(0)
+        adversarial = reference(x, y)
+        with torch.no_grad():  # the caller needs one forward pass to learn the outcome
+            return (model(adversarial).argmax(1) != y).float().mean().item()
+
+    our_rate, our_seconds = timed(ours_with_outcome)
+    their_rate, their_seconds = timed(theirs_with_outcome)
+    name = f"PGD untargeted eps {eps * 255:.0f}/255, {steps} steps, {len(x)} images"
+    return [
+        Row(
+            f"{name}: wall time",
+            our_seconds,
+            their_seconds,
+            "s",
+            "no slower",
+            our_seconds <= their_seconds * 1.05,
+            note="both include learning the outcome (tlq: of the 8-bit images it would save; torchattacks: of floats)",
+            higher_is_better=False,
+        ),
+        Row(
+            f"{name}: success rate",
+            our_rate,
+            their_rate,
+            "",
+            "at least as high",
+            our_rate >= their_rate,
+            note="share of correctly classified images fooled",
+        ),
+    ]
+
+
+def machine_info(device: str) -> dict:
+    import platform
+
+    import celery
+    import timm
+    import torch
+
+    from tlq.plugins.precision import cpu_has_fast_bf16
+
+    cpu = "unknown"
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "bf16/amx": cpu_has_fast_bf16(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "celery": celery.__version__,
+        "device": device,
+        "torch threads": torch.get_num_threads(),
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def to_json(rows: list[Row]) -> str:
+    return json.dumps([row.__dict__ | {"ratio": row.ratio} for row in rows], indent=2)
