@@ -184,3 +184,63 @@ def wait_for_status(env: dict, job_id: int, statuses: tuple[str, ...], timeout: 
             return job
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout} s: {job}")
+
+
+# Finetune jobs with known results, for the query tests.
+# job name -> (backbone, params, tags, val_acc history by epoch, val_loss history)
+RESULT_RUNS = {
+    "a": (
+        "vgg16",
+        {"lr": 1e-3, "data": "./pets", "strategy": "full"},
+        {"dataset": "pets"},
+        [0.70, 0.91, 0.88],
+        [0.9, 0.3, 0.35],
+    ),
+    "b": (
+        "vgg16",
+        {"lr": 1e-4, "data": "./pets", "strategy": "full"},
+        {"dataset": "pets"},
+        [0.60, 0.80, 0.86],
+        [1.0, 0.5, 0.4],
+    ),
+    "c": (
+        "resnet50",
+        {"lr": 1e-3, "data": "./pets", "strategy": "freeze"},
+        {"dataset": "digits"},
+        [0.93, 0.95],
+        [0.2, 0.15],
+    ),
+    "d": ("resnet50", {"lr": 1e-4, "data": "./pets", "strategy": "freeze"}, {}, [], []),
+}
+
+
+def populate_results(database) -> dict[str, int]:
+    """Writes the RESULT_RUNS jobs and their per-epoch metrics into ``database``; returns name -> job id.
+
+    Job n was created on 2026-11-(20+n) at 12:00 UTC and, if it has metrics, succeeded after 30 x (n+1) s.
+    """
+    import datetime as dt
+
+    from tlq.db import queries
+    from tlq.db.models import JobStatus
+
+    database.ensure_schema()
+    ids = {}
+    start = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+    with database.session() as session:
+        for n, (name, (backbone, params, tags, accs, losses)) in enumerate(RESULT_RUNS.items()):
+            job = queries.create_job(
+                session, task="finetune", backbone=backbone, params=params, tags=tags, queue="cpu", name=name
+            )
+            ids[name] = job.id
+            job.created_at = start + dt.timedelta(days=n)
+            if accs:
+                job.status = JobStatus.SUCCEEDED.value
+                job.started_at = job.created_at
+                job.finished_at = job.created_at + dt.timedelta(seconds=30 * (n + 1))
+            for epoch, (acc, loss) in enumerate(zip(accs, losses, strict=True), start=1):
+                queries.record_metric(session, job.id, "val_acc", acc, step=epoch, epoch=epoch)
+                queries.record_metric(session, job.id, "val_loss", loss, step=epoch, epoch=epoch)
+            if accs:
+                queries.record_metric(session, job.id, "train_images", 100, step=0)
+    return ids

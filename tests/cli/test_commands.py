@@ -33,7 +33,7 @@ def test_tasks_json_lists_parameters(home):
     tasks = {t["name"]: t for t in json.loads(result.stdout)}
     params = {p["name"]: p for p in tasks["feature-extract"]["params"]}
     assert params["data"]["required"] and params["data"]["flag"] == "--data"
-    assert params["batch_size"]["default"] == 32
+    assert params["batch_size"]["default"] is None and "16 on a CPU" in params["batch_size"]["help"]
     assert params["precision"]["type"] == "auto|fp32|bf16"
 
 
@@ -90,5 +90,5 @@ def test_run_executes_in_process_and_records_the_same_rows(home, digits_dir):
 
 def test_db_upgrade_reports_the_revision(home):
     first = invoke(home, "db", "upgrade").stdout
-    assert "upgraded to revision 0002" in first and "(head 0002)" in first
-    assert "already at revision 0002" in invoke(home, "db", "upgrade").stdout
+    assert "upgraded to revision 0003" in first and "(head 0003)" in first
+    assert "already at revision 0003" in invoke(home, "db", "upgrade").stdout

@@ -19,6 +19,7 @@ def _hint(exc: click.UsageError) -> str:
 
 def run_with_error_handling(call: Callable[[], object]) -> int:
     from tlq.db.engine import DatabaseUnavailable
+    from tlq.db.filters import FilterError
     from tlq.plugins.errors import BadInput
 
     try:
@@ -34,7 +35,7 @@ def run_with_error_handling(call: Callable[[], object]) -> int:
     except click.Abort:
         click.echo("Aborted.", err=True)
         return 1
-    except BadInput as exc:
+    except (BadInput, FilterError) as exc:
         click.echo(f"Error: {exc}", err=True)
         return 2
     except DatabaseUnavailable as exc:

@@ -27,21 +27,28 @@ def load_job(state: CliState, job_id: int, session=None):
     return job
 
 
+def parse_tag_filter(tags: tuple[str, ...]) -> dict[str, str]:
+    from tlq.cli.submit import _parse_tags
+
+    return _parse_tags(tags)
+
+
 @click.command()
 @click.option("--status", type=click.Choice(STATUSES), help="Only jobs in this state.")
 @click.option("--task", metavar="TASK", help="Only jobs of this task.")
 @click.option("--backbone", metavar="NAME", help="Only jobs on this backbone.")
+@click.option("--tag", multiple=True, metavar="KEY=VALUE", help="Only jobs with this tag; repeatable.")
+@click.option("--group", type=int, metavar="ID", help="Only the jobs of this group (a sweep).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest N jobs.")
 @click.option("--json", "json_out", is_flag=True, help="Print a list of job objects.")
 @pass_state
-def jobs(state: CliState, status, task, backbone, limit, json_out) -> None:
+def jobs(state: CliState, status, task, backbone, tag, group, limit, json_out) -> None:
     """List jobs, newest first."""
-    from tlq.db import queries
     from tlq.workers.dispatch import live_queues, waiting_reason
 
-    with state.env.db.session() as session:
-        rows = queries.list_jobs(session, status=status, task=task, backbone=backbone, limit=limit)
-        data = [queries.job_as_dict(session, job, state.settings.artifacts_dir) for job in rows]
+    data = state.client.list(
+        status=status, task=task, backbone=backbone, tags=parse_tag_filter(tag), group=group, limit=limit
+    )
     consumed = live_queues(state.env)
     for job in data:
         job["waiting"] = waiting_reason(job["queue"], job["status"], consumed)
@@ -96,25 +103,47 @@ def show(state: CliState, job_id: int, json_out: bool) -> None:
 def wait_for_job(state: CliState, job_id: int, timeout: float | None, quiet: bool = False, poll: float = 0.5) -> int:
     """Follows a job with a progress bar until it ends; 0 if it succeeded, 1 otherwise."""
     from tlq.cli.progress import JobProgress
-    from tlq.db import queries
-    from tlq.db.models import JobStatus
 
-    deadline = None if timeout is None else time.monotonic() + timeout
     with JobProgress(disable=quiet, description="queued") as bar:
-        while True:
-            with state.env.db.session() as session:
-                job = load_job(state, job_id, session)
-                metrics = queries.last_metrics(session, job_id) if job.status == "running" else {}
-            if job.status == "queued":
+
+        def show(job: dict) -> None:
+            if job["status"] == "queued":
                 bar.update(0, None, "queued", {})
             else:
-                bar.update(job.progress_current, job.progress_total, job.progress_stage or job.status, metrics)
-            if job.status in JobStatus.final():
-                return 0 if job.status == JobStatus.SUCCEEDED.value else 1
-            if deadline is not None and time.monotonic() > deadline:
-                click.echo(f"job {job_id} is still {job.status} after {timeout:g} s", err=True)
-                return 1
-            time.sleep(poll)
+                progress = job["progress"]
+                metrics = job["metrics"] if job["status"] == "running" else {}
+                bar.update(progress["current"], progress["total"], progress["stage"] or job["status"], metrics)
+
+        try:
+            job = state.client.wait(job_id, timeout, poll=poll, on_update=show)
+        except TimeoutError as exc:
+            click.echo(str(exc), err=True)
+            return 1
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def wait_for_jobs(state: CliState, job_ids: list[int], quiet: bool = False, poll: float = 1.0) -> int:
+    """Follows several jobs (a sweep) with one bar counting finished jobs; 0 if all succeeded, 1 otherwise."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tlq.db.models import JobStatus
+
+    pending = set(job_ids)
+    statuses: dict[int, str] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=quiet) as progress:
+        bar = progress.add_task("jobs done", total=len(job_ids))
+        while pending:
+            for job in [state.client.get(i) for i in sorted(pending)]:
+                if job["status"] in JobStatus.final():
+                    statuses[job["id"]] = job["status"]
+                    pending.discard(job["id"])
+            failed = sum(1 for s in statuses.values() if s != "succeeded")
+            label = "jobs done" + (f" ({failed} failed)" if failed else "")
+            progress.update(bar, completed=len(statuses), description=label)
+            if pending:
+                time.sleep(poll)
+    return 0 if all(s == "succeeded" for s in statuses.values()) else 1
 
 
 @click.command()
@@ -135,11 +164,7 @@ def wait(state: CliState, job_id: int, timeout: float | None, json_out: bool) ->
 @pass_state
 def cancel(state: CliState, job_id: int) -> int:
     """Cancel a job: a queued job never starts; a running one stops at its next step."""
-    from tlq.db import queries
-
-    load_job(state, job_id)
-    with state.env.db.session() as session:
-        outcome = queries.request_cancel(session, job_id)
+    outcome = state.client.cancel(job_id)
     if outcome == "cancelled":
         click.echo(f"job {job_id} cancelled")
     elif outcome == "requested":

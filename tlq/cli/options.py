@@ -44,8 +44,16 @@ def default_text(field: FieldInfo) -> str | None:
     return str(field.default)
 
 
-def option_for_field(name: str, field: FieldInfo) -> click.Option:
-    """A click option for one parameter field; unset options are left out so pydantic defaults apply."""
+def is_list_field(field: FieldInfo) -> bool:
+    """Whether the field takes a list (such as --eps 1/255,2/255), so a sweep separates its values with ';'."""
+    return typing.get_origin(_unwrap_optional(field.annotation)) is list
+
+
+def option_for_field(name: str, field: FieldInfo, sweep: bool = False) -> click.Option:
+    """A click option for one parameter field; unset options are left out so pydantic defaults apply.
+
+    With ``sweep``, every non-flag option takes text, so it can hold a comma-separated list of values.
+    """
     base = _unwrap_optional(field.annotation)
     help_text = field.description or ""
     default = default_text(field)
@@ -56,6 +64,9 @@ def option_for_field(name: str, field: FieldInfo) -> click.Option:
     flag = flag_name(name)
     if base is bool:
         return click.Option([f"{flag}/--no-{name.replace('_', '-')}"], default=None, help=help_text)
+    if typing.get_origin(base) is Literal and sweep:
+        choices = "|".join(str(a) for a in typing.get_args(base))
+        return click.Option([flag], type=str, default=None, metavar=choices, help=help_text)
     if typing.get_origin(base) is Literal:
         choices = [str(a) for a in typing.get_args(base)]
         return click.Option([flag], type=click.Choice(choices), default=None, help=help_text)

@@ -15,6 +15,17 @@ def print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+def print_csv(header: list[str], rows: list[list[Any]]) -> None:
+    """CSV on stdout; floats are written in full (repr), so they parse back to the same numbers."""
+    import csv
+    import sys
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
+
+
 def console():
     import shutil
 
@@ -27,13 +38,9 @@ def console():
 
 def job_dict(state: CliState, job_id: int) -> dict[str, Any]:
     """A job's JSON form, with ``waiting`` saying why it has not started when no worker takes its queue."""
-    from tlq.cli.jobs import load_job
-    from tlq.db import queries
     from tlq.workers.dispatch import live_queues, waiting_reason
 
-    with state.env.db.session() as session:
-        job = load_job(state, job_id, session)
-        data = queries.job_as_dict(session, job, state.settings.artifacts_dir)
+    data = state.client.get(job_id)
     data["waiting"] = waiting_reason(data["queue"], data["status"], live_queues(state.env))
     return data
 

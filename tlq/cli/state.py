@@ -25,5 +25,11 @@ class CliState:
 
         return Environment(self.settings)
 
+    @cached_property
+    def client(self):
+        from tlq.client import Client
+
+        return Client(env=self.env)
+
 
 pass_state = click.make_pass_decorator(CliState)

@@ -1,4 +1,4 @@
-"""`tlq submit TASK`, `tlq run TASK` and `tlq retry ID`.
+"""`tlq submit TASK`, `tlq run TASK`, `tlq sweep TASK` and `tlq retry ID`.
 
 Each installed task becomes a subcommand whose options come from its parameter model; the options every
 job shares (backbone, device, priority, ...) are added here once.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from tlq.cli.options import option_for_field
+from tlq.cli.options import is_list_field, option_for_field
 from tlq.cli.output import emit_job
 from tlq.cli.state import CliState, pass_state
 
@@ -17,9 +17,14 @@ COMMON = {"backbone", "weights", "pretrained", "device", "priority", "name", "ma
 OUTPUT = {"wait", "json_out"}
 
 
-def _common_options(queued: bool) -> list[click.Option]:
+def _common_options(mode: str) -> list[click.Option]:
+    sweep = mode == "sweep"
     options = [
-        click.Option(["--backbone"], metavar="NAME", help="timm model name (resnet18, vgg16, ...) or job:ID."),
+        click.Option(
+            ["--backbone"],
+            metavar="NAME" + (",..." if sweep else ""),
+            help="timm model name (resnet18, vgg16, ...) or job:ID." + (" Comma-separate to sweep." if sweep else ""),
+        ),
         click.Option(["--weights"], metavar="FILE", help="Local weights (.safetensors, or .pth read weights-only)."),
         click.Option(
             ["--pretrained/--no-pretrained"],
@@ -39,9 +44,24 @@ def _common_options(queued: bool) -> list[click.Option]:
         ),
         click.Option(["--timeout"], type=float, metavar="SECONDS", help="Stop the job after this long."),
         click.Option(["--tag"], multiple=True, metavar="KEY=VALUE", help="Label the job; repeatable."),
-        click.Option(["--json", "json_out"], is_flag=True, help="Print the job as JSON."),
     ]
-    if queued:
+    if sweep:
+        options += [
+            click.Option(["--priority"], type=int, default=0, show_default=True, help="0 (default) to 9 (first)."),
+            click.Option(
+                ["--json", "json_out"], is_flag=True, help='Print {"group": ID, "jobs": [IDS]} (and the leaderboard).'
+            ),
+            click.Option(
+                ["--wait"], is_flag=True, help="Wait for every job, then print the leaderboard; exit 1 unless all do."
+            ),
+            click.Option(["--metric"], metavar="NAME", help="With --wait: rank by this metric [default: val_acc]."),
+            click.Option(
+                ["--max-jobs"], type=click.IntRange(min=1), default=100, show_default=True, help="Refuse larger sweeps."
+            ),
+        ]
+        return options
+    options.append(click.Option(["--json", "json_out"], is_flag=True, help="Print the job as JSON."))
+    if mode == "submit":
         options += [
             click.Option(["--priority"], type=int, default=0, show_default=True, help="0 (default) to 9 (first)."),
             click.Option(
@@ -88,11 +108,15 @@ def build_spec(task: str, options: dict, field_names: set[str]):
 
 
 class TaskCommands(click.Group):
-    """A group with one subcommand per installed task, built from the task's parameter model."""
+    """A group with one subcommand per installed task, built from the task's parameter model.
 
-    def __init__(self, *args, queued: bool, **kwargs) -> None:
+    ``mode`` is ``submit`` (queue it), ``run`` (run it here) or ``sweep`` (queue the cross product of
+    comma-separated option values).
+    """
+
+    def __init__(self, *args, mode: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.queued = queued
+        self.mode = mode
 
     def _registry(self, ctx: click.Context):
         from tlq.plugins.registry import task_registry
@@ -113,17 +137,26 @@ class TaskCommands(click.Group):
             raise BadInput(registry_error(registry, name))
         plugin = registry.get(name)
         fields = plugin.params.model_fields
-        params = _common_options(self.queued) + [option_for_field(n, f) for n, f in fields.items() if n not in COMMON]
-        queued = self.queued
+        mode = self.mode
+        sweep = mode == "sweep"
+        params = _common_options(mode) + [
+            option_for_field(n, f, sweep=sweep) for n, f in fields.items() if n not in COMMON
+        ]
 
         @pass_state
         def callback(state: CliState, **options):
+            if sweep:
+                list_fields = {n for n, f in fields.items() if is_list_field(f)}
+                return _sweep(state, name, options, set(fields), list_fields)
             spec = build_spec(name, options, set(fields))
-            if queued:
+            if mode == "submit":
                 return _submit(state, spec, options["wait"], options["json_out"])
             return _run_here(state, spec, options["json_out"])
 
-        return click.Command(name, params=params, callback=callback, help=plugin.summary, short_help=plugin.summary)
+        summary = plugin.summary
+        if sweep:
+            summary = f"Sweep {name}: comma-separated values of any option are crossed into one group of jobs."
+        return click.Command(name, params=params, callback=callback, help=summary, short_help=plugin.summary)
 
 
 def registry_error(registry, name: str) -> str:
@@ -133,9 +166,10 @@ def registry_error(registry, name: str) -> str:
 
 
 def _submit(state: CliState, spec, wait: bool, json_out: bool) -> int:
-    from tlq.workers.dispatch import submit as submit_job
+    return _follow(state, state.client.queue(spec), wait, json_out)
 
-    job_id = submit_job(state.env, spec)
+
+def _follow(state: CliState, job_id: int, wait: bool, json_out: bool) -> int:
     if wait:
         from tlq.cli.jobs import wait_for_job
 
@@ -149,24 +183,99 @@ def _submit(state: CliState, spec, wait: bool, json_out: bool) -> int:
     return 0
 
 
+SWEEPABLE_COMMON = {"backbone", "weights"}
+NOT_SWEPT = {"wait", "json_out", "max_jobs", "metric", "tag", "name"}
+
+
+def split_sweep_options(
+    options: dict, field_names: set[str], list_fields: set[str]
+) -> tuple[dict[str, list[str]], dict]:
+    """The swept options (two or more values) and the fixed ones, from a sweep command's options.
+
+    Values are split on commas; an option that itself takes a list (``--eps 1/255,2/255``) separates its
+    lists with ``;`` instead.
+    """
+    grid: dict[str, list[str]] = {}
+    fixed: dict = {}
+    for key, value in options.items():
+        if key in NOT_SWEPT or value is None:
+            continue
+        if isinstance(value, str) and (key in field_names or key in SWEEPABLE_COMMON):
+            separator = ";" if key in list_fields else ","
+            values = list(dict.fromkeys(v.strip() for v in value.split(separator) if v.strip()))
+            if len(values) > 1:
+                grid[key] = values
+                continue
+            value = values[0] if values else value
+        fixed[key] = value
+    return grid, fixed
+
+
+def _sweep(state: CliState, task: str, options: dict, field_names: set[str], list_fields: set[str]) -> int:
+    from tlq.cli.output import print_json
+
+    grid, fixed = split_sweep_options(options, field_names, list_fields)
+    fixed["tags"] = _parse_tags(options.get("tag", ()))
+    result = state.client.sweep(task, grid, name=options.get("name"), max_jobs=options["max_jobs"], **fixed)
+    jobs = result["jobs"]
+    axes = " x ".join(f"{k} ({len(v)})" for k, v in grid.items()) or "no swept option"
+    if not options["json_out"]:
+        click.echo(result["group"])
+        click.echo(
+            f"queued {len(jobs)} jobs ({jobs[0]}-{jobs[-1]}) as group {result['group']}: {axes}; "
+            f"`tlq compare {result['group']}` ranks them",
+            err=True,
+        )
+    if not options["wait"]:
+        if options["json_out"]:
+            print_json(result)
+        return 0
+    from tlq.cli.jobs import wait_for_jobs
+    from tlq.cli.results import print_leaderboard
+
+    code = wait_for_jobs(state, jobs, quiet=options["json_out"])
+    rows = state.client.compare(group=result["group"], metric=options.get("metric"))
+    if options["json_out"]:
+        print_json(result | {"leaderboard": rows})
+    else:
+        print_leaderboard(rows, options.get("metric") or _ranked_metric(state, jobs), f"group {result['group']}")
+    return code
+
+
+def _ranked_metric(state: CliState, jobs: list[int]) -> str:
+    from tlq.db import results
+
+    with state.env.db.session() as session:
+        return results.pick_metric(session, jobs) or "metric"
+
+
 def _run_here(state: CliState, spec, json_out: bool) -> int:
     from tlq.cli.progress import JobProgress
-    from tlq.workers.dispatch import run_here
 
     with JobProgress(disable=json_out) as bar:
-        job_id = run_here(state.env, spec, on_progress=bar.update)
+        job_id = state.client.run_spec(spec, on_progress=bar.update)
     status = emit_job(state, job_id, json_out, brief=not json_out)
     return 0 if status == "succeeded" else 1
 
 
-@click.group(cls=TaskCommands, queued=True)
+@click.group(cls=TaskCommands, mode="submit")
 def submit() -> None:
     """Queue a job for a worker: tlq submit TASK --backbone NAME [options]. `tlq tasks` lists the tasks."""
 
 
-@click.group(cls=TaskCommands, queued=False)
+@click.group(cls=TaskCommands, mode="run")
 def run() -> None:
     """Run a job in this process, with no worker or broker; it records the same rows as a queued job."""
+
+
+@click.group(cls=TaskCommands, mode="sweep")
+def sweep() -> None:
+    """Queue a sweep: the cross product of comma-separated option values, as one group of jobs.
+
+    \b
+      tlq sweep finetune --backbone vgg16,resnet50 --lr 1e-3,1e-4 --data ./pets
+      tlq compare GROUP        # the leaderboard
+    """
 
 
 @click.command()
@@ -176,8 +285,5 @@ def run() -> None:
 @pass_state
 def retry(state: CliState, job_id: int, wait: bool, json_out: bool) -> int:
     """Submit a new job with the same spec as JOB_ID."""
-    from tlq.cli.jobs import load_job
-    from tlq.workers.dispatch import spec_of_job
-
-    job = load_job(state, job_id)
-    return _submit(state, spec_of_job(job), wait, json_out)
+    new_id = state.client.retry(job_id)
+    return _follow(state, new_id, wait, json_out)

@@ -54,9 +54,17 @@ def list_jobs(
     task: str | None = None,
     backbone: str | None = None,
     limit: int | None = 50,
+    tags: dict[str, str] | None = None,
+    group: int | None = None,
 ) -> list[Job]:
-    """Jobs, newest first, filtered by the given columns."""
+    """Jobs, newest first, filtered by the given columns and tags."""
+    from tlq.db.results import tag_conditions
+
     query = select(Job).order_by(Job.id.desc())
+    for condition in tag_conditions(tags or {}, session.get_bind().dialect.name):
+        query = query.where(condition)
+    if group is not None:
+        query = query.where(Job.group_id == group)
     if status:
         query = query.where(Job.status == status)
     if task:

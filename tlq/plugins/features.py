@@ -59,6 +59,17 @@ class EpochSampler(Sampler[int]):
         return self.size
 
 
+def inference_batch_size(requested: int | None, device: str) -> int:
+    """Images per forward pass when the user names none: 16 on a CPU, 64 on a GPU.
+
+    On 2 cores with bf16, resnet50 feature extraction ran at 52 img/s in batches of 16 against 44 in batches
+    of 32 (the activations of a batch of 16 stay in cache); a GPU wants larger batches to keep busy.
+    """
+    if requested is not None:
+        return requested
+    return 64 if device.startswith("cuda") else 16
+
+
 def loader_workers(requested: int | None, num_files: int, batch_size: int, device: str = "cpu") -> int:
     """DataLoader processes: as asked; else, for a GPU, one per core up to 8; for a CPU model, none on
     small machines and a quarter of the cores (up to 8) on large ones; none for a batch or two of work.

@@ -82,12 +82,53 @@ def submit(env: Environment, spec: JobSpec, app=None) -> int:
         BrokerUnavailable: The broker could not take the message; the job row is marked failed with why.
     """
     _, params = validate_spec(spec, env)
-    queue = route(spec.device, env)
-    job_id = create_job_row(env, spec, queue, params.model_dump(mode="json"))
-    if app is None:
-        from tlq.workers.app import create_app
+    return _queue(env, spec, params.model_dump(mode="json"), app)
 
-        app = create_app(env.settings)
+
+def submit_group(env: Environment, specs: list[JobSpec], name: str | None, group_spec: dict, app=None):
+    """Submits several jobs as one group (a sweep): every spec is validated before any row is written.
+
+    Returns:
+        The group id and the job ids, in the order of ``specs``.
+
+    Raises:
+        BadInput: One of the specs cannot work (the message names which); nothing was written or queued.
+        BrokerUnavailable: The broker could not take a message; that job and the rest are marked failed.
+    """
+    from tlq.db import results
+
+    validated = []
+    for number, spec in enumerate(specs, start=1):
+        try:
+            validated.append(validate_spec(spec, env)[1].model_dump(mode="json"))
+        except BadInput as exc:
+            raise BadInput(f"run {number} of {len(specs)} ({describe_run(spec)}): {exc}") from exc
+    with env.db.session() as session:
+        group_id = results.create_group(session, name, group_spec)
+    app = app or _app(env)
+    job_ids: list[int] = []
+    for spec, params in zip(specs, validated, strict=True):
+        spec = spec.model_copy(update={"group_id": group_id})
+        job_ids.append(_queue(env, spec, params, app))
+    return group_id, job_ids
+
+
+def describe_run(spec: JobSpec) -> str:
+    """A short label of one run of a sweep: its backbone and parameters."""
+    parts = [spec.backbone or ""] + [f"{k}={v}" for k, v in spec.params.items()]
+    return " ".join(p for p in parts if p)
+
+
+def _app(env: Environment):
+    from tlq.workers.app import create_app
+
+    return create_app(env.settings)
+
+
+def _queue(env: Environment, spec: JobSpec, params: dict, app=None) -> int:
+    queue = route(spec.device, env)
+    job_id = create_job_row(env, spec, queue, params)
+    app = app or _app(env)
     from tlq.workers.app import publish
 
     try:
@@ -139,4 +180,4 @@ def run_here(env: Environment, spec: JobSpec, on_progress=None) -> int:
     return job_id
 
 
-__all__ = ["BadInput", "BrokerUnavailable", "route", "run_here", "spec_of_job", "submit"]
+__all__ = ["BadInput", "BrokerUnavailable", "route", "run_here", "spec_of_job", "submit", "submit_group"]

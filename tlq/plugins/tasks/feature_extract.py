@@ -19,7 +19,9 @@ from tlq.plugins.params import BatchSize, DataDir, Precision
 
 class FeatureExtractParams(TaskParams):
     data: DataDir = Field(description="Folder of images, searched recursively; class subfolders become labels.")
-    batch_size: BatchSize = Field(32, description="Images per forward pass.")
+    batch_size: BatchSize | None = Field(
+        None, description="Images per forward pass (default: 16 on a CPU, 64 on a GPU)."
+    )
     precision: Precision = Field("auto", description="auto: bf16 where the device runs it fast, else fp32.")
     loader_workers: int | None = Field(
         None, ge=0, le=64, description="Image-decoding processes (default: sized to the machine)."
@@ -43,7 +45,7 @@ def run(ctx, params: FeatureExtractParams) -> None:
     import numpy as np
     import timm.data
 
-    from tlq.plugins.features import pooled_features_of
+    from tlq.plugins.features import inference_batch_size, pooled_features_of
     from tlq.plugins.precision import resolve_precision
 
     files = discover_files(params.data)
@@ -53,8 +55,9 @@ def run(ctx, params: FeatureExtractParams) -> None:
     precision = resolve_precision(params.precision, ctx.device)
     ctx.log.info("extracting %s features of %d files with %s (%s)", backbone.arch, len(files), precision, ctx.device)
     transform = timm.data.create_transform(**backbone.data_config, is_training=False)
+    batch_size = inference_batch_size(params.batch_size, ctx.device)
     result = pooled_features_of(
-        ctx, backbone, files, transform, precision, params.batch_size, params.loader_workers, "extracting features"
+        ctx, backbone, files, transform, precision, batch_size, params.loader_workers, "extracting features"
     )
     if not result.kept:
         examples = "; ".join(f"{files[i].rel}: {reason}" for i, reason in result.skipped[:3])

@@ -18,7 +18,9 @@ from tlq.plugins.params import BatchSize, DataDir, Precision
 class PredictParams(TaskParams):
     data: DataDir = Field(description="Folder of images; class subfolders, if any, are taken as true labels.")
     top_k: int = Field(5, ge=1, le=1000, description="Classes to list per image.")
-    batch_size: BatchSize = Field(32, description="Images per forward pass.")
+    batch_size: BatchSize | None = Field(
+        None, description="Images per forward pass (default: 16 on a CPU, 64 on a GPU)."
+    )
     precision: Precision = Field("auto", description="auto: bf16 where the device runs it fast, else fp32.")
     loader_workers: int | None = Field(None, ge=0, le=64, description="Image-decoding processes.")
 
@@ -33,7 +35,7 @@ def run(ctx, params: PredictParams) -> None:
     import timm.data
     import torch
 
-    from tlq.plugins.features import pooled_features_of
+    from tlq.plugins.features import inference_batch_size, pooled_features_of
     from tlq.plugins.precision import resolve_precision
     from tlq.plugins.reports import confusion_csv, confusion_figure, confusion_matrix, per_class_csv
     from tlq.plugins.tasks.feature_extract import csv_text
@@ -48,8 +50,9 @@ def run(ctx, params: PredictParams) -> None:
     classes = backbone.class_names or [f"class_{i}" for i in range(num_classes)]
     precision = resolve_precision(params.precision, ctx.device)
     transform = timm.data.create_transform(**backbone.data_config, is_training=False)
+    batch_size = inference_batch_size(params.batch_size, ctx.device)
     result = pooled_features_of(
-        ctx, backbone, files, transform, precision, params.batch_size, params.loader_workers, "predicting"
+        ctx, backbone, files, transform, precision, batch_size, params.loader_workers, "predicting"
     )
     if not result.kept:
         raise BadInput(f"none of the {len(files)} files under {params.data} is a readable image")

@@ -1,0 +1,119 @@
+"""`tlq results`, `compare`, `metrics`, `plot` and `artifacts` over a database of known results."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from tests.cli.test_commands import invoke
+from tests.support import populate_results
+from tlq.config import Settings
+from tlq.db import Database
+
+
+@pytest.fixture
+def filled(home):
+    """A TLQ_HOME whose database holds the RESULT_RUNS jobs; returns name -> job id."""
+    database = Database(Settings.load(home=home, environ={}).database_url)
+    ids = populate_results(database)
+    database.dispose()
+    return ids
+
+
+def test_compare_json_and_csv_agree_and_rank_best_first(home, filled):
+    ids = [filled[n] for n in "abcd"]
+    rows = json.loads(invoke(home, "compare", *ids, "--json").stdout)
+    assert [r["job"] for r in rows] == [filled["c"], filled["a"], filled["b"], filled["d"]]
+    assert set(rows[0]) >= {"job", "backbone", "params", "best", "final", "epochs", "seconds", "status"}
+    assert [r["best_run"] for r in rows] == [True, False, False, False]
+    assert rows[1]["params"] == {"lr": 0.001, "strategy": "full"}
+    table = list(csv.DictReader(io.StringIO(invoke(home, "compare", *ids, "--csv").stdout)))
+    assert [int(r["job"]) for r in table] == [r["job"] for r in rows]
+    for parsed, row in zip(table, rows, strict=True):
+        for key in ("best", "final", "seconds"):
+            assert (float(parsed[key]) if parsed[key] else None) == row[key]
+        assert float(parsed["params.lr"]) == row["params"]["lr"]
+    human = invoke(home, "compare", *ids).stdout
+    assert "★" in human and "val_acc leaderboard" in human and "higher is better" in human
+    losses = json.loads(invoke(home, "compare", *ids, "--metric", "val_loss", "--json").stdout)
+    assert losses[0]["job"] == filled["c"] and losses[0]["best"] == 0.15
+
+
+def test_results_filters_orders_and_round_trips(home, filled):
+    where = "val_acc > 0.8 and params.lr >= 1e-4"
+    data = json.loads(invoke(home, "results", "--where", where, "--order-by", "-val_acc", "--json").stdout)
+    assert [j["name"] for j in data] == ["c", "a", "b"]
+    assert set(data[0]) >= {"id", "task", "status", "params", "metrics", "artifacts"}  # as `tlq show --json`
+    text = invoke(home, "results", "--where", where, "--order-by", "-val_acc", "--csv").stdout
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert [int(r["id"]) for r in table] == [j["id"] for j in data]
+    assert [float(r["val_acc"]) for r in table] == [j["metrics"]["val_acc"] for j in data]
+    assert [float(r["params.lr"]) for r in table] == [j["params"]["lr"] for j in data]
+    assert [r["tags.dataset"] for r in table] == ["digits", "pets", "pets"]
+    human = invoke(home, "results", "--where", where, "--order-by", "-val_acc").stdout
+    assert "0.95" in human and "VAL_ACC" in human.upper()
+    tagged = json.loads(invoke(home, "results", "--tag", "dataset=pets", "--json").stdout)
+    assert {j["name"] for j in tagged} == {"a", "b"}
+    listed = json.loads(invoke(home, "jobs", "--tag", "dataset=digits", "--json").stdout)
+    assert [j["name"] for j in listed] == ["c"]
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("val_acc > ", "expected a value"),
+        ("backbone = 'vgg16' or 1=1", "expected a name"),
+        ("valacc > 0.9", "unknown name 'valacc'"),
+    ],
+)
+def test_bad_filter_is_one_line_exit_2(home, filled, where, says):
+    result = invoke(home, "results", "--where", where)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and says in result.stderr and "-->" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_metrics_history_csv_and_json_agree(home, filled):
+    job = filled["a"]
+    history = json.loads(invoke(home, "metrics", job, "--json").stdout)
+    assert [(m["step"], m["value"]) for m in history if m["name"] == "val_acc"] == [(1, 0.7), (2, 0.91), (3, 0.88)]
+    table = list(csv.DictReader(io.StringIO(invoke(home, "metrics", job, "--csv").stdout)))
+    assert [(r["name"], int(r["step"]), float(r["value"])) for r in table] == [
+        (m["name"], m["step"], m["value"]) for m in history
+    ]
+    only = json.loads(invoke(home, "metrics", job, "--name", "val_loss", "--json").stdout)
+    assert {m["name"] for m in only} == {"val_loss"} and len(only) == 3
+    human = invoke(home, "metrics", job).stdout
+    assert "val_acc" in human and "0.91" in human
+    missing = invoke(home, "metrics", job, "--name", "val_ac")
+    assert missing.exit_code == 2 and "has no metric 'val_ac'" in missing.stderr and "val_acc" in missing.stderr
+
+
+def test_plot_writes_a_png_with_one_curve_per_job(home, filled, tmp_path):
+    from tlq.plots import curves_in_png
+
+    out = tmp_path / "plots" / "acc.png"
+    ids = [filled[n] for n in "abc"]
+    result = json.loads(invoke(home, "plot", *ids, "-o", out, "--json").stdout)
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+    curves = curves_in_png(out)
+    assert [c["job"] for c in curves] == ids
+    assert [c["points"] for c in curves] == [3, 3, 2]
+    assert "vgg16" in curves[0]["label"] and "lr=0.001" in curves[0]["label"]
+    assert result["curves"] == [c["label"] for c in curves]
+    # A job without the metric is left out, with a note; none with it is an error naming --metric.
+    partial = invoke(home, "plot", filled["a"], filled["d"], "-o", out)
+    assert partial.exit_code == 0 and "left out" in partial.stderr and len(curves_in_png(out)) == 1
+    bad = invoke(home, "plot", filled["d"], "--metric", "val_acc", "-o", out)
+    assert bad.exit_code == 2 and "--metric" in bad.stderr
+
+
+def test_compare_and_plot_name_what_is_missing(home, filled):
+    assert "there is no job 998" in invoke(home, "compare", 998, 999).stderr
+    assert "there is no group 77" in invoke(home, "compare", "--group", 77).stderr
+    assert invoke(home, "plot").exit_code == 2

@@ -1,0 +1,424 @@
+"""The `--where` and `--order-by` language of `tlq results`, compiled to SQLAlchemy expressions.
+
+    val_acc > 0.9 and backbone = 'vgg16'
+    params.lr <= 1e-3 and (status = 'succeeded' or tags.dataset in ('pets', 'digits'))
+    created >= '2026-11-01' and not error is null
+
+A name is a job column (``task``, ``backbone``, ``status``, ``created``, ...), ``params.NAME``, ``tags.NAME``,
+or the name of a metric, which stands for its final value (the value at the job's last step). Values are
+always bound parameters, and names are looked up in a fixed table, so no text of a filter ever reaches the
+SQL: a filter cannot inject SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, case, func, not_, or_, select
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
+
+from tlq.db.models import Job, Metric
+
+KEYWORDS = {"and", "or", "not", "in", "is", "null", "true", "false", "like"}
+TOKEN = re.compile(
+    r"""
+    (?P<space>\s+)
+  | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.]))
+  | (?P<string>'(?:[^']|'')*'|"(?:[^"]|"")*")
+  | (?P<op><=|>=|!=|<>|==|=|<|>)
+  | (?P<paren>[(),])
+  | (?P<name>[A-Za-z_][\w-]*(?:\.[\w-]+)?)
+    """,
+    re.VERBOSE,
+)
+
+
+class FilterError(ValueError):
+    """A filter that cannot be parsed or does not fit the data; the message points at the spot.
+
+    The CLI prints it as one line and exits 2, as it does for every bad input.
+    """
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str
+    text: str
+    value: Any
+    pos: int
+
+
+def _point(source: str, pos: int) -> str:
+    return f"{source[:pos]}-->{source[pos:]}" if pos < len(source) else f"{source} -->"
+
+
+def _error(option: str, source: str, pos: int, message: str) -> FilterError:
+    return FilterError(f"{option}: {message} at column {pos + 1}: {_point(source, pos)}")
+
+
+def tokenize(source: str, option: str = "--where") -> list[Token]:
+    """The tokens of a filter; raises FilterError at the first character that starts none."""
+    tokens: list[Token] = []
+    pos = 0
+    while pos < len(source):
+        match = TOKEN.match(source, pos)
+        if match is None:
+            if source[pos] in "'\"":
+                raise _error(option, source, pos, "this quote is never closed")
+            raise _error(option, source, pos, f"unexpected {source[pos]!r}")
+        kind = match.lastgroup
+        text = match.group()
+        if kind == "number":
+            tokens.append(Token("value", text, float(text) if re.search(r"[.eE]", text) else int(text), pos))
+        elif kind == "string":
+            quote = text[0]
+            tokens.append(Token("value", text, text[1:-1].replace(quote * 2, quote), pos))
+        elif kind == "name" and text.lower() in KEYWORDS:
+            word = text.lower()
+            if word in ("true", "false"):
+                tokens.append(Token("value", text, word == "true", pos))
+            else:
+                tokens.append(Token(word, text, None, pos))
+        elif kind != "space":
+            tokens.append(Token(kind, text, text, pos))
+        pos = match.end()
+    tokens.append(Token("end", "", None, len(source)))
+    return tokens
+
+
+# --- fields -----------------------------------------------------------------------------------------------------
+
+COLUMNS: dict[str, tuple[Any, str]] = {
+    "id": (Job.id, "int"),
+    "job": (Job.id, "int"),
+    "task": (Job.task, "str"),
+    "backbone": (Job.backbone, "str"),
+    "weights": (Job.weights, "str"),
+    "status": (Job.status, "str"),
+    "name": (Job.name, "str"),
+    "queue": (Job.queue, "str"),
+    "device": (Job.device, "str"),
+    "ran_on": (Job.ran_on, "str"),
+    "worker": (Job.worker, "str"),
+    "error": (Job.error, "str"),
+    "group": (Job.group_id, "int"),
+    "parent": (Job.parent_id, "int"),
+    "priority": (Job.priority, "int"),
+    "attempts": (Job.attempts, "int"),
+    "created": (Job.created_at, "time"),
+    "started": (Job.started_at, "time"),
+    "finished": (Job.finished_at, "time"),
+}
+ALIASES = {"created_at": "created", "started_at": "started", "finished_at": "finished", "group_id": "group"}
+DERIVED = ("seconds", "epochs")
+
+
+def field_names() -> list[str]:
+    """The names a filter may use besides metrics, for error messages and help."""
+    return sorted(COLUMNS) + list(DERIVED) + ["params.NAME", "tags.NAME"]
+
+
+def final_metric(name: str) -> ColumnElement:
+    """The value a job's metric ``name`` has at its last step, as a correlated subquery (NULL if none)."""
+    metric = aliased(Metric)
+    return (
+        select(metric.value)
+        .where(metric.job_id == Job.id, metric.name == name)
+        .order_by(metric.step.desc(), metric.id.desc())
+        .limit(1)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+
+
+def job_epochs() -> ColumnElement:
+    """The last epoch a job recorded a metric for (NULL for jobs without epochs)."""
+    metric = aliased(Metric)
+    return select(func.max(metric.epoch)).where(metric.job_id == Job.id).correlate(Job).scalar_subquery()
+
+
+def job_seconds(dialect: str) -> ColumnElement:
+    """Run time in seconds, from start to finish."""
+    if dialect == "postgresql":
+        return func.extract("epoch", Job.finished_at - Job.started_at)
+    return (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0
+
+
+def json_value(column, key: str, kind: str, dialect: str) -> ColumnElement:
+    """``column[key]`` as a number, text or boolean; NULL where the stored JSON value is of another type.
+
+    The type guard keeps PostgreSQL from failing a whole query on a cast (``'./data'::float``).
+    """
+    element = column[key]
+    if dialect == "postgresql":
+        json_type = func.json_typeof(element)
+        wanted = {"number": "number", "str": "string", "bool": "boolean"}[kind]
+    else:
+        json_type = func.json_type(column, f"$.{_json_path_key(key)}")
+        wanted = {"number": ("integer", "real"), "str": ("text",), "bool": ("true", "false")}[kind]
+    extracted = {"number": element.as_float, "str": element.as_string, "bool": element.as_boolean}[kind]()
+    condition = json_type == wanted if isinstance(wanted, str) else json_type.in_(wanted)
+    return case((condition, extracted), else_=None)
+
+
+def _json_path_key(key: str) -> str:
+    # SQLite JSON paths quote keys that are not plain identifiers.
+    return key if re.fullmatch(r"[A-Za-z_]\w*", key) else '"' + key.replace('"', "") + '"'
+
+
+@dataclass
+class FieldResolver:
+    """Turns a name in a filter into a column expression, knowing the dialect and which metrics exist."""
+
+    dialect: str
+    metric_names: set[str]
+    used_metrics: list[str]
+
+    def __init__(self, dialect: str, metric_names: Iterable[str]) -> None:
+        self.dialect = dialect
+        self.metric_names = set(metric_names)
+        self.used_metrics = []
+
+    def resolve(self, name: str, value_kind: str | None, fail: Callable[[str], FilterError]) -> tuple[Any, str]:
+        """The expression and kind (int, float, str, time, number, bool) of ``name``.
+
+        ``value_kind`` is the kind of the value it is compared with, which picks how a JSON value is read.
+        """
+        lowered = ALIASES.get(name.lower(), name.lower())
+        if lowered in COLUMNS:
+            return COLUMNS[lowered]
+        if lowered == "seconds":
+            return job_seconds(self.dialect), "float"
+        if lowered == "epochs":
+            return job_epochs(), "int"
+        prefix, dot, key = name.partition(".")
+        if dot:
+            if prefix.lower() in ("params", "param"):
+                kind = {"str": "str", "bool": "bool"}.get(value_kind or "", "number")
+                return json_value(Job.params, key, kind, self.dialect), kind
+            if prefix.lower() in ("tags", "tag"):
+                return json_value(Job.tags, key, "str", self.dialect), "str"
+            raise fail(f"unknown name {name!r}: dotted names start with params. or tags.")
+        if name in self.metric_names:
+            if name not in self.used_metrics:
+                self.used_metrics.append(name)
+            return final_metric(name), "float"
+        known = ", ".join(sorted(self.metric_names)[:30]) or "none recorded yet"
+        raise fail(f"unknown name {name!r}: use a job field ({', '.join(field_names())}) or a metric ({known})")
+
+
+# --- parser -----------------------------------------------------------------------------------------------------
+
+
+def _value_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "str"
+
+
+class WhereParser:
+    """A recursive-descent parser of the `--where` language that builds the SQL expression as it goes."""
+
+    def __init__(self, source: str, resolver: FieldResolver, option: str = "--where") -> None:
+        self.source = source
+        self.option = option
+        self.resolver = resolver
+        self.tokens = tokenize(source, option)
+        self.index = 0
+
+    @property
+    def token(self) -> Token:
+        return self.tokens[self.index]
+
+    def fail(self, message: str, token: Token | None = None) -> FilterError:
+        return _error(self.option, self.source, (token or self.token).pos, message)
+
+    def take(self, kind: str) -> Token | None:
+        if self.token.kind == kind:
+            token = self.token
+            self.index += 1
+            return token
+        return None
+
+    def expect(self, kind: str, what: str) -> Token:
+        token = self.take(kind)
+        if token is None:
+            found = f"{self.token.text!r}" if self.token.kind != "end" else "the end"
+            raise self.fail(f"expected {what}, found {found}")
+        return token
+
+    def parse(self) -> ColumnElement:
+        if self.token.kind == "end":
+            raise self.fail("the filter is empty; write a condition such as val_acc > 0.9")
+        expression = self.parse_or()
+        if self.token.kind != "end":
+            raise self.fail(f"expected and, or or the end, found {self.token.text!r}")
+        return expression
+
+    def parse_or(self) -> ColumnElement:
+        parts = [self.parse_and()]
+        while self.take("or"):
+            parts.append(self.parse_and())
+        return parts[0] if len(parts) == 1 else or_(*parts)
+
+    def parse_and(self) -> ColumnElement:
+        parts = [self.parse_not()]
+        while self.take("and"):
+            parts.append(self.parse_not())
+        return parts[0] if len(parts) == 1 else and_(*parts)
+
+    def parse_not(self) -> ColumnElement:
+        if self.take("not"):
+            return not_(self.parse_not())
+        if self.token.text == "(" and self.token.kind == "paren":
+            self.index += 1
+            inner = self.parse_or()
+            if self.token.text != ")":
+                raise self.fail("expected ')' to close the '('")
+            self.index += 1
+            return inner
+        return self.parse_comparison()
+
+    def parse_comparison(self) -> ColumnElement:
+        name_token = self.token
+        if name_token.kind != "name":
+            raise self.fail("expected a name (val_acc, backbone, params.lr, ...)")
+        self.index += 1
+        if self.take("is"):
+            negate = self.take("not") is not None
+            self.expect("null", "null after is")
+            column, _ = self.resolver.resolve(name_token.text, None, lambda m: self.fail(m, name_token))
+            return column.is_not(None) if negate else column.is_(None)
+        negate = False
+        if self.token.kind == "not":
+            self.index += 1
+            negate = True
+            if self.token.kind not in ("in", "like"):
+                raise self.fail("expected in or like after not")
+        if self.take("in"):
+            return self._membership(name_token, negate)
+        if self.take("like"):
+            pattern = self.expect("value", "a 'pattern' after like")
+            if not isinstance(pattern.value, str):
+                raise self.fail("like takes a quoted pattern such as 'resnet%'", pattern)
+            column, kind = self.resolver.resolve(name_token.text, "str", lambda m: self.fail(m, name_token))
+            if kind != "str":
+                raise self.fail(f"{name_token.text} is not text; like works on text fields", name_token)
+            condition = column.like(pattern.value)
+            return not_(condition) if negate else condition
+        op = self.expect("op", "a comparison (=, !=, <, <=, >, >=, in, like, is null)")
+        value_token = self.expect("value", f"a value after {op.text!r} (a number, 'text', true, false)")
+        column, kind = self.resolver.resolve(
+            name_token.text, _value_kind(value_token.value), lambda m: self.fail(m, name_token)
+        )
+        value = self._coerce(name_token, kind, value_token)
+        return {
+            "=": column == value,
+            "==": column == value,
+            "!=": column != value,
+            "<>": column != value,
+            "<": column < value,
+            "<=": column <= value,
+            ">": column > value,
+            ">=": column >= value,
+        }[op.text]
+
+    def _membership(self, name_token: Token, negate: bool) -> ColumnElement:
+        if self.token.text != "(":
+            raise self.fail("expected '(' after in, as in backbone in ('vgg16', 'resnet50')")
+        self.index += 1
+        tokens = [self.expect("value", "a value in the list")]
+        while self.token.text == ",":
+            self.index += 1
+            tokens.append(self.expect("value", "a value after ','"))
+        if self.token.text != ")":
+            raise self.fail("expected ',' or ')' in the list")
+        self.index += 1
+        column, kind = self.resolver.resolve(
+            name_token.text, _value_kind(tokens[0].value), lambda m: self.fail(m, name_token)
+        )
+        values = [self._coerce(name_token, kind, token) for token in tokens]
+        condition = column.in_(values)
+        return not_(condition) if negate else condition
+
+    def _coerce(self, name_token: Token, kind: str, token: Token) -> Any:
+        """The value as the field's type; a mismatch is an error naming both."""
+        value = token.value
+        given = _value_kind(value)
+        name = name_token.text
+        if kind in ("int", "float", "number"):
+            if given != "number":
+                raise self.fail(f"{name} is a number; compare it with a number, not {token.text}", token)
+            return value
+        if kind == "str":
+            if given != "str":
+                raise self.fail(f"{name} is text; quote the value, as in {name} = '{token.text}'", token)
+            return value
+        if kind == "bool":
+            return value
+        if kind == "time":
+            if given != "str":
+                raise self.fail(f"{name} is a time; write it as '2026-11-28' or '2026-11-28T14:00'", token)
+            try:
+                moment = dt.datetime.fromisoformat(value)
+            except ValueError:
+                message = f"{token.text} is not a date; write it as '2026-11-28' or '2026-11-28T14:00'"
+                raise self.fail(message, token) from None
+            return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+        raise self.fail(f"cannot compare {name}", name_token)
+
+
+def compile_where(source: str, resolver: FieldResolver) -> ColumnElement:
+    """The SQL condition of a `--where` filter; raises FilterError pointing at the first problem."""
+    return WhereParser(source, resolver).parse()
+
+
+def compile_order_by(source: str, resolver: FieldResolver) -> list[ColumnElement]:
+    """ORDER BY terms for ``-val_acc,created`` (a leading ``-`` sorts descending); missing values go last."""
+    terms = []
+    offset = 0
+    for part in source.split(","):
+        text = part.strip()
+        pos = offset + len(part) - len(part.lstrip())
+        offset += len(part) + 1
+        if not text:
+            raise _error("--order-by", source, pos, "empty name; write names such as -val_acc,created")
+        descending = text.startswith("-")
+        name = text.lstrip("-+").strip()
+        if not re.fullmatch(r"[A-Za-z_][\w-]*(?:\.[\w-]+)?", name):
+            raise _error("--order-by", source, pos, f"{text!r} is not a name")
+
+        def fail(message: str, pos=pos) -> FilterError:
+            return _error("--order-by", source, pos, message)
+
+        column, kind = resolver.resolve(name, None, fail)
+        if name.lower().startswith(("params.", "param.")):
+            # Numbers in numeric order first, then text values in text order.
+            column_text = json_value(Job.params, name.partition(".")[2], "str", resolver.dialect)
+            columns = [column, column_text]
+        else:
+            columns = [column]
+        for col in columns:
+            terms.append(col.desc().nulls_last() if descending else col.asc().nulls_last())
+    return terms
+
+
+__all__ = [
+    "FieldResolver",
+    "FilterError",
+    "compile_order_by",
+    "compile_where",
+    "field_names",
+    "final_metric",
+    "json_value",
+    "tokenize",
+]
