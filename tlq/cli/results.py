@@ -59,8 +59,12 @@ def _job_ids(state: CliState, ids: tuple[int, ...], group: int | None, command: 
 def results(state: CliState, where, order_by, tag, limit, json_out, csv_out) -> None:
     from tlq.cli.jobs import parse_tag_filter
     from tlq.db.results import PRIMARY_METRICS
+    from tlq.workers.dispatch import live_queues, waiting_reason
 
     data, used = state.client.search(where, order_by, parse_tag_filter(tag), limit)
+    consumed = live_queues(state.env) if any(job["status"] == "queued" for job in data) else set()
+    for job in data:
+        job["waiting"] = waiting_reason(job["queue"], job["status"], consumed)
     if json_out:
         print_json(data)
         return
