@@ -210,7 +210,7 @@ RESULT_RUNS = {
         [0.93, 0.95],
         [0.2, 0.15],
     ),
-    "d": ("resnet50", {"lr": 1e-4, "data": "./pets", "strategy": "freeze"}, {}, [], []),
+    "d": ("resnet50", {"lr": 1e-4, "data": "./pets", "strategy": "freeze"}, {'odd "key"': "x"}, [], []),
 }
 
 

@@ -189,7 +189,7 @@ class Client:
         tags: dict[str, str] | None = None,
         group: int | None = None,
         limit: int | None = 50,
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """Jobs, newest first, as ``get`` returns them."""
         from tlq.db import queries
 
@@ -205,7 +205,7 @@ class Client:
         order_by: str | None = None,
         tags: dict[str, str] | None = None,
         limit: int | None = 100,
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """Jobs matching a filter on final metrics, parameters, task, status, tags and dates, as ``get`` returns
         them. See `tlq results --help` for the filter language.
 
@@ -246,7 +246,7 @@ class Client:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout:g} s")
             time.sleep(poll)
 
-    def metrics(self, job_id: int, name: str | None = None) -> list[dict[str, Any]]:
+    def metrics(self, job_id: int, name: str | None = None) -> builtins.list[dict[str, Any]]:
         """The full history of a job's metrics: ``{"name", "step", "epoch", "value", "time"}`` by name and step."""
         from tlq.db import results
 
@@ -261,7 +261,7 @@ class Client:
                 for m in rows
             ]
 
-    def jobs_of(self, group: int | None = None, jobs: Iterable[int] = ()) -> list[int]:
+    def jobs_of(self, group: int | None = None, jobs: Iterable[int] = ()) -> builtins.list[int]:
         """The job ids of a group, or the given ids checked to exist."""
         from tlq.db import results
 
@@ -278,7 +278,7 @@ class Client:
         jobs: Iterable[int] = (),
         metric: str | None = None,
         goal: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """A leaderboard of a group's jobs (or the given jobs), best first.
 
         Args:
@@ -299,16 +299,20 @@ class Client:
             metric = metric or results.pick_metric(session, ids)
             if metric is None:
                 raise BadInput("these jobs have no metric to rank by yet; name one with --metric")
+            recorded = results.metric_names_of(session, ids)
+            if metric not in recorded:
+                have = ", ".join(sorted(recorded)) or "none yet"
+                raise BadInput(f"none of these jobs has the metric {metric!r}; they have {have}")
             return [row.as_dict() for row in results.leaderboard(session, rows, metric, goal)]
 
-    def group_of(self, job_ids: list[int]) -> int | None:
+    def group_of(self, job_ids: builtins.list[int]) -> int | None:
         """The group all the given jobs share, if they share one."""
         groups = {self.get(job_id)["group_id"] for job_id in job_ids}
         return groups.pop() if len(groups) == 1 else None
 
     # --- artifacts --------------------------------------------------------------------------------------------
 
-    def artifacts(self, job_id: int, kind: str | None = None) -> list[dict[str, Any]]:
+    def artifacts(self, job_id: int, kind: str | None = None) -> builtins.list[dict[str, Any]]:
         """A job's artifacts: ``{"kind", "path" (absolute), "relative", "bytes", "sha256"}``."""
         from tlq.db import queries
 
@@ -324,16 +328,18 @@ class Client:
             for a in rows
         ]
 
-    def copy_artifacts(self, job_id: int, dest: str | Path, kind: str | None = None) -> list[Path]:
+    def copy_artifacts(self, job_id: int, dest: str | Path, kind: str | None = None) -> builtins.list[Path]:
         """Copies a job's artifacts into ``dest`` (sub-folders kept) and checks each copy's sha256.
 
         Raises:
             BadInput: A file is missing, lies outside the artifacts directory, or does not match its digest.
         """
         root = self.settings.artifacts_dir.resolve()
-        dest = Path(dest).expanduser()
-        job_root = root / f"job-{job_id}"
-        copied = []
+        dest = Path(dest).expanduser().resolve()
+        job_root = root / str(job_id)  # where the job's ArtifactStore writes
+        if dest.is_relative_to(job_root):
+            raise BadInput(f"--copy-to {dest} lies inside job {job_id}'s own artifacts; copy them somewhere else")
+        plan: dict[Path, tuple[Path, dict[str, Any]]] = {}
         for artifact in self.artifacts(job_id, kind):
             source = (root / artifact["relative"]).resolve()
             if not source.is_relative_to(root):
@@ -342,6 +348,14 @@ class Client:
                 raise BadInput(f"artifact {source} is missing; it was deleted after job {job_id} wrote it")
             inside = source.relative_to(job_root) if source.is_relative_to(job_root) else Path(source.name)
             target = dest / inside
+            if target in plan:
+                raise BadInput(f"two artifacts of job {job_id} would both be copied to {target}; nothing was copied")
+            plan[target] = (source, artifact)
+        existing = [target for target in plan if target.exists()]
+        if existing:
+            raise BadInput(f"{existing[0]} already exists; copy into an empty folder (nothing was copied)")
+        copied = []
+        for target, (source, artifact) in plan.items():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
             if _sha256(target) != artifact["sha256"]:
@@ -367,9 +381,17 @@ def _jsonable(value: Any) -> Any:
 
 _SETTINGS_KEYS = ("home", "database_url", "broker_url", "artifacts_dir")
 
+# `list` is left out so that `from tlq.client import *` never hides the builtin.
+__all__ = ["Client", "artifacts", "compare", "get", "metrics", "results", "submit", "sweep", "wait"]
 
-def _client(kwargs: dict[str, Any]) -> Client:
-    return Client(**{k: kwargs.pop(k) for k in _SETTINGS_KEYS if k in kwargs})
+
+def _client(kwargs: dict[str, Any], strict: bool = False) -> Client:
+    """A Client from the settings keywords, which are taken out of ``kwargs``; with ``strict``, any other
+    keyword is an error (a typo such as ``hom=`` must not fall back to the default setup)."""
+    client = Client(**{k: kwargs.pop(k) for k in _SETTINGS_KEYS if k in kwargs})
+    if strict and kwargs:
+        raise TypeError(f"unexpected keyword {', '.join(sorted(kwargs))}; settings are {', '.join(_SETTINGS_KEYS)}")
+    return client
 
 
 def submit(task: str, **options: Any) -> int:
@@ -384,34 +406,40 @@ def sweep(task: str, grid: dict[str, Iterable[Any]], **options: Any) -> dict[str
 
 def get(job_id: int, **settings: Any) -> dict[str, Any]:
     """A job as `tlq show --json` prints it; see ``Client.get``."""
-    return _client(settings).get(job_id)
+    return _client(settings, strict=True).get(job_id)
 
 
-def list(**options: Any) -> list[dict[str, Any]]:  # noqa: A001 - the operation's name
+def list(**options: Any) -> builtins.list[dict[str, Any]]:  # noqa: A001 - the operation's name
     """Jobs, newest first; see ``Client.list``."""
     return _client(options).list(**options)
 
 
-def results(where: str | None = None, order_by: str | None = None, **options: Any) -> list[dict[str, Any]]:
+def results(where: str | None = None, order_by: str | None = None, **options: Any) -> builtins.list[dict[str, Any]]:
     """Jobs matching a filter; see ``Client.results``."""
     return _client(options).results(where, order_by, **options)
 
 
-def wait(job_id: int, timeout: float | None = None, **settings: Any) -> dict[str, Any]:
+def wait(
+    job_id: int,
+    timeout: float | None = None,
+    poll: float = 0.5,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
     """Waits for a job to end; see ``Client.wait``."""
-    return _client(settings).wait(job_id, timeout)
+    return _client(settings, strict=True).wait(job_id, timeout, poll, on_update)
 
 
-def metrics(job_id: int, name: str | None = None, **settings: Any) -> list[dict[str, Any]]:
+def metrics(job_id: int, name: str | None = None, **settings: Any) -> builtins.list[dict[str, Any]]:
     """A job's metric history; see ``Client.metrics``."""
-    return _client(settings).metrics(job_id, name)
+    return _client(settings, strict=True).metrics(job_id, name)
 
 
-def compare(group: int | None = None, jobs: Iterable[int] = (), **options: Any) -> list[dict[str, Any]]:
+def compare(group: int | None = None, jobs: Iterable[int] = (), **options: Any) -> builtins.list[dict[str, Any]]:
     """A leaderboard, best first; see ``Client.compare``."""
     return _client(options).compare(group, jobs, **options)
 
 
-def artifacts(job_id: int, kind: str | None = None, **settings: Any) -> list[dict[str, Any]]:
+def artifacts(job_id: int, kind: str | None = None, **settings: Any) -> builtins.list[dict[str, Any]]:
     """A job's artifacts; see ``Client.artifacts``."""
-    return _client(settings).artifacts(job_id, kind)
+    return _client(settings, strict=True).artifacts(job_id, kind)

@@ -117,3 +117,81 @@ def test_compare_and_plot_name_what_is_missing(home, filled):
     assert "there is no job 998" in invoke(home, "compare", 998, 999).stderr
     assert "there is no group 77" in invoke(home, "compare", "--group", 77).stderr
     assert invoke(home, "plot").exit_code == 2
+
+
+def test_compare_names_a_metric_no_job_has(home, filled):
+    result = invoke(home, "compare", filled["a"], filled["b"], "--metric", "val_acccc")
+    assert result.exit_code == 2
+    assert "none of these jobs has the metric 'val_acccc'" in result.stderr and "val_acc" in result.stderr
+
+
+def test_artifacts_copy_keeps_folders_and_refuses_to_overwrite(home, filled, tmp_path):
+    import hashlib
+
+    from tlq.db import queries
+
+    settings = Settings.load(home=home, environ={})
+    job = filled["a"]
+    database = Database(settings.database_url)
+    with database.session() as session:
+        for rel, text in (("a/x.txt", "AAA"), ("b/x.txt", "BBB")):
+            path = settings.artifacts_dir / str(job) / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            queries.record_artifact(session, job, "note", f"{job}/{rel}", len(text), digest)
+    database.dispose()
+    listed = json.loads(invoke(home, "artifacts", job, "--json").stdout)
+    assert [a["relative"] for a in listed] == [f"{job}/a/x.txt", f"{job}/b/x.txt"]
+    out = tmp_path / "out"
+    copied = json.loads(invoke(home, "artifacts", job, "--copy-to", out, "--json").stdout)
+    assert sorted(copied) == [str(out / "a" / "x.txt"), str(out / "b" / "x.txt")]
+    assert (out / "a" / "x.txt").read_text() == "AAA" and (out / "b" / "x.txt").read_text() == "BBB"
+    again = invoke(home, "artifacts", job, "--copy-to", out)
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    inside = invoke(home, "artifacts", job, "--copy-to", settings.artifacts_dir / str(job) / "a")
+    assert inside.exit_code == 2 and "inside job" in inside.stderr
+    assert "no 'model' artifact" in invoke(home, "artifacts", job, "--kind", "model").stderr
+
+
+def test_sweep_values_split_on_commas_or_semicolons_by_type():
+    from tlq.cli.options import sweep_separator
+    from tlq.cli.submit import SWEEPABLE_COMMON, split_sweep_options
+    from tlq.plugins.registry import task_registry
+
+    tasks = task_registry()
+    finetune = tasks.get("finetune").params.model_fields
+    adversarial = tasks.get("adversarial").params.model_fields
+    separators = {n: sweep_separator(f) for n, f in (finetune | adversarial).items()} | SWEEPABLE_COMMON
+    options = {
+        "backbone": "vgg16, resnet50",
+        "lr": "1e-3,0.001,1e-4",
+        "label_pattern": r"^(.+)_\d{1,3}\.jpg$",
+        "target": "tabby, tabby cat;Siamese cat",
+        "eps": "1/255,2/255;4/255",
+        "strategy": "full,freeze",
+        "data": "./pets",
+        "wait": False,
+        "name": "x",
+    }
+    grid, fixed = split_sweep_options(options, separators)
+    assert grid == {
+        "backbone": ["vgg16", "resnet50"],
+        "lr": ["1e-3", "1e-4"],
+        "target": ["tabby, tabby cat", "Siamese cat"],
+        "eps": ["1/255,2/255", "4/255"],
+        "strategy": ["full", "freeze"],
+    }
+    assert fixed == {"label_pattern": r"^(.+)_\d{1,3}\.jpg$", "data": "./pets"}
+
+
+def test_client_functions_refuse_unknown_keywords(home, filled):
+    from tlq import client
+
+    assert client.get(filled["a"], home=home)["name"] == "a"
+    with pytest.raises(TypeError, match="hom"):
+        client.get(filled["a"], hom=home)
+    assert [r["job"] for r in client.compare(jobs=[filled["a"], filled["b"]], home=home)] == [filled["a"], filled["b"]]
+    import typing
+
+    assert typing.get_type_hints(client.results)["return"] == list[dict[str, typing.Any]]

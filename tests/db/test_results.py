@@ -58,6 +58,12 @@ def names(db, where=None, order_by=None, tags=None) -> list[str]:
         # a number compared with a text parameter, and text with a number: no match, and no cast error on PG
         ("params.data > 3", set()),
         ("params.lr = 'fast'", set()),
+        # is null sees text and numbers alike, and a key no job has
+        ("params.data is not null", {"a", "b", "c", "d"}),
+        ("params.strategy is null or params.nope is not null", set()),
+        ("params.nope is null and tags.dataset is null", {"d"}),
+        # like ignores case on both databases
+        ("backbone like 'RES%'", {"c", "d"}),
     ],
 )
 def test_where_selects_the_right_jobs(db, where, expected):
@@ -73,6 +79,7 @@ def test_order_by_sorts_and_puts_missing_values_last(db):
 
 def test_tag_filter(db):
     assert set(names(db, tags={"dataset": "pets"})) == {"a", "b"}
+    assert names(db, tags={'odd "key"': "x"}) == ["d"]  # a key SQLite's JSON paths cannot spell
     database, _ = db
     with database.session() as session:
         assert [j.name for j in queries.list_jobs(session, tags={"dataset": "digits"})] == ["c"]
@@ -96,6 +103,9 @@ def test_tag_filter(db):
         ("val_acc > 0.9; drop table jobs", "0.9-->;", "unexpected ';'"),
         ("foo.bar = 1", "-->foo.bar", "params. or tags."),
         ("backbone in 'vgg16'", "in -->'vgg16'", "expected '('"),
+        ("id = 99999999999999999999", "= -->9999", "out of range"),
+        ("val_acc > 1e999", "> -->1e999", "out of range"),
+        ("created > '0001-01-01T00:00+05:00'", "> -->'0001", "not a date"),
     ],
 )
 def test_malformed_filters_point_at_the_error(db, where, points_at, says):

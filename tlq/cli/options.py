@@ -44,9 +44,13 @@ def default_text(field: FieldInfo) -> str | None:
     return str(field.default)
 
 
-def is_list_field(field: FieldInfo) -> bool:
-    """Whether the field takes a list (such as --eps 1/255,2/255), so a sweep separates its values with ';'."""
-    return typing.get_origin(_unwrap_optional(field.annotation)) is list
+def sweep_separator(field: FieldInfo) -> str:
+    """What separates the values of an option in `tlq sweep`: ',' for numbers and choices; ';' for text, paths
+    and lists, whose values may hold commas themselves (a regex, 'tench, Tinca tinca', --eps 1/255,2/255)."""
+    base = _unwrap_optional(field.annotation)
+    if typing.get_origin(base) is Literal or base in (int, float):
+        return ","
+    return ";"
 
 
 def option_for_field(name: str, field: FieldInfo, sweep: bool = False) -> click.Option:

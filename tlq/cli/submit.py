@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from tlq.cli.options import is_list_field, option_for_field
+from tlq.cli.options import option_for_field, sweep_separator
 from tlq.cli.output import emit_job
 from tlq.cli.state import CliState, pass_state
 
@@ -146,8 +146,8 @@ class TaskCommands(click.Group):
         @pass_state
         def callback(state: CliState, **options):
             if sweep:
-                list_fields = {n for n, f in fields.items() if is_list_field(f)}
-                return _sweep(state, name, options, set(fields), list_fields)
+                separators = {n: sweep_separator(f) for n, f in fields.items()} | SWEEPABLE_COMMON
+                return _sweep(state, name, options, separators)
             spec = build_spec(name, options, set(fields))
             if mode == "submit":
                 return _submit(state, spec, options["wait"], options["json_out"])
@@ -155,7 +155,10 @@ class TaskCommands(click.Group):
 
         summary = plugin.summary
         if sweep:
-            summary = f"Sweep {name}: comma-separated values of any option are crossed into one group of jobs."
+            summary = (
+                f"Sweep {name}: several values of any option are crossed into one group of jobs. Separate "
+                "numbers, choices and backbones with ',' (--lr 1e-3,1e-4) and text, paths and lists with ';'."
+            )
         return click.Command(name, params=params, callback=callback, help=summary, short_help=plugin.summary)
 
 
@@ -183,26 +186,24 @@ def _follow(state: CliState, job_id: int, wait: bool, json_out: bool) -> int:
     return 0
 
 
-SWEEPABLE_COMMON = {"backbone", "weights"}
+SWEEPABLE_COMMON = {"backbone": ",", "weights": ";"}
 NOT_SWEPT = {"wait", "json_out", "max_jobs", "metric", "tag", "name"}
 
 
-def split_sweep_options(
-    options: dict, field_names: set[str], list_fields: set[str]
-) -> tuple[dict[str, list[str]], dict]:
+def split_sweep_options(options: dict, separators: dict[str, str]) -> tuple[dict[str, list[str]], dict]:
     """The swept options (two or more values) and the fixed ones, from a sweep command's options.
 
-    Values are split on commas; an option that itself takes a list (``--eps 1/255,2/255``) separates its
-    lists with ``;`` instead.
+    Numbers, choices and backbones are separated by commas (``--lr 1e-3,1e-4``); text, paths and lists by
+    ``;`` (``--target 'tabby, tabby cat;Siamese cat'``, ``--eps 1/255,2/255;4/255,8/255``). Repeated values
+    (``1e-3,0.001``) count once.
     """
     grid: dict[str, list[str]] = {}
     fixed: dict = {}
     for key, value in options.items():
         if key in NOT_SWEPT or value is None:
             continue
-        if isinstance(value, str) and (key in field_names or key in SWEEPABLE_COMMON):
-            separator = ";" if key in list_fields else ","
-            values = list(dict.fromkeys(v.strip() for v in value.split(separator) if v.strip()))
+        if isinstance(value, str) and key in separators:
+            values = _unique(v.strip() for v in value.split(separators[key]) if v.strip())
             if len(values) > 1:
                 grid[key] = values
                 continue
@@ -211,10 +212,25 @@ def split_sweep_options(
     return grid, fixed
 
 
-def _sweep(state: CliState, task: str, options: dict, field_names: set[str], list_fields: set[str]) -> int:
-    from tlq.cli.output import print_json
+def _unique(values) -> list[str]:
+    """Values in order, a repeated one (as text, or as the number it spells) left out."""
+    seen, kept = set(), []
+    for value in values:
+        try:
+            key = float(value)
+        except ValueError:
+            key = value
+        if key not in seen:
+            seen.add(key)
+            kept.append(value)
+    return kept
 
-    grid, fixed = split_sweep_options(options, field_names, list_fields)
+
+def _sweep(state: CliState, task: str, options: dict, separators: dict[str, str]) -> int:
+    from tlq.cli.output import print_json
+    from tlq.plugins.errors import BadInput
+
+    grid, fixed = split_sweep_options(options, separators)
     fixed["tags"] = _parse_tags(options.get("tag", ()))
     result = state.client.sweep(task, grid, name=options.get("name"), max_jobs=options["max_jobs"], **fixed)
     jobs = result["jobs"]
@@ -234,10 +250,14 @@ def _sweep(state: CliState, task: str, options: dict, field_names: set[str], lis
     from tlq.cli.results import print_leaderboard
 
     code = wait_for_jobs(state, jobs, quiet=options["json_out"])
-    rows = state.client.compare(group=result["group"], metric=options.get("metric"))
+    try:
+        rows = state.client.compare(group=result["group"], metric=options.get("metric"))
+    except BadInput as exc:  # no job recorded the metric (they all failed, say): the jobs say why
+        rows = []
+        click.echo(f"no leaderboard: {exc}; `tlq jobs --group {result['group']}` shows the jobs", err=True)
     if options["json_out"]:
         print_json(result | {"leaderboard": rows})
-    else:
+    elif rows:
         print_leaderboard(rows, options.get("metric") or _ranked_metric(state, jobs), f"group {result['group']}")
     return code
 
@@ -270,10 +290,13 @@ def run() -> None:
 
 @click.group(cls=TaskCommands, mode="sweep")
 def sweep() -> None:
-    """Queue a sweep: the cross product of comma-separated option values, as one group of jobs.
+    """Queue a sweep: the cross product of several values of options, as one group of jobs.
+
+    Numbers, choices and backbones are separated by ',', text, paths and lists by ';'.
 
     \b
       tlq sweep finetune --backbone vgg16,resnet50 --lr 1e-3,1e-4 --data ./pets
+      tlq sweep adversarial --backbone job:12 --data ./val --eps '1/255,2/255;4/255,8/255'
       tlq compare GROUP        # the leaderboard
     """
 

@@ -149,26 +149,48 @@ def job_seconds(dialect: str) -> ColumnElement:
     return (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0
 
 
+def json_type_of(column, key: str, dialect: str) -> ColumnElement:
+    """The JSON type of ``column[key]`` (SQL NULL when the key is missing)."""
+    if dialect == "postgresql":
+        return func.json_typeof(column[key])
+    if _plain_key(key):
+        return func.json_type(column, f'$."{key}"' if not re.fullmatch(r"[A-Za-z_]\w*", key) else f"$.{key}")
+    return _json_each(column, key, "type")
+
+
 def json_value(column, key: str, kind: str, dialect: str) -> ColumnElement:
     """``column[key]`` as a number, text or boolean; NULL where the stored JSON value is of another type.
 
     The type guard keeps PostgreSQL from failing a whole query on a cast (``'./data'::float``).
     """
-    element = column[key]
+    json_type = json_type_of(column, key, dialect)
     if dialect == "postgresql":
-        json_type = func.json_typeof(element)
         wanted = {"number": "number", "str": "string", "bool": "boolean"}[kind]
     else:
-        json_type = func.json_type(column, f"$.{_json_path_key(key)}")
         wanted = {"number": ("integer", "real"), "str": ("text",), "bool": ("true", "false")}[kind]
-    extracted = {"number": element.as_float, "str": element.as_string, "bool": element.as_boolean}[kind]()
+    if dialect != "postgresql" and not _plain_key(key):
+        extracted = _json_each(column, key, "value")
+    else:
+        element = column[key]
+        extracted = {"number": element.as_float, "str": element.as_string, "bool": element.as_boolean}[kind]()
     condition = json_type == wanted if isinstance(wanted, str) else json_type.in_(wanted)
     return case((condition, extracted), else_=None)
 
 
-def _json_path_key(key: str) -> str:
-    # SQLite JSON paths quote keys that are not plain identifiers.
-    return key if re.fullmatch(r"[A-Za-z_]\w*", key) else '"' + key.replace('"', "") + '"'
+def json_missing(column, key: str, dialect: str) -> ColumnElement:
+    """True where ``column`` has no ``key``, or holds JSON null there."""
+    json_type = json_type_of(column, key, dialect)
+    return or_(json_type.is_(None), json_type == "null")
+
+
+def _plain_key(key: str) -> bool:
+    # SQLite's JSON paths cannot name a key holding a double quote; json_each can.
+    return '"' not in key and "\\" not in key
+
+
+def _json_each(column, key: str, what: str) -> ColumnElement:
+    each = func.json_each(column).table_valued("key", "value", "type")
+    return select(each.c[what]).where(each.c.key == key).scalar_subquery()
 
 
 @dataclass
@@ -183,6 +205,16 @@ class FieldResolver:
         self.dialect = dialect
         self.metric_names = set(metric_names)
         self.used_metrics = []
+
+    def missing(self, name: str, fail: Callable[[str], FilterError]) -> ColumnElement:
+        """The condition that ``name`` has no value: a NULL column or metric, or an absent or null JSON key."""
+        prefix, dot, key = name.partition(".")
+        if dot and prefix.lower() in ("params", "param"):
+            return json_missing(Job.params, key, self.dialect)
+        if dot and prefix.lower() in ("tags", "tag"):
+            return json_missing(Job.tags, key, self.dialect)
+        column, _ = self.resolve(name, None, fail)
+        return column.is_(None)
 
     def resolve(self, name: str, value_kind: str | None, fail: Callable[[str], FilterError]) -> tuple[Any, str]:
         """The expression and kind (int, float, str, time, number, bool) of ``name``.
@@ -296,8 +328,8 @@ class WhereParser:
         if self.take("is"):
             negate = self.take("not") is not None
             self.expect("null", "null after is")
-            column, _ = self.resolver.resolve(name_token.text, None, lambda m: self.fail(m, name_token))
-            return column.is_not(None) if negate else column.is_(None)
+            missing = self.resolver.missing(name_token.text, lambda m: self.fail(m, name_token))
+            return not_(missing) if negate else missing
         negate = False
         if self.token.kind == "not":
             self.index += 1
@@ -313,7 +345,7 @@ class WhereParser:
             column, kind = self.resolver.resolve(name_token.text, "str", lambda m: self.fail(m, name_token))
             if kind != "str":
                 raise self.fail(f"{name_token.text} is not text; like works on text fields", name_token)
-            condition = column.like(pattern.value)
+            condition = column.ilike(pattern.value)  # case-insensitive on SQLite and PostgreSQL alike
             return not_(condition) if negate else condition
         op = self.expect("op", "a comparison (=, !=, <, <=, >, >=, in, like, is null)")
         value_token = self.expect("value", f"a value after {op.text!r} (a number, 'text', true, false)")
@@ -358,7 +390,14 @@ class WhereParser:
         if kind in ("int", "float", "number"):
             if given != "number":
                 raise self.fail(f"{name} is a number; compare it with a number, not {token.text}", token)
-            return value
+            if kind == "int":
+                if not -(2**31) <= value < 2**31:
+                    raise self.fail(f"{token.text} is out of range for {name}", token)
+                return value
+            number = float(value)
+            if number in (float("inf"), float("-inf")):
+                raise self.fail(f"{token.text} is out of range; numbers go up to about 1.8e308", token)
+            return number
         if kind == "str":
             if given != "str":
                 raise self.fail(f"{name} is text; quote the value, as in {name} = '{token.text}'", token)
@@ -370,10 +409,11 @@ class WhereParser:
                 raise self.fail(f"{name} is a time; write it as '2026-11-28' or '2026-11-28T14:00'", token)
             try:
                 moment = dt.datetime.fromisoformat(value)
-            except ValueError:
+                moment = (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+            except (ValueError, OverflowError):
                 message = f"{token.text} is not a date; write it as '2026-11-28' or '2026-11-28T14:00'"
                 raise self.fail(message, token) from None
-            return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+            return moment
         raise self.fail(f"cannot compare {name}", name_token)
 
 

@@ -24,6 +24,11 @@ def metric_names(session: Session) -> set[str]:
     return set(session.scalars(select(Metric.name).distinct()))
 
 
+def metric_names_of(session: Session, job_ids: list[int]) -> set[str]:
+    """The metric names the given jobs recorded."""
+    return set(session.scalars(select(Metric.name).where(Metric.job_id.in_(job_ids)).distinct()))
+
+
 def lower_is_better(metric: str) -> bool:
     """Whether smaller values of ``metric`` are better (losses, errors, times)."""
     name = metric.lower()
@@ -105,7 +110,7 @@ def varying_params_of(params: list[dict[str, Any]]) -> list[str]:
 
 def pick_metric(session: Session, job_ids: list[int]) -> str | None:
     """The metric to rank by when none is named: the first of PRIMARY_METRICS that the jobs have."""
-    names = set(session.scalars(select(Metric.name).where(Metric.job_id.in_(job_ids)).distinct()))
+    names = metric_names_of(session, job_ids)
     return next((m for m in PRIMARY_METRICS if m in names), None)
 
 
