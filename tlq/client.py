@@ -261,6 +261,21 @@ class Client:
                 for m in rows
             ]
 
+    def default_metric(self, job_ids: Iterable[int]) -> str | None:
+        """The metric to rank or plot the jobs by when none is named: val_acc, else the first of the tasks' main
+        metrics (accuracy, success_rate, target_prob, ...) that the jobs recorded."""
+        from tlq.db import results
+
+        with self.env.db.session() as session:
+            return results.pick_metric(session, [*job_ids])
+
+    def statuses(self, job_ids: Iterable[int]) -> dict[int, str]:
+        """The status of each of the jobs, in one query (for following many jobs at once)."""
+        from tlq.db import queries
+
+        with self.env.db.session() as session:
+            return queries.job_statuses(session, [*job_ids])
+
     def jobs_of(self, group: int | None = None, jobs: Iterable[int] = ()) -> builtins.list[int]:
         """The job ids of a group, or the given ids checked to exist."""
         from tlq.db import results
@@ -294,9 +309,9 @@ class Client:
         ids = self.jobs_of(group, jobs)
         if not ids:
             raise BadInput("nothing to compare: give a group id or two or more job ids")
+        metric = metric or self.default_metric(ids)
         with self.env.db.session() as session:
             rows = [self._job(session, job_id) for job_id in ids]
-            metric = metric or results.pick_metric(session, ids)
             if metric is None:
                 raise BadInput("these jobs have no metric to rank by yet; name one with --metric")
             recorded = results.metric_names_of(session, ids)
@@ -304,11 +319,6 @@ class Client:
                 have = ", ".join(sorted(recorded)) or "none yet"
                 raise BadInput(f"none of these jobs has the metric {metric!r}; they have {have}")
             return [row.as_dict() for row in results.leaderboard(session, rows, metric, goal)]
-
-    def group_of(self, job_ids: builtins.list[int]) -> int | None:
-        """The group all the given jobs share, if they share one."""
-        groups = {self.get(job_id)["group_id"] for job_id in job_ids}
-        return groups.pop() if len(groups) == 1 else None
 
     # --- artifacts --------------------------------------------------------------------------------------------
 

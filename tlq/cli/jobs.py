@@ -6,31 +6,11 @@ import time
 
 import click
 
+from tlq.cli.options import parse_tags
 from tlq.cli.output import duration, emit_job, format_value, print_json
 from tlq.cli.state import CliState, pass_state
 
 STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
-
-
-def load_job(state: CliState, job_id: int, session=None):
-    """The job row, or a BadInput saying there is none."""
-    from tlq.db import queries
-    from tlq.plugins.errors import BadInput
-
-    if session is None:
-        with state.env.db.session() as own:
-            job = queries.get_job(own, job_id)
-    else:
-        job = queries.get_job(session, job_id)
-    if job is None:
-        raise BadInput(f"there is no job {job_id}; `tlq jobs` lists the jobs")
-    return job
-
-
-def parse_tag_filter(tags: tuple[str, ...]) -> dict[str, str]:
-    from tlq.cli.submit import _parse_tags
-
-    return _parse_tags(tags)
 
 
 @click.command()
@@ -47,7 +27,7 @@ def jobs(state: CliState, status, task, backbone, tag, group, limit, json_out) -
     from tlq.workers.dispatch import live_queues, waiting_reason
 
     data = state.client.list(
-        status=status, task=task, backbone=backbone, tags=parse_tag_filter(tag), group=group, limit=limit
+        status=status, task=task, backbone=backbone, tags=parse_tags(tag), group=group, limit=limit
     )
     consumed = live_queues(state.env)
     for job in data:
@@ -134,10 +114,10 @@ def wait_for_jobs(state: CliState, job_ids: list[int], quiet: bool = False, poll
     with Progress(*columns, disable=quiet) as progress:
         bar = progress.add_task("jobs done", total=len(job_ids))
         while pending:
-            for job in [state.client.get(i) for i in sorted(pending)]:
-                if job["status"] in JobStatus.final():
-                    statuses[job["id"]] = job["status"]
-                    pending.discard(job["id"])
+            for job_id, status in state.client.statuses(pending).items():
+                if status in JobStatus.final():
+                    statuses[job_id] = status
+                    pending.discard(job_id)
             failed = sum(1 for s in statuses.values() if s != "succeeded")
             label = "jobs done" + (f" ({failed} failed)" if failed else "")
             progress.update(bar, completed=len(statuses), description=label)
@@ -153,7 +133,7 @@ def wait_for_jobs(state: CliState, job_ids: list[int], quiet: bool = False, poll
 @pass_state
 def wait(state: CliState, job_id: int, timeout: float | None, json_out: bool) -> int:
     """Wait for a job with a progress bar; exit 0 if it succeeded, 1 otherwise."""
-    load_job(state, job_id)
+    state.client.get(job_id)  # an unknown id is an error before any bar is drawn
     code = wait_for_job(state, job_id, timeout, quiet=json_out)
     emit_job(state, job_id, json_out, brief=True)
     return code

@@ -14,6 +14,19 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 
+def parse_tags(tags: tuple[str, ...]) -> dict[str, str]:
+    """``--tag KEY=VALUE`` options (on submit, or as a filter) as a dict; a malformed one is a BadInput."""
+    from tlq.plugins.errors import BadInput
+
+    parsed = {}
+    for tag in tags:
+        key, sep, value = tag.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"--tag {tag!r} is not KEY=VALUE; write it as --tag dataset=pets")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 

@@ -57,11 +57,11 @@ def _job_ids(state: CliState, ids: tuple[int, ...], group: int | None, command: 
 @click.option("--csv", "csv_out", is_flag=True, help="Print CSV: job fields, params.*, tags.* and final metrics.")
 @pass_state
 def results(state: CliState, where, order_by, tag, limit, json_out, csv_out) -> None:
-    from tlq.cli.jobs import parse_tag_filter
+    from tlq.cli.options import parse_tags
     from tlq.db.results import PRIMARY_METRICS
     from tlq.workers.dispatch import live_queues, waiting_reason
 
-    data, used = state.client.search(where, order_by, parse_tag_filter(tag), limit)
+    data, used = state.client.search(where, order_by, parse_tags(tag), limit)
     consumed = live_queues(state.env) if any(job["status"] == "queued" for job in data) else set()
     for job in data:
         job["waiting"] = waiting_reason(job["queue"], job["status"], consumed)
@@ -166,12 +166,8 @@ def compare(state: CliState, ids, group, metric, goal, json_out, csv_out) -> Non
       tlq compare 3                       # group 3, as `tlq sweep` printed it
       tlq compare 12 14 15 --metric val_loss
     """
-    from tlq.db import results as result_queries
-
     job_ids, group = _job_ids(state, ids, group, "compare")
-    if metric is None:
-        with state.env.db.session() as session:
-            metric = result_queries.pick_metric(session, job_ids)
+    metric = metric or state.client.default_metric(job_ids)
     rows = state.client.compare(jobs=job_ids, metric=metric, goal=goal)
     if json_out:
         print_json(rows)
@@ -253,11 +249,9 @@ def plot(state: CliState, ids, group, metric, output, json_out) -> None:
     from tlq.plugins.errors import BadInput
 
     job_ids, group = _job_ids(state, ids, group, "plot")
+    metric = metric or state.client.default_metric(job_ids)
     if metric is None:
-        with state.env.db.session() as session:
-            metric = result_queries.pick_metric(session, job_ids)
-        if metric is None:
-            raise BadInput("these jobs have no metric to plot yet; name one with --metric")
+        raise BadInput("these jobs have no metric to plot yet; name one with --metric")
     jobs = [state.client.get(job_id) for job_id in job_ids]
     varying = result_queries.varying_params_of([job["params"] for job in jobs])
     curves, missing = [], []

@@ -9,12 +9,11 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from tlq.cli.options import option_for_field, sweep_separator
+from tlq.cli.options import option_for_field, parse_tags, sweep_separator
 from tlq.cli.output import emit_job
 from tlq.cli.state import CliState, pass_state
 
 COMMON = {"backbone", "weights", "pretrained", "device", "priority", "name", "max_attempts", "timeout", "tag"}
-OUTPUT = {"wait", "json_out"}
 
 
 def _common_options(mode: str) -> list[click.Option]:
@@ -71,18 +70,6 @@ def _common_options(mode: str) -> list[click.Option]:
     return options
 
 
-def _parse_tags(tags: tuple[str, ...]) -> dict[str, str]:
-    from tlq.plugins.errors import BadInput
-
-    parsed = {}
-    for tag in tags:
-        key, sep, value = tag.partition("=")
-        if not sep or not key.strip():
-            raise BadInput(f"--tag {tag!r} is not KEY=VALUE; write it as --tag dataset=pets")
-        parsed[key.strip()] = value.strip()
-    return parsed
-
-
 def build_spec(task: str, options: dict, field_names: set[str]):
     """A JobSpec from the parsed options of a task command; a bad common value raises BadInput."""
     from tlq.plugins.errors import BadInput
@@ -100,7 +87,7 @@ def build_spec(task: str, options: dict, field_names: set[str]):
             name=options.get("name"),
             max_attempts=options.get("max_attempts", 3),
             timeout=options.get("timeout"),
-            tags=_parse_tags(options.get("tag", ())),
+            tags=parse_tags(options.get("tag", ())),
             params=params,
         )
     except ValidationError as exc:
@@ -231,7 +218,7 @@ def _sweep(state: CliState, task: str, options: dict, separators: dict[str, str]
     from tlq.plugins.errors import BadInput
 
     grid, fixed = split_sweep_options(options, separators)
-    fixed["tags"] = _parse_tags(options.get("tag", ()))
+    fixed["tags"] = parse_tags(options.get("tag", ()))
     result = state.client.sweep(task, grid, name=options.get("name"), max_jobs=options["max_jobs"], **fixed)
     jobs = result["jobs"]
     axes = " x ".join(f"{k} ({len(v)})" for k, v in grid.items()) or "no swept option"
@@ -258,15 +245,9 @@ def _sweep(state: CliState, task: str, options: dict, separators: dict[str, str]
     if options["json_out"]:
         print_json(result | {"leaderboard": rows})
     elif rows:
-        print_leaderboard(rows, options.get("metric") or _ranked_metric(state, jobs), f"group {result['group']}")
+        metric = options.get("metric") or state.client.default_metric(jobs)
+        print_leaderboard(rows, metric, f"group {result['group']}")
     return code
-
-
-def _ranked_metric(state: CliState, jobs: list[int]) -> str:
-    from tlq.db import results
-
-    with state.env.db.session() as session:
-        return results.pick_metric(session, jobs) or "metric"
 
 
 def _run_here(state: CliState, spec, json_out: bool) -> int:

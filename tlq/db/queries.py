@@ -76,6 +76,11 @@ def list_jobs(
     return list(session.scalars(query))
 
 
+def job_statuses(session: Session, job_ids: list[int]) -> dict[int, str]:
+    """The status of each of the jobs that exist."""
+    return dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids))).tuples().all())
+
+
 def claim_job(session: Session, job_id: int, worker: str) -> bool:
     """Moves a queued job to running for ``worker``; False when another delivery, a cancel or a worker got it,
     or when ``worker`` is shutting down."""

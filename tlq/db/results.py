@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -177,7 +176,3 @@ def leaderboard(session: Session, jobs: list[Job], metric: str, goal: str | None
     if rows and rows[0].best is not None:
         rows[0].best_run = True
     return rows
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value else None

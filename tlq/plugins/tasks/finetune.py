@@ -270,7 +270,18 @@ class _Fit:
         self.best_state = None
         self.history: dict[str, list[tuple[int, float]]] = {}
 
-    def note(self, epoch: int, metrics: dict[str, float], trained_state) -> dict[str, float]:
+    def note(self, epoch: int, trained, checked, trained_state) -> dict[str, float]:
+        """The epoch's metrics from its training and validation passes; tracks the best epoch."""
+        metrics = {
+            "train_loss": trained.loss,
+            "train_acc": trained.acc,
+            "val_loss": checked.loss,
+            "val_acc": checked.acc,
+            "val_top5": checked.top5,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": trained.seconds + checked.seconds,
+            "images_per_second": trained.images_per_second,
+        }
         for name in ("train_acc", "val_acc", "train_loss", "val_loss"):
             self.history.setdefault(name, []).append((epoch, metrics[name]))
         if metrics["val_acc"] > self.best_acc:
@@ -340,20 +351,7 @@ class _LinearProbe(_Fit):
         )
         self.ctx.progress(epoch, self.params.epochs, f"epoch {epoch}/{self.params.epochs}")
         checked = evaluate_head(self.head, self.x_val, self.y_val, self.plain_criterion)
-        return self.note(
-            epoch,
-            {
-                "train_loss": trained.loss,
-                "train_acc": trained.acc,
-                "val_loss": checked.loss,
-                "val_acc": checked.acc,
-                "val_top5": checked.top5,
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "epoch_seconds": trained.seconds + checked.seconds,
-                "images_per_second": trained.images_per_second,
-            },
-            self.head.state_dict,
-        )
+        return self.note(epoch, trained, checked, self.head.state_dict)
 
     def save(self, epoch: int, rng: dict) -> None:
         from tlq.plugins.training import save_checkpoint
@@ -449,20 +447,7 @@ class _ImageTraining(_Fit):
             self.precision,
             on_step=lambda i, n: self.ctx.progress(i, n, f"{stage} val"),
         )
-        return self.note(
-            epoch,
-            {
-                "train_loss": trained.loss,
-                "train_acc": trained.acc,
-                "val_loss": checked.loss,
-                "val_acc": checked.acc,
-                "val_top5": checked.top5,
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "epoch_seconds": trained.seconds + checked.seconds,
-                "images_per_second": trained.images_per_second,
-            },
-            self.model.state_dict,
-        )
+        return self.note(epoch, trained, checked, self.model.state_dict)
 
     def save(self, epoch: int, rng: dict) -> None:
         from tlq.plugins.training import save_checkpoint
