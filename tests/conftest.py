@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PG_ADMIN_URL, REDIS_URL, make_digits
+from tests.support import PG_ADMIN_URL, REDIS_URL, make_digits, run_job_here
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _redis_db_numbers = itertools.cycle(range(1, 16))
@@ -114,10 +114,8 @@ def trained(tmp_path_factory):
     from types import SimpleNamespace
 
     from tlq.config import Settings
-    from tlq.db import queries
     from tlq.plugins.base import Environment
     from tlq.plugins.spec import JobSpec
-    from tlq.workers.dispatch import run_here
 
     root = tmp_path_factory.mktemp("trained")
     env = Environment(Settings.load(home=root / "home", environ={}))
@@ -137,9 +135,5 @@ def trained(tmp_path_factory):
             "batch_size": 16,
         },
     )
-    job_id = run_here(env, spec)
-    with env.db.session() as session:
-        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
-    assert job["status"] == "succeeded", job["error"]
-    job["files"] = {a["kind"]: a["path"] for a in job["artifacts"]}
-    return SimpleNamespace(env=env, job=job, backbone=f"job:{job_id}", data=data, val=val, home=root / "home")
+    job = run_job_here(env, spec)
+    return SimpleNamespace(env=env, job=job, backbone=f"job:{job['id']}", data=data, val=val, home=root / "home")

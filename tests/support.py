@@ -174,6 +174,25 @@ def job_json(env: dict, job_id: int) -> dict:
         db.engine.dispose()
 
 
+def run_job_here(env, spec) -> dict:
+    """Runs a job in this process (as `tlq run` does) and returns it as `tlq show --json` prints it, asserting
+    that it succeeded; ``files`` maps each artifact kind to its path and ``history`` each metric to its
+    (step, value) points."""
+    from tlq.db import queries
+    from tlq.workers.dispatch import run_here
+
+    job_id = run_here(env, spec)
+    with env.db.session() as session:
+        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
+        history: dict[str, list] = {}
+        for metric in queries.metric_history(session, job_id):
+            history.setdefault(metric.name, []).append((metric.step, metric.value))
+    assert job["status"] == "succeeded", job["error"]
+    job["files"] = {a["kind"]: a["path"] for a in job["artifacts"]}
+    job["history"] = history
+    return job
+
+
 def wait_for_status(env: dict, job_id: int, statuses: tuple[str, ...], timeout: float = 180) -> dict:
     """Polls the job's row until it reaches one of ``statuses``."""
     deadline = time.monotonic() + timeout

@@ -9,25 +9,15 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.support import run_job_here
 from tlq.cli.main import cli
-from tlq.db import queries
 from tlq.plugins.spec import JobSpec
-from tlq.workers.dispatch import run_here
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def run_job(trained, task, **params):
-    job_id = run_here(trained.env, JobSpec(task=task, backbone=trained.backbone, params=params))
-    with trained.env.db.session() as session:
-        job = queries.job_as_dict(session, queries.get_job(session, job_id), trained.env.settings.artifacts_dir)
-        history = {}
-        for metric in queries.metric_history(session, job_id):
-            history.setdefault(metric.name, []).append((metric.step, metric.value))
-    assert job["status"] == "succeeded", job["error"]
-    job["files"] = {a["kind"]: a["path"] for a in job["artifacts"]}
-    job["history"] = history
-    return job
+    return run_job_here(trained.env, JobSpec(task=task, backbone=trained.backbone, params=params))
 
 
 def least_likely_class_of_noise(trained) -> str:

@@ -6,13 +6,12 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from tests.support import run_job_here
 from tlq.config import Settings
-from tlq.db import queries
 from tlq.plugins.base import BackboneRef, Environment, LoadedBackbone
 from tlq.plugins.feature_cache import FeatureCache
 from tlq.plugins.model_cache import ModelCache
 from tlq.plugins.spec import JobSpec
-from tlq.workers.dispatch import run_here
 
 
 def test_model_cache_hands_out_copies_and_never_caches_random_init():
@@ -63,15 +62,6 @@ def weights(tmp_path):
     return path
 
 
-def job_of(env, spec):
-    job_id = run_here(env, spec)
-    with env.db.session() as session:
-        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
-    assert job["status"] == "succeeded", job["error"]
-    job["files"] = {a["kind"]: a["path"] for a in job["artifacts"]}
-    return job
-
-
 def test_a_second_extract_over_the_same_images_is_served_from_the_cache(tmp_path, digits_dir, weights):
     env = Environment(Settings.load(home=tmp_path / "home", environ={}))
     spec = JobSpec(
@@ -80,17 +70,19 @@ def test_a_second_extract_over_the_same_images_is_served_from_the_cache(tmp_path
         weights=weights,
         params={"data": str(digits_dir), "precision": "fp32"},
     )
-    first, second = job_of(env, spec), job_of(env, spec)
+    first, second = run_job_here(env, spec), run_job_here(env, spec)
     assert first["metrics"]["cached_images"] == 0 and second["metrics"]["cached_images"] == 120
     np.testing.assert_array_equal(np.load(first["files"]["features"]), np.load(second["files"]["features"]))
-    bf16 = job_of(env, spec.model_copy(update={"params": {**spec.params, "precision": "bf16"}}))
+    bf16 = run_job_here(env, spec.model_copy(update={"params": {**spec.params, "precision": "bf16"}}))
     assert bf16["metrics"]["cached_images"] == 0  # another precision is another key
 
 
 def test_linear_probe_and_predict_reuse_features_of_a_job_model(trained):
     env = trained.env
-    extract = job_of(env, JobSpec(task="feature-extract", backbone=trained.backbone, params={"data": str(trained.val)}))
-    probe = job_of(
+    extract = run_job_here(
+        env, JobSpec(task="feature-extract", backbone=trained.backbone, params={"data": str(trained.val)})
+    )
+    probe = run_job_here(
         env,
         JobSpec(
             task="finetune",
@@ -98,18 +90,18 @@ def test_linear_probe_and_predict_reuse_features_of_a_job_model(trained):
             params={"data": str(trained.val), "strategy": "linear-probe", "epochs": 3},
         ),
     )
-    predicted = job_of(env, JobSpec(task="predict", backbone=trained.backbone, params={"data": str(trained.val)}))
+    predicted = run_job_here(env, JobSpec(task="predict", backbone=trained.backbone, params={"data": str(trained.val)}))
     assert extract["metrics"]["images"] == 100
     assert probe["metrics"]["cached_images"] == 100 and predicted["metrics"]["cached_images"] == 100
     assert predicted["metrics"]["accuracy"] >= 0.9
 
 
 def test_bf16_predictions_agree_with_fp32(trained):
-    fp32 = job_of(
+    fp32 = run_job_here(
         trained.env,
         JobSpec(task="predict", backbone=trained.backbone, params={"data": str(trained.data), "precision": "fp32"}),
     )
-    bf16 = job_of(
+    bf16 = run_job_here(
         trained.env,
         JobSpec(task="predict", backbone=trained.backbone, params={"data": str(trained.data), "precision": "bf16"}),
     )

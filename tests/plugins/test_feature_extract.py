@@ -9,11 +9,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from tests.support import run_job_here
 from tlq.config import Settings
-from tlq.db import queries
 from tlq.plugins.base import Environment
 from tlq.plugins.spec import JobSpec
-from tlq.workers.dispatch import run_here
 
 
 @pytest.fixture
@@ -37,14 +36,10 @@ def run_extract(env, data, weights, precision):
         weights=weights,
         params={"data": str(data), "precision": precision, "batch_size": 16},
     )
-    job_id = run_here(env, spec)
-    with env.db.session() as session:
-        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
-    assert job["status"] == "succeeded", job["error"]
-    paths = {a["kind"]: a["path"] for a in job["artifacts"]}
-    with open(paths["index"]) as fh:
+    job = run_job_here(env, spec)
+    with open(job["files"]["index"]) as fh:
         index = list(csv.DictReader(fh))
-    return job, np.load(paths["features"]), index
+    return job, np.load(job["files"]["features"]), index
 
 
 def reference_model(weights):

@@ -10,11 +10,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from tests.support import make_digits
+from tests.support import make_digits, run_job_here
 from tlq.cli.main import cli
 from tlq.db import JobStatus, queries
 from tlq.plugins.spec import JobSpec
-from tlq.workers.dispatch import run_here
 
 FAST = {"image_size": 64, "augment": "none", "batch_size": 16}
 
@@ -45,12 +44,7 @@ def finetune(env, backbone, data, pretrained=False, weights=None, **params):
         weights=weights,
         params={"data": str(data), **FAST, **params},
     )
-    job_id = run_here(env, spec)
-    with env.db.session() as session:
-        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
-    assert job["status"] == "succeeded", job["error"]
-    job["files"] = {a["kind"]: a["path"] for a in job["artifacts"]}
-    return job
+    return run_job_here(env, spec)
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +92,7 @@ def test_job_model_transfers_to_few_shot_classes_better_than_random_init(env, so
 
 def test_predict_with_a_job_model_reports_accuracy(env, source_job, source_dir):
     spec = JobSpec(task="predict", backbone=f"job:{source_job['id']}", params={"data": str(source_dir)})
-    job_id = run_here(env, spec)
-    with env.db.session() as session:
-        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
-    assert job["status"] == "succeeded", job["error"]
+    job = run_job_here(env, spec)
     assert job["metrics"]["accuracy"] >= 0.95 and job["metrics"]["images"] == 400
     path = next(a["path"] for a in job["artifacts"] if a["kind"] == "predictions")
     with open(path) as fh:
@@ -212,10 +203,7 @@ def test_bad_parameters_exit_2_and_queue_nothing(tmp_path, source_dir, one_class
 
 def test_job_models_serve_feature_extract_too(env, source_job, source_dir):
     spec = JobSpec(task="feature-extract", backbone=f"job:{source_job['id']}", params={"data": str(source_dir / "0")})
-    job_id = run_here(env, spec)
-    with env.db.session() as session:
-        job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
-    assert job["status"] == "succeeded", job["error"]
+    job = run_job_here(env, spec)
     assert job["metrics"]["images"] == 80 and job["metrics"]["feature_dim"] == 96
 
 
