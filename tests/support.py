@@ -168,7 +168,7 @@ def job_json(env: dict, job_id: int) -> dict:
     settings = Settings.load(environ=env)
     db = Database(settings.database_url)
     try:
-        with db.session() as session:
+        with db.read_session() as session:
             return queries.job_as_dict(session, queries.get_job(session, int(job_id)), settings.artifacts_dir)
     finally:
         db.engine.dispose()
@@ -182,7 +182,7 @@ def run_job_here(env, spec) -> dict:
     from tlq.workers.dispatch import run_here
 
     job_id = run_here(env, spec)
-    with env.db.session() as session:
+    with env.db.read_session() as session:
         job = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
         history: dict[str, list] = {}
         for metric in queries.metric_history(session, job_id):

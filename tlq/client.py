@@ -151,18 +151,18 @@ class Client:
         """Queues a new job with the same spec as ``job_id``; returns the new id."""
         from tlq.workers.dispatch import spec_of_job
 
-        with self.env.db.session() as session:
+        with self.env.db.read_session() as session:
             spec = spec_of_job(self._job(session, job_id))
         return self.queue(spec)
 
     def cancel(self, job_id: int) -> str:
         """Cancels a job: ``cancelled`` (it was queued), ``requested`` (it stops at its next step), or the
         final status it already had."""
-        from tlq.db import queries
+        from tlq.db import claims
 
         with self.env.db.session() as session:
             self._job(session, job_id)
-            return queries.request_cancel(session, job_id)
+            return claims.request_cancel(session, job_id)
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -178,7 +178,7 @@ class Client:
         """A job as `tlq show --json` prints it: status, params, latest metrics, artifacts, times."""
         from tlq.db import queries
 
-        with self.env.db.session() as session:
+        with self.env.db.read_session() as session:
             return queries.job_as_dict(session, self._job(session, job_id), self.settings.artifacts_dir)
 
     def list(
@@ -193,7 +193,7 @@ class Client:
         """Jobs, newest first, as ``get`` returns them."""
         from tlq.db import queries
 
-        with self.env.db.session() as session:
+        with self.env.db.read_session() as session:
             rows = queries.list_jobs(
                 session, status=status, task=task, backbone=backbone, tags=tags, group=group, limit=limit
             )
@@ -218,7 +218,7 @@ class Client:
         """``results``, and the metric names the filter and the order used (for showing them)."""
         from tlq.db import queries, results
 
-        with self.env.db.session() as session:
+        with self.env.db.read_session() as session:
             rows, used = results.search_jobs(session, where, order_by, tags, limit)
             return [queries.job_as_dict(session, job, self.settings.artifacts_dir) for job in rows], used
 
@@ -250,7 +250,7 @@ class Client:
         """The full history of a job's metrics: ``{"name", "step", "epoch", "value", "time"}`` by name and step."""
         from tlq.db import results
 
-        with self.env.db.session() as session:
+        with self.env.db.read_session() as session:
             self._job(session, job_id)
             rows = results.metric_history(session, [job_id], name)
             if name and not rows:
@@ -266,21 +266,21 @@ class Client:
         metrics (accuracy, success_rate, target_prob, ...) that the jobs recorded."""
         from tlq.db import results
 
-        with self.env.db.session() as session:
+        with self.env.db.read_session() as session:
             return results.pick_metric(session, [*job_ids])
 
     def statuses(self, job_ids: Iterable[int]) -> dict[int, str]:
         """The status of each of the jobs, in one query (for following many jobs at once)."""
         from tlq.db import queries
 
-        with self.env.db.session() as session:
+        with self.env.db.read_session() as session:
             return queries.job_statuses(session, [*job_ids])
 
     def jobs_of(self, group: int | None = None, jobs: Iterable[int] = ()) -> builtins.list[int]:
         """The job ids of a group, or the given ids checked to exist."""
         from tlq.db import results
 
-        with self.env.db.session() as session:
+        with self.env.db.read_session() as session:
             if group is not None:
                 if results.get_group(session, group) is None:
                     raise BadInput(f"there is no group {group}; `tlq sweep` prints the group of the jobs it queues")
@@ -310,7 +310,7 @@ class Client:
         if not ids:
             raise BadInput("nothing to compare: give a group id or two or more job ids")
         metric = metric or self.default_metric(ids)
-        with self.env.db.session() as session:
+        with self.env.db.read_session() as session:
             rows = [self._job(session, job_id) for job_id in ids]
             if metric is None:
                 raise BadInput("these jobs have no metric to rank by yet; name one with --metric")
@@ -326,7 +326,7 @@ class Client:
         """A job's artifacts: ``{"kind", "path" (absolute), "relative", "bytes", "sha256"}``."""
         from tlq.db import queries
 
-        with self.env.db.session() as session:
+        with self.env.db.read_session() as session:
             self._job(session, job_id)
             rows = queries.list_artifacts(session, job_id, kind)
             if kind and not rows:

@@ -18,6 +18,18 @@ ENV_DATABASE_URL = "TLQ_DATABASE_URL"
 ENV_BROKER_URL = "TLQ_BROKER_URL"
 ENV_ARTIFACTS_DIR = "TLQ_ARTIFACTS_DIR"
 
+# Reliability timings: (environment variable, default seconds, what it means).
+TIMINGS = {
+    "stale_after_s": ("TLQ_STALE_AFTER", 60.0, "seconds without a heartbeat before a running job is recovered"),
+    "db_outage_s": ("TLQ_DB_OUTAGE_S", 120.0, "seconds a running job rides out an unreachable database"),
+    "stall_after_s": ("TLQ_STALL_AFTER", 900.0, "seconds a running job may make no progress before it is ended"),
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value tlq cannot use; the message names the variable and the fix."""
+
+
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):(?P<password>[^@/]+)@")
 _DRIVERLESS_POSTGRES = re.compile(r"^(postgres|postgresql)://")
 
@@ -50,6 +62,9 @@ class Settings:
         database_url: SQLAlchemy URL of the job database.
         broker_url: Celery broker URL.
         artifacts_dir: Folder under which each job writes its artifacts.
+        stale_after_s: A running job whose heartbeat is this old (``TLQ_STALE_AFTER``) is recovered.
+        db_outage_s: How long a running job rides out an unreachable database (``TLQ_DB_OUTAGE_S``).
+        stall_after_s: A running job whose task made no step for this long is ended (``TLQ_STALL_AFTER``).
     """
 
     home: Path
@@ -57,6 +72,9 @@ class Settings:
     broker_url: str
     artifacts_dir: Path
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    stale_after_s: float = TIMINGS["stale_after_s"][1]
+    db_outage_s: float = TIMINGS["db_outage_s"][1]
+    stall_after_s: float = TIMINGS["stall_after_s"][1]
 
     @classmethod
     def load(
@@ -91,6 +109,7 @@ class Settings:
             broker_url=normalize_broker_url(str(broker)),
             artifacts_dir=artifacts.expanduser().resolve(),
             sources=sources,
+            **{name: _seconds(env, variable, default) for name, (variable, default, _) in TIMINGS.items()},
         )
 
     def as_env(self) -> dict[str, str]:
@@ -100,6 +119,7 @@ class Settings:
             ENV_DATABASE_URL: self.database_url,
             ENV_BROKER_URL: self.broker_url,
             ENV_ARTIFACTS_DIR: str(self.artifacts_dir),
+            **{variable: f"{getattr(self, name):g}" for name, (variable, _, _) in TIMINGS.items()},
         }
 
     def describe(self) -> dict[str, dict[str, str]]:
@@ -116,3 +136,16 @@ class Settings:
     def broker_is_embedded(self) -> bool:
         """True when the broker is kombu's SQLAlchemy transport (no server to run)."""
         return self.broker_url.startswith(("sqla+", "sqlalchemy+"))
+
+
+def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:
+    text = env.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise SettingsError(f"{variable}={text!r} is not a number of seconds above 0; set it to, say, {default:g}")
+    return value

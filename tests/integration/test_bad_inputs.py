@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.support import WorkerProcess, run_tlq, tlq_env, tlq_json, wait_for_status
 from tlq.config import Settings
-from tlq.db import Database, queries
+from tlq.db import Database, claims, queries
 
 pytestmark = pytest.mark.integration
 FINAL = ("succeeded", "failed", "cancelled")
@@ -80,8 +80,8 @@ def test_crafted_rows_and_messages_fail_cleanly_and_the_worker_lives(tmp_path, h
     failed_job = crafted_row(home, task="feature-extract", backbone="test_resnet", params={"data": "/nowhere"})
     db = Database(Settings.load(home=home, environ={}).database_url)
     with db.session() as session:
-        queries.claim_job(session, failed_job, "someone")
-        queries.finish_job(session, failed_job, "someone", queries.JobStatus.FAILED, "made to fail")
+        lease = claims.claim(session, failed_job, "someone")
+        claims.finish(session, failed_job, lease, queries.JobStatus.FAILED, "made to fail")
     rows = {
         "unknown task": (dict(task="nosuch", params={}), "unknown task 'nosuch'"),
         "negative batch size": (

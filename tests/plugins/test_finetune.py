@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.support import make_digits, run_job_here
 from tlq.cli.main import cli
-from tlq.db import JobStatus, queries
+from tlq.db import JobStatus, claims, queries
 from tlq.plugins.spec import JobSpec
 
 FAST = {"image_size": 64, "augment": "none", "batch_size": 16}
@@ -214,8 +214,8 @@ def test_a_failed_job_is_no_backbone(env, tmp_path):
 
     with env.db.session() as session:
         failed = queries.create_job(session, task="finetune", backbone="test_resnet", params={})
-        queries.claim_job(session, failed.id, "w")
-        queries.finish_job(session, failed.id, "w", JobStatus.FAILED, "boom")
+        lease = claims.claim(session, failed.id, "w")
+        claims.finish(session, failed.id, lease, JobStatus.FAILED, "boom")
     with pytest.raises(BadInput, match=f"job {failed.id} is failed, so it left no model"):
         provider.check(BackboneRef(f"job:{failed.id}"), env)
     with pytest.raises(BadInput, match="is not job:ID"):

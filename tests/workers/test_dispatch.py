@@ -15,7 +15,10 @@ def env(tmp_path):
 
 def register(env, name, queues, device):
     with env.db.session() as session:
-        queries.register_worker(session, name=name, hostname="h", pid=1, queues=queues, device=device, concurrency=1)
+        holder = queries.register_worker(
+            session, name=name, instance=name, hostname="h", pid=1, queues=queues, device=device, concurrency=1
+        )
+    assert holder is None
 
 
 def test_explicit_devices_pick_their_queue(env):

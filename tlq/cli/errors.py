@@ -18,6 +18,7 @@ def _hint(exc: click.UsageError) -> str:
 
 
 def run_with_error_handling(call: Callable[[], object]) -> int:
+    from tlq.config import SettingsError
     from tlq.db.engine import DatabaseUnavailable
     from tlq.db.filters import FilterError
     from tlq.plugins.errors import BadInput
@@ -35,7 +36,7 @@ def run_with_error_handling(call: Callable[[], object]) -> int:
     except click.Abort:
         click.echo("Aborted.", err=True)
         return 1
-    except (BadInput, FilterError) as exc:
+    except (BadInput, FilterError, SettingsError) as exc:
         click.echo(f"Error: {exc}", err=True)
         return 2
     except DatabaseUnavailable as exc:

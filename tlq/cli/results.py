@@ -37,7 +37,7 @@ def _job_ids(state: CliState, ids: tuple[int, ...], group: int | None, command: 
     if group is not None and ids:
         raise BadInput(f"give either --group or job ids to `tlq {command}`, not both")
     if group is None and len(ids) == 1 and command == "compare":
-        with state.env.db.session() as session:
+        with state.env.db.read_session() as session:
             if results.get_group(session, ids[0]) is not None:
                 group = ids[0]
     if group is None and not ids:

@@ -36,7 +36,7 @@ def parse_queues(text: str | None, has_gpu: bool) -> list[str]:
     show_default=True,
     help="Jobs at once; one training job already uses every core.",
 )
-@click.option("--name", metavar="NAME", help="Worker name.  [default: HOST-PID]")
+@click.option("--name", metavar="NAME", help="Worker name, unique among live workers.  [default: HOST-PID-XXXX]")
 @click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
 @click.option("--events", is_flag=True, help="Send Celery task events (for Flower).")
@@ -72,15 +72,14 @@ def worker(state: CliState, queues, concurrency, name, loglevel, pool, events) -
 def workers(state: CliState, show_all: bool, json_out: bool) -> None:
     """List workers: host, queues, device, current job and when each last reported in."""
     from tlq.db import queries
-    from tlq.db.models import utcnow
-    from tlq.workers.dispatch import WORKER_LIVE_WINDOW
+    from tlq.db.clock import database_time
 
-    now = utcnow()
-    with state.env.db.session() as session:
+    with state.env.db.read_session() as session:
+        now = database_time(session)  # the clock the workers report by, not this machine's
         rows = queries.list_workers(session)
     data = []
     for w in rows:
-        live = w.status == "online" and now - w.last_seen <= WORKER_LIVE_WINDOW
+        live = w.status == "online" and (now - w.last_seen).total_seconds() <= queries.WORKER_LIVE_WINDOW_S
         if not (live or show_all):
             continue
         data.append(

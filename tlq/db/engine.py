@@ -21,6 +21,7 @@ from tlq.config import mask_url, normalize_database_url
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 7_274_201  # arbitrary key for pg_advisory_xact_lock, shared by every tlq process
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "tlq_read_only"
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -60,8 +61,13 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
         # Take the write lock up front: a deferred transaction that later writes can fail at once with
-        # SQLITE_BUSY instead of waiting, which is the usual cause of "database is locked".
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # SQLITE_BUSY instead of waiting, which is the usual cause of "database is locked". Read-only sessions
+        # begin deferred: in WAL mode they read a snapshot and never wait for a writer, so `tlq show` and a
+        # running job's lease checks go on while another process holds the write lock.
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -76,6 +82,9 @@ class Database:
         self.url = normalize_database_url(url)
         self.engine = create_db_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
+        )
         self._migrate = migrate
         self._schema_ready = False
 
@@ -88,6 +97,16 @@ class Database:
         """A session in one transaction: committed on success, rolled back on error."""
         self.ensure_schema()
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reading only: on SQLite it takes no write lock, so it never waits for a writer.
+
+        Whatever it writes is rolled back.
+        """
+        self.ensure_schema()
+        with self._read_sessions() as session:  # closing it rolls its transaction back, objects stay loaded
             yield session
 
     def ensure_schema(self) -> None:

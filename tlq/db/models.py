@@ -121,7 +121,17 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     heartbeat_at: Mapped[dt.datetime | None]
+    # When the job id was last confirmed sent to the broker (set only once the publish returned).
     dispatched_at: Mapped[dt.datetime | None]
+    # A process that means to send the job holds it from this time on; the hold expires, so a sender that died
+    # before confirming leaves the job to be sent again.
+    sending_since: Mapped[dt.datetime | None]
+    # The current claim: a fresh random token per attempt. Every write of a running job is conditional on it.
+    lease: Mapped[str | None] = mapped_column(String(32))
+    claimed_at: Mapped[dt.datetime | None]
+    # The last time the task itself moved (a step, a metric, a progress report), not only its heartbeat thread.
+    progress_at: Mapped[dt.datetime | None]
+    process_id: Mapped[int | None] = mapped_column(Integer)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     group_id: Mapped[int | None] = mapped_column(ForeignKey("job_groups.id", ondelete="SET NULL"), index=True)
 
@@ -156,6 +166,25 @@ class Artifact(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class Attempt(Base):
+    """One claim of a job: who ran it, under which lease, and how that run ended."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (UniqueConstraint("lease"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    lease: Mapped[str] = mapped_column(String(32))
+    worker: Mapped[str] = mapped_column(String(255))
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
 class WorkerRecord(Base):
     """A worker process as it registered itself, refreshed while it lives."""
 
@@ -169,6 +198,8 @@ class WorkerRecord(Base):
     device: Mapped[str] = mapped_column(String(128))
     concurrency: Mapped[int] = mapped_column(Integer, default=1)
     status: Mapped[str] = mapped_column(String(16), default="online")
+    # A random token per worker life: a worker whose name another one took over stops reporting under it.
+    instance: Mapped[str | None] = mapped_column(String(32))
     current_job_id: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,7 +1,6 @@
 """The queries the CLI and the workers run: jobs through their life, metrics, artifacts and workers.
 
-Every state change of a job is a conditional update, so two workers (or a worker and `tlq cancel`) racing on
-the same row cannot both win.
+A running job's state changes (claims, leases, recovery, sends) live in ``tlq.db.claims``.
 """
 
 from __future__ import annotations
@@ -11,10 +10,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, case, func, select, update
+from sqlalchemy import Table, and_, select, update
 from sqlalchemy.orm import Session
 
-from tlq.db.models import Artifact, Job, JobStatus, Metric, WorkerRecord, utcnow
+from tlq.db.clock import db_now
+from tlq.db.models import Artifact, Attempt, Job, JobStatus, Metric, WorkerRecord, utcnow
+
+WORKER_LIVE_WINDOW_S = 30.0  # a worker that reported in this recently counts as live
 
 
 def _insert_for(session: Session):
@@ -37,7 +39,8 @@ def _upsert(session: Session, table: Table, values: dict[str, Any], keys: Iterab
 
 
 def create_job(session: Session, **fields: Any) -> Job:
-    """Inserts a queued job and returns it with its id."""
+    """Inserts a queued job and returns it with its id; the caller holds its send (see ``claims``)."""
+    fields.setdefault("sending_since", db_now())
     job = Job(status=JobStatus.QUEUED.value, **fields)
     session.add(job)
     session.flush()
@@ -79,215 +82,6 @@ def list_jobs(
 def job_statuses(session: Session, job_ids: list[int]) -> dict[int, str]:
     """The status of each of the jobs that exist."""
     return dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids))).tuples().all())
-
-
-def claim_job(session: Session, job_id: int, worker: str) -> bool:
-    """Moves a queued job to running for ``worker``; False when another delivery, a cancel or a worker got it,
-    or when ``worker`` is shutting down."""
-    now = utcnow()
-    stopping = select(WorkerRecord.id).where(WorkerRecord.name == worker, WorkerRecord.status == "stopping").exists()
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.cancel_requested.is_(False), ~stopping)
-        .values(
-            status=JobStatus.RUNNING.value,
-            worker=worker,
-            attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, now),
-            heartbeat_at=now,
-            error=None,
-        )
-    )
-    return result.rowcount == 1
-
-
-def finish_job(session: Session, job_id: int, worker: str | None, status: JobStatus, error: str | None = None) -> bool:
-    """Records a final status for a running job held by ``worker``; False when the job is no longer theirs."""
-    conditions = [Job.id == job_id, Job.status == JobStatus.RUNNING.value]
-    if worker is not None:
-        conditions.append(Job.worker == worker)
-    result = session.execute(
-        update(Job).where(*conditions).values(status=status.value, error=error, finished_at=utcnow())
-    )
-    return result.rowcount == 1
-
-
-def fail_queued_job(session: Session, job_id: int, error: str) -> None:
-    """Marks a job that never started as failed, recording why (a broker that refused it, say)."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-        .values(status=JobStatus.FAILED.value, error=error, finished_at=utcnow())
-    )
-
-
-def mark_undispatched(session: Session, job_id: int) -> None:
-    """Marks a queued job as having no message in the broker, so the next live worker sends it again."""
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value).values(dispatched_at=None)
-    )
-
-
-def claim_redispatch(session: Session, broker_started: dt.datetime | None) -> list[tuple[int, str, int]]:
-    """Queued jobs with no message in the broker: never sent, handed back by a stopping worker, or sent before
-    the broker last (re)started (``broker_started``), so possibly gone with it.
-
-    Each job is claimed for re-sending with a conditional update, so of several workers noticing it only one
-    re-sends it. Returns (id, queue, priority) of the claimed jobs.
-    """
-    lost = Job.dispatched_at.is_(None)
-    if broker_started is not None:
-        lost = lost | (Job.dispatched_at < broker_started)
-    waiting = (Job.status == JobStatus.QUEUED.value, Job.queue != "local", lost)
-    candidates = list(session.execute(select(Job.id, Job.queue, Job.priority).where(*waiting)))
-    claimed = []
-    for job_id, queue, priority in candidates:
-        result = session.execute(update(Job).where(Job.id == job_id, *waiting).values(dispatched_at=utcnow()))
-        if result.rowcount == 1:
-            claimed.append((job_id, queue, priority))
-    return claimed
-
-
-def release_job(session: Session, job_id: int, worker: str, reason: str) -> bool:
-    """Puts a running job back in the queue without spending an attempt (its worker is shutting down); it
-    has no message until a live worker sends one (``claim_redispatch``)."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
-        .values(
-            status=JobStatus.QUEUED.value,
-            worker=None,
-            attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
-            progress_stage=reason,
-            dispatched_at=None,
-        )
-    )
-    return result.rowcount == 1
-
-
-def record_worker_loss(session: Session, job_id: int, worker: str, reason: str) -> str | None:
-    """After the process running a job died: requeue it, or fail it with ``reason`` once out of attempts.
-
-    Returns:
-        "requeued", "failed", "cancelled", or None when the job was no longer this worker's.
-    """
-    job = session.get(Job, job_id)
-    if job is None or job.status != JobStatus.RUNNING.value or job.worker != worker:
-        return None
-    if job.cancel_requested:
-        values, outcome = dict(status=JobStatus.CANCELLED.value, finished_at=utcnow()), "cancelled"
-    elif job.attempts >= job.max_attempts:
-        values = dict(
-            status=JobStatus.FAILED.value,
-            finished_at=utcnow(),
-            error=f"{reason} on attempt {job.attempts} of {job.max_attempts}; giving up "
-            "(raise --max-attempts to allow more)",
-        )
-        outcome = "failed"
-    else:
-        values = dict(
-            status=JobStatus.QUEUED.value,
-            worker=None,
-            dispatched_at=utcnow(),
-            progress_stage=f"requeued: {reason} on attempt {job.attempts}",
-        )
-        outcome = "requeued"
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
-        .values(**values)
-    )
-    return outcome if result.rowcount == 1 else None
-
-
-def heartbeat(session: Session, job_id: int, worker: str) -> tuple[bool, bool]:
-    """Refreshes a running job's heartbeat.
-
-    Returns:
-        (still ours, cancel requested). "Still ours" turns False when the job was recovered by someone else.
-    """
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
-        .values(heartbeat_at=utcnow())
-    )
-    cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
-    return result.rowcount == 1, bool(cancel)
-
-
-def update_progress(
-    session: Session, job_id: int, worker: str, current: float | None, total: float | None, stage: str | None
-) -> None:
-    """Records live progress of a running job, only while ``worker`` still holds it."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
-        .values(progress_current=current, progress_total=total, progress_stage=stage, heartbeat_at=utcnow())
-    )
-
-
-def request_cancel(session: Session, job_id: int) -> str:
-    """Cancels a queued job at once, or asks a running one to stop at its next step.
-
-    Returns:
-        "cancelled", "requested", or the job's final status when it had already ended.
-    """
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-        .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=utcnow())
-    )
-    if result.rowcount == 1:
-        return "cancelled"
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value).values(cancel_requested=True)
-    )
-    if result.rowcount == 1:
-        return "requested"
-    status = session.scalar(select(Job.status).where(Job.id == job_id))
-    return status or "missing"
-
-
-def requeue_stale_jobs(session: Session, stale_before: dt.datetime) -> tuple[list[int], list[int]]:
-    """Puts running jobs whose heartbeat stopped back in the queue, or fails them when out of attempts.
-
-    Returns:
-        (requeued job ids, failed job ids).
-    """
-    stale = list(
-        session.execute(
-            select(Job.id, Job.attempts, Job.max_attempts, Job.worker, Job.cancel_requested).where(
-                Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < stale_before
-            )
-        )
-    )
-    requeued, failed = [], []
-    for job_id, attempts, max_attempts, worker, cancel in stale:
-        base = update(Job).where(
-            Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < stale_before
-        )
-        if cancel:
-            values = dict(status=JobStatus.CANCELLED.value, finished_at=utcnow())
-            target = None
-        elif attempts >= max_attempts:
-            values = dict(
-                status=JobStatus.FAILED.value,
-                finished_at=utcnow(),
-                error=f"worker {worker} stopped responding on attempt {attempts} of {max_attempts}; "
-                "giving up (raise --max-attempts to allow more)",
-            )
-            target = failed
-        else:
-            values = dict(
-                status=JobStatus.QUEUED.value,
-                worker=None,
-                progress_stage="requeued after worker loss",
-                dispatched_at=utcnow(),
-            )
-            target = requeued
-        if session.execute(base.values(**values)).rowcount == 1 and target is not None:
-            target.append(job_id)
-    return requeued, failed
 
 
 # --- metrics and artifacts ------------------------------------------------------------------------------------
@@ -379,21 +173,63 @@ def job_as_dict(session: Session, job: Job, artifacts_dir: Path) -> dict[str, An
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "heartbeat_at": iso(job.heartbeat_at),
+        "attempt_history": [
+            {
+                "attempt": a.number,
+                "worker": a.worker,
+                "hostname": a.hostname,
+                "pid": a.pid,
+                "claimed_at": iso(a.claimed_at),
+                "ended_at": iso(a.ended_at),
+                "outcome": a.outcome,
+                "reason": a.reason,
+            }
+            for a in job_attempts(session, job.id)
+        ],
     }
+
+
+def job_attempts(session: Session, job_id: int) -> list[Attempt]:
+    """Every claim of a job, first to last."""
+    return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number, Attempt.id)))
 
 
 # --- workers --------------------------------------------------------------------------------------------------
 
 
-def register_worker(session: Session, **fields: Any) -> None:
-    """Records a worker as online, replacing an earlier record of the same name."""
-    now = utcnow()
-    values = dict(fields, status="online", started_at=now, last_seen=now, current_job_id=None)
+def register_worker(session: Session, name: str, instance: str, is_gone=None, **fields: Any) -> WorkerRecord | None:
+    """Records a worker life as online under ``name``, unless a live worker holds that name.
+
+    A record holds its name while it is online or stopping and reported in within ``WORKER_LIVE_WINDOW_S`` (by
+    the database's clock), unless ``is_gone(record)`` says its process is known to have ended.
+
+    Returns:
+        None when registered, else the live record that holds the name.
+    """
+    existing = session.scalar(select(WorkerRecord).where(WorkerRecord.name == name).with_for_update())
+    if existing is not None and existing.status in ("online", "stopping"):
+        live = session.scalar(select(existing.last_seen >= db_now(-WORKER_LIVE_WINDOW_S)))
+        if live and not (is_gone is not None and is_gone(existing)):
+            return existing
+    values = dict(
+        fields,
+        name=name,
+        instance=instance,
+        status="online",
+        started_at=db_now(),
+        last_seen=db_now(),
+        current_job_id=None,
+    )
     _upsert(session, WorkerRecord.__table__, values, keys=("name",))
+    return None
 
 
-def touch_worker(session: Session, name: str, **fields: Any) -> None:
-    session.execute(update(WorkerRecord).where(WorkerRecord.name == name).values(last_seen=utcnow(), **fields))
+def touch_worker(session: Session, name: str, instance: str | None = None, **fields: Any) -> bool:
+    """Refreshes a worker's report (only while ``instance`` still holds the name, when given)."""
+    query = update(WorkerRecord).where(WorkerRecord.name == name)
+    if instance is not None:
+        query = query.where(WorkerRecord.instance == instance)
+    return session.execute(query.values(last_seen=db_now(), **fields)).rowcount == 1
 
 
 def set_worker_job(session: Session, name: str, job_id: int | None) -> None:
@@ -404,9 +240,11 @@ def list_workers(session: Session) -> list[WorkerRecord]:
     return list(session.scalars(select(WorkerRecord).order_by(WorkerRecord.name)))
 
 
-def live_workers(session: Session, seen_after: dt.datetime, queue: str | None = None) -> list[WorkerRecord]:
-    """Workers that reported in after ``seen_after`` and, if given, consume ``queue``."""
+def live_workers(session: Session, queue: str | None = None) -> list[WorkerRecord]:
+    """Workers that reported in within ``WORKER_LIVE_WINDOW_S`` and, if given, consume ``queue``."""
     workers = session.scalars(
-        select(WorkerRecord).where(WorkerRecord.status == "online", WorkerRecord.last_seen >= seen_after)
+        select(WorkerRecord).where(
+            WorkerRecord.status == "online", WorkerRecord.last_seen >= db_now(-WORKER_LIVE_WINDOW_S)
+        )
     )
     return [w for w in workers if queue is None or queue in w.queues.split(",")]

@@ -38,16 +38,25 @@ class ArtifactStore:
         root: The artifacts directory shared by all jobs.
         job_id: The job whose folder this is.
         record: Called with (kind, path relative to ``root``, bytes, sha256) after each file lands.
+        forget: Called with the relative path of a removed artifact.
+        before_landing: Called just before a file is renamed into place (or removed); raises to stop it (a
+            job whose attempt lost its lease must not overwrite the new holder's files).
     """
 
     def __init__(
-        self, root: Path, job_id: int, record: RecordArtifact, forget: Callable[[str], None] | None = None
+        self,
+        root: Path,
+        job_id: int,
+        record: RecordArtifact,
+        forget: Callable[[str], None] | None = None,
+        before_landing: Callable[[], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.job_id = job_id
         self.dir = self.root / str(job_id)
         self._record = record
         self._forget = forget
+        self._before_landing = before_landing
 
     def path(self, name: str) -> Path:
         """The absolute path of artifact ``name``, checked to stay inside the job's folder (symlinks too)."""
@@ -72,6 +81,8 @@ class ArtifactStore:
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}{final.suffix}")
         try:
             yield tmp
+            if self._before_landing is not None:
+                self._before_landing()
             os.replace(tmp, final)
         except OSError as exc:
             raise OSError(exc.errno, f"could not write artifact {name} ({exc.strerror or exc})") from exc
@@ -83,6 +94,8 @@ class ArtifactStore:
     def remove(self, name: str) -> None:
         """Deletes an artifact file and its record (a checkpoint once the model is saved, say)."""
         path = self.path(name)
+        if self._before_landing is not None:
+            self._before_landing()
         path.unlink(missing_ok=True)
         if self._forget is not None:
             self._forget(path.relative_to(self.root).as_posix())

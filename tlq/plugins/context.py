@@ -7,7 +7,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
 
 from tlq.db import queries
 from tlq.plugins.artifacts import ArtifactStore
@@ -18,22 +20,40 @@ ProgressCallback = Callable[[float | None, float | None, str | None, dict[str, f
 
 
 class JobLost(Exception):
-    """This attempt no longer owns the job (it was recovered elsewhere); stop without recording an outcome."""
+    """This attempt no longer owns the job (it was recovered elsewhere, or the database stayed away too long);
+    stop without recording an outcome."""
+
+
+class Lease(Protocol):
+    """What the context needs from the worker side's lease keeper (``tlq.workers.keeper.LeaseKeeper``)."""
+
+    lost: threading.Event
+    cancelled: threading.Event
+    lost_reason: str | None
+    error: BaseException | None
+
+    def write(self, write: Callable[[Session], None]) -> None: ...
+    def set_progress(self, current: float | None, total: float | None, stage: str | None) -> None: ...
+    def moved(self) -> None: ...
+    def verify(self) -> None: ...
 
 
 class JobContext:
     """The running job as its task sees it.
+
+    Reporting never waits on the database: metrics, progress and artifact records go, in order, to the
+    attempt's lease keeper, which writes them while the attempt still holds the job.
 
     Args:
         job_id: The job's id.
         backbone: The backbone the job asked for, or None for tasks that take none.
         env: Settings and database.
         worker: The name this attempt claimed the job under.
+        lease: The attempt's lease keeper.
         device: ``cpu`` or ``cuda``, as chosen for this attempt.
         attempt: 1 for the first run, 2 after one recovery, ...
         timeout_s: Stop the job once this many seconds have passed, if set.
         on_progress: Called on every progress report (`tlq run` draws its bar from it).
-        check_interval: How often, at most, ``check`` asks the database whether the job was cancelled.
     """
 
     def __init__(
@@ -42,11 +62,11 @@ class JobContext:
         backbone: BackboneRef | None,
         env: Environment,
         worker: str,
+        lease: Lease,
         device: str = "cpu",
         attempt: int = 1,
         timeout_s: float | None = None,
         on_progress: ProgressCallback | None = None,
-        check_interval: float = 0.2,
         logger: logging.Logger | None = None,
         model_cache=None,
     ) -> None:
@@ -58,14 +78,16 @@ class JobContext:
         self.attempt = attempt
         self.timeout_s = timeout_s
         self.log = logger or logging.getLogger(f"tlq.job.{job_id}")
-        self.artifacts = ArtifactStore(env.settings.artifacts_dir, job_id, self._record_artifact, self._forget_artifact)
+        self._lease = lease
+        self.artifacts = ArtifactStore(
+            env.settings.artifacts_dir,
+            job_id,
+            self._record_artifact,
+            self._forget_artifact,
+            before_landing=self._before_landing,
+        )
         self._on_progress = on_progress
-        self._check_interval = check_interval
         self._started = time.monotonic()
-        self._last_poll = 0.0
-        self._last_progress_write = 0.0
-        self._cancel = threading.Event()
-        self._lost = threading.Event()
         self._last_metrics: dict[str, float] = {}
         self._model_cache = model_cache
         self._first_batch_marked = False
@@ -105,62 +127,64 @@ class JobContext:
         self.metrics({name: value}, step=step, epoch=epoch)
 
     def metrics(self, values: dict[str, float], step: int = 0, epoch: int | None = None) -> None:
-        """Records several metrics at one step in one transaction; a repeated (name, step) replaces the old value."""
-        self._ensure_ours()
-        with self.env.db.session() as session:
-            for name, value in values.items():
-                queries.record_metric(session, self.job_id, name, float(value), step=step, epoch=epoch)
-        self._last_metrics.update({k: float(v) for k, v in values.items()})
+        """Records several metrics at one step, together; a repeated (name, step) replaces the old value."""
+        self.check()
+        rows = [(name, float(value)) for name, value in values.items()]
+        job_id = self.job_id
+
+        def write(session: Session) -> None:
+            for name, value in rows:
+                queries.record_metric(session, job_id, name, value, step=step, epoch=epoch)
+
+        self._lease.write(write)
+        self._last_metrics.update(dict(rows))
+
+    def forget_metrics_after(self, step: int) -> None:
+        """Drops this job's metrics recorded past ``step`` (by an attempt whose later checkpoints were lost)."""
+        job_id = self.job_id
+        self._lease.write(lambda session: queries.delete_metrics_after(session, job_id, step))
 
     def progress(self, current: float | None, total: float | None = None, stage: str | None = None) -> None:
-        """Reports progress (written at most twice a second) and stops the job here if it was cancelled."""
-        now = time.monotonic()
+        """Reports progress and stops the job here if it was cancelled, taken over or timed out."""
         if self._on_progress is not None:
             self._on_progress(current, total, stage, dict(self._last_metrics))
-        if now - self._last_progress_write >= 0.5 or (total is not None and current is not None and current >= total):
-            self._last_progress_write = now
-            with self.env.db.session() as session:
-                queries.update_progress(session, self.job_id, self.worker, current, total, stage)
+        self._lease.set_progress(current, total, stage)
         self.check()
 
     def check(self) -> None:
-        """Raises JobCancelled, JobTimedOut or JobLost when the job must stop; cheap enough to call every step."""
-        now = time.monotonic()
-        if now - self._last_poll >= self._check_interval:
-            self._last_poll = now
-            self.heartbeat()
-        if self._lost.is_set():
-            raise JobLost(f"job {self.job_id} was taken over by another worker")
-        if self._cancel.is_set():
+        """Raises JobCancelled, JobTimedOut or JobLost when the job must stop; cheap enough to call every step
+        (it reads flags the lease keeper sets; it never waits on the database)."""
+        self._lease.moved()
+        if self._lease.lost.is_set():
+            raise JobLost(f"job {self.job_id}: {self._lease.lost_reason}")
+        if self._lease.error is not None:
+            raise RuntimeError(f"could not record the job's results: {self._lease.error}")
+        if self._lease.cancelled.is_set():
             raise JobCancelled(f"job {self.job_id} was cancelled")
-        if self.timeout_s is not None and now - self._started > self.timeout_s:
+        if self.timeout_s is not None and self.elapsed > self.timeout_s:
             raise JobTimedOut(f"job {self.job_id} ran past its timeout of {self.timeout_s:g} s")
 
     def heartbeat(self) -> None:
-        """Tells the database this attempt is alive and learns whether a cancel was asked for."""
-        with self.env.db.session() as session:
-            ours, cancel = queries.heartbeat(session, self.job_id, self.worker)
-        if not ours:
-            self._lost.set()
-        if cancel:
-            self._cancel.set()
+        """Asks the database now whether this attempt still holds the job; raises JobLost if not."""
+        self._lease.verify()
+        self.check()
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self._started
 
-    def _ensure_ours(self) -> None:
-        if self._lost.is_set():
-            raise JobLost(f"job {self.job_id} was taken over by another worker")
+    def _before_landing(self) -> None:
+        # A file must not land for an attempt that lost its job: ask the database, not a flag a frozen
+        # process may not have seen yet.
+        self.heartbeat()
 
     def _record_artifact(self, kind: str, path: str, size: int, sha256: str) -> None:
-        self._ensure_ours()
-        with self.env.db.session() as session:
-            queries.record_artifact(session, self.job_id, kind, path, size, sha256)
+        job_id = self.job_id
+        self._lease.write(lambda session: queries.record_artifact(session, job_id, kind, path, size, sha256))
 
     def _forget_artifact(self, path: str) -> None:
-        with self.env.db.session() as session:
-            queries.delete_artifact(session, self.job_id, path)
+        job_id = self.job_id
+        self._lease.write(lambda session: queries.delete_artifact(session, job_id, path))
 
     def summary(self) -> dict[str, Any]:
         return {"job": self.job_id, "metrics": dict(self._last_metrics)}

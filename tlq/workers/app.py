@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import secrets
 import socket
 import time
 
@@ -25,7 +26,8 @@ log = logging.getLogger("tlq.worker")
 
 
 def default_worker_name() -> str:
-    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+    """HOST-PID-XXXX: unique even for two containers that share a hostname and a pid."""
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 def transport_options(broker_url: str) -> dict:
@@ -118,9 +120,16 @@ def create_app(settings: Settings) -> Celery:
     runtime = WorkerRuntime(settings)
     app.tlq_runtime = runtime
 
-    @app.task(name=TASK_NAME, ignore_result=True)
-    def run_job(job_id) -> str:
-        return runtime.run(job_id)
+    @app.task(name=TASK_NAME, ignore_result=True, bind=True)
+    def run_job(task, job_id) -> str:
+        from tlq.workers.execute import DatabaseAway
+
+        try:
+            return runtime.run(job_id)
+        except DatabaseAway as exc:
+            # The message would be spent with the job still queued: send it again, for when the database is back.
+            log.error("%s; the job is sent again in 10 s", exc)
+            raise task.retry(countdown=10, max_retries=None) from exc
 
     def _after_fork(**_kwargs) -> None:
         # Pooled connections must not cross a fork: the child opens its own.

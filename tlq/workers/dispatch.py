@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 from tlq.config import mask_url
-from tlq.db import queries
-from tlq.db.models import utcnow
+from tlq.db import claims, queries
 from tlq.plugins.base import Environment
 from tlq.plugins.errors import BadInput
 from tlq.plugins.spec import JobSpec, validate_spec
 
 log = logging.getLogger("tlq.dispatch")
-
-WORKER_LIVE_WINDOW = dt.timedelta(seconds=30)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -27,15 +23,15 @@ def route(device: str, env: Environment) -> str:
         return "gpu"
     if device == "cpu":
         return "cpu"
-    with env.db.session() as session:
-        gpu_workers = queries.live_workers(session, utcnow() - WORKER_LIVE_WINDOW, queue="gpu")
+    with env.db.read_session() as session:
+        gpu_workers = queries.live_workers(session, queue="gpu")
     return "gpu" if gpu_workers else "cpu"
 
 
 def live_queues(env: Environment) -> set[str]:
     """The queues at least one live worker consumes."""
-    with env.db.session() as session:
-        workers = queries.live_workers(session, utcnow() - WORKER_LIVE_WINDOW)
+    with env.db.read_session() as session:
+        workers = queries.live_workers(session)
     return {queue for w in workers for queue in w.queues.split(",")}
 
 
@@ -66,7 +62,6 @@ def create_job_row(env: Environment, spec: JobSpec, queue: str, params: dict) ->
             tags=spec.tags,
             parent_id=spec.parent_id,
             group_id=spec.group_id,
-            dispatched_at=utcnow(),
         )
         return job.id
 
@@ -139,8 +134,12 @@ def _queue(env: Environment, spec: JobSpec, params: dict, app=None) -> int:
             f"{str(exc).splitlines()[0] if str(exc) else ''}); start it or point TLQ_BROKER_URL at one that runs"
         )
         with env.db.session() as session:
-            queries.fail_queued_job(session, job_id, reason)
+            claims.fail_queued(session, job_id, reason)
         raise BrokerUnavailable(f"job {job_id} was not queued: {reason}") from exc
+    # Confirmed only now that the publish returned; if this process dies first, the send hold the new row
+    # carries expires and a live worker sends the job.
+    with env.db.session() as session:
+        claims.confirm_sent(session, job_id)
     log.info("job %s queued on %s", job_id, queue)
     return job_id
 

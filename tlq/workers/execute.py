@@ -1,58 +1,81 @@
-"""Executing one job: claim its row, run its task, record how it ended.
+"""Executing one job: claim its row under a lease, run its task, record how it ended.
 
 This is a plain function (no Celery), so `tlq run` and tests call it directly; the Celery task is a thin
 wrapper around it. Only the job id travels through the broker; everything else is re-read from the row.
+While the task runs, its lease keeper (``tlq.workers.keeper``) does every database write of the attempt.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
+import socket
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from tlq.db import JobStatus, queries
+from tlq.db import JobStatus, claims, queries
 from tlq.plugins.base import BackboneRef, Environment
 from tlq.plugins.context import JobContext, JobLost, ProgressCallback
 from tlq.plugins.errors import BadInput, JobCancelled, JobTimedOut
 from tlq.plugins.registry import Registry
 from tlq.plugins.spec import describe_validation_error
 from tlq.workers.devices import choose_device, device_label
+from tlq.workers.keeper import LeaseKeeper, Timing, is_transient
 
 log = logging.getLogger("tlq.worker")
 
-DEFAULT_STALE_AFTER_S = 60.0
+
+class DatabaseAway(RuntimeError):
+    """The database stayed unreachable for the whole outage window while a job was being claimed."""
 
 
-def stale_after() -> float:
-    """Seconds without a heartbeat after which a running job counts as abandoned (``TLQ_STALE_AFTER``)."""
-    return float(os.environ.get("TLQ_STALE_AFTER", DEFAULT_STALE_AFTER_S))
-
-
-def heartbeat_interval() -> float:
+def heartbeat_interval(stale_after_s: float) -> float:
     """A beat every 5 s, or often enough for three beats within a shorter stale window."""
-    return min(5.0, stale_after() / 3)
+    return min(5.0, stale_after_s / 3)
 
 
-class _Heartbeat(threading.Thread):
-    """Keeps a running job's heartbeat fresh while its task is busy in a long step."""
+def keeper_timing(env: Environment, heartbeat_every: float | None = None) -> Timing:
+    settings = env.settings
+    return Timing(
+        beat_every=heartbeat_every or heartbeat_interval(settings.stale_after_s), outage_s=settings.db_outage_s
+    )
 
-    def __init__(self, ctx: JobContext, interval: float) -> None:
-        super().__init__(name=f"tlq-heartbeat-{ctx.job_id}", daemon=True)
-        self.ctx = ctx
-        self.interval = interval
-        self.stopped = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            try:
-                self.ctx.heartbeat()
-            except Exception:  # a missed beat is not fatal; the next one may pass
-                log.warning("heartbeat for job %s failed", self.ctx.job_id, exc_info=True)
+def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | None, str]:
+    """Claims ``job_id``, riding out a database outage of up to ``TLQ_DB_OUTAGE_S``.
+
+    Returns:
+        (lease or None, the job's status when it could not be claimed).
+
+    Raises:
+        DatabaseAway: The database stayed unreachable; the delivery should be retried later.
+    """
+    start, pause = time.monotonic(), 0.25
+    while True:
+        try:
+            with env.db.session() as session:
+                lease = claims.claim(session, job_id, worker, socket.gethostname(), os.getpid())
+                if lease is not None:
+                    queries.set_worker_job(session, worker, job_id)
+                    return lease, JobStatus.RUNNING.value
+                job = queries.get_job(session, job_id)
+                if job is not None and job.status == JobStatus.QUEUED.value:
+                    # This worker is stopping: leave the job to the next live worker, which sends it again.
+                    claims.hand_back_message(session, job_id)
+                    return None, "deferred"
+                return None, job.status if job else "missing"
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if time.monotonic() - start > env.settings.db_outage_s:
+                raise DatabaseAway(f"could not claim job {job_id}: the database is unreachable ({exc})") from exc
+            log.warning("job %s: the database is unreachable (%s); retrying the claim", job_id, exc)
+            time.sleep(pause)
+            pause = min(5.0, pause * 2)
 
 
 def execute_job(
@@ -68,32 +91,30 @@ def execute_job(
     """Runs job ``job_id`` if this call can claim it.
 
     Returns:
-        The final status, or ``"dropped"`` when the job was not there to claim (a duplicate delivery, a
-        cancelled or finished job), or ``"lost"`` when another worker took it over mid-run.
+        The final status; ``"dropped"`` when the job was not there to claim (a duplicate delivery, a
+        cancelled or finished job); ``"deferred"`` when this worker is stopping; ``"lost"`` when another
+        worker took it over mid-run, or the database stayed away past the outage window.
     """
-    with env.db.session() as session:
-        if not queries.claim_job(session, job_id, worker):
-            job = queries.get_job(session, job_id)
-            state = job.status if job else "missing"
-            if state == JobStatus.QUEUED.value and not job.cancel_requested:
-                # This worker is stopping: leave the job to the next live worker, which sends it again.
-                queries.mark_undispatched(session, job_id)
-                log.info("job %s left for another worker: %s is shutting down", job_id, worker)
-                return "deferred"
+    lease, state = claim_with_retry(env, job_id, worker)
+    if lease is None:
+        if state == "deferred":
+            log.info("job %s left for another worker: %s is shutting down", job_id, worker)
+        else:
             log.info("job %s is %s; delivery dropped", job_id, state)
-            return "dropped"
+        return "dropped" if state != "deferred" else "deferred"
+    with env.db.read_session() as session:
         job = queries.get_job(session, job_id)
-        queries.set_worker_job(session, worker, job_id)
     log.info("job %s (%s on %s) claimed by %s, attempt %s", job_id, job.task, job.backbone, worker, job.attempts)
     if on_claim is not None:
         on_claim(job_id)
 
+    keeper = LeaseKeeper(env.db, job_id, lease, keeper_timing(env, heartbeat_every))
+    keeper.start()
     status, error = JobStatus.FAILED, None
-    heartbeat: _Heartbeat | None = None
     try:
         device = choose_device(job.device)
-        with env.db.session() as session:
-            session.get(type(job), job_id).ran_on = device_label(device)
+        label = device_label(device)
+        keeper.write(lambda session: claims.set_ran_on(session, job_id, lease, label))
         plugin = (tasks or env.tasks).get(job.task)
         try:
             params = plugin.params.model_validate(job.params)
@@ -105,21 +126,21 @@ def execute_job(
             ref if job.backbone else None,
             env,
             worker,
+            keeper,
             device=device,
             attempt=job.attempts,
             timeout_s=job.timeout_s,
             on_progress=on_progress,
             model_cache=model_cache,
         )
-        heartbeat = _Heartbeat(ctx, heartbeat_every or heartbeat_interval())
-        heartbeat.start()
         plugin.run(ctx, params)
+        if keeper.lost.is_set():  # a task that ended without a last check must not record an outcome it lost
+            raise JobLost(keeper.lost_reason)
         status = JobStatus.SUCCEEDED
     except JobLost:
-        log.warning("job %s was taken over by another worker; this attempt stops without an outcome", job_id)
-        return "lost"
+        status = None
     except JobCancelled:
-        status, error = JobStatus.CANCELLED, "cancelled on request"
+        status, error = JobStatus.CANCELLED, claims.CANCELLED_ON_REQUEST
     except JobTimedOut as exc:
         error = f"{exc}; raise --timeout if it needs longer"
     except BadInput as exc:
@@ -127,16 +148,30 @@ def execute_job(
     except MemoryError:
         error = "ran out of memory; lower --batch-size or use a smaller backbone"
     except Exception as exc:  # any task bug becomes a failed job with its reason; the worker lives on
-        error = f"{type(exc).__name__}: {exc}".strip()
-        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-    finally:
-        if heartbeat is not None:
-            heartbeat.stopped.set()
-    with env.db.session() as session:
-        recorded = queries.finish_job(session, job_id, worker, status, error=error and error[:4000])
-        queries.set_worker_job(session, worker, None)
+        if keeper.lost.is_set():
+            status = None  # the task broke because its attempt was already over; that is not its outcome
+        else:
+            error = f"{type(exc).__name__}: {exc}".strip()
+            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+    if status is None:
+        keeper.close(None)
+        log.warning("job %s: %s; this attempt stops without an outcome", job_id, keeper.lost_reason)
+        return "lost"
+    recorded = keeper.close(status, error=error and error[:4000])
+    _clear_worker_job(env, worker)
+    if recorded is None:
+        log.error("job %s ended (%s) but the database stayed unreachable; it will be recovered", job_id, status)
+        return "lost"
     if not recorded:
-        log.warning("job %s ended (%s) but was no longer held by %s", job_id, status.value, worker)
+        log.warning("job %s ended (%s) but was no longer held by this attempt", job_id, status.value)
         return "lost"
     log.info("job %s %s%s", job_id, status.value, f": {error}" if error else "")
     return status.value
+
+
+def _clear_worker_job(env: Environment, worker: str) -> None:
+    try:
+        with env.db.session() as session:
+            queries.set_worker_job(session, worker, None)
+    except Exception as exc:  # only a display column; never worth failing a job over
+        log.debug("could not clear the current job of %s: %s", worker, exc)

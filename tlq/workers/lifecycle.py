@@ -1,162 +1,348 @@
 """A worker's life around the Celery consumer: registering itself, reporting in, recovering jobs.
 
-The database, not the broker, knows which jobs run where, so recovery does not lean on the broker:
+The database, not the broker, knows which jobs run where, so recovery does not lean on the broker. Every
+ending without an outcome goes through ``claims.recover`` (one decision: cancel, fail or requeue):
 
-- a job whose heartbeat stopped (its worker was killed, its machine died) is put back in the queue by any
-  live worker within ``TLQ_STALE_AFTER`` seconds, or failed once it is out of attempts;
-- a job whose pool process died under it is requeued (or failed) at once, with the reason;
-- a worker told to stop (SIGTERM) puts its running job back without spending an attempt;
-- jobs queued before the Redis broker (re)started are sent again, since their messages may be gone with it.
-
-Every resend is safe: a duplicate delivery finds the job no longer queued and is dropped.
+- a job whose heartbeat stopped (its worker was killed, its machine froze) is recovered by any live worker
+  within ``TLQ_STALE_AFTER`` seconds, but only by a worker that could reach the database quickly for that
+  whole window itself, so a database outage that silenced every heartbeat requeues nothing;
+- a job whose pool process died under it is recovered at once, with the reason;
+- a worker told to stop (SIGTERM) hands its running jobs back without spending an attempt;
+- a job that overran its ``--timeout``, or made no progress for ``TLQ_STALL_AFTER``, while stuck inside one
+  step, is failed by the worker's main process, which then ends the pool process running it;
+- queued jobs with no confirmed message are sent again (``tlq.workers.sending``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import logging
 import os
+import secrets
+import signal
 import socket
 import threading
+import time
+from collections.abc import Iterator
 
 from celery import Celery
 from celery.signals import task_failure, worker_ready, worker_shutdown, worker_shutting_down
 
-from tlq.db import JobStatus, queries
-from tlq.db.models import Job, utcnow
+from tlq.db import JobStatus, claims, queries
+from tlq.db.models import Job, WorkerRecord
 from tlq.plugins.base import Environment
-from tlq.workers.app import publish
-from tlq.workers.execute import stale_after
+from tlq.plugins.errors import BadInput
+from tlq.workers.sending import send_held, send_unsent
 
 log = logging.getLogger("tlq.worker")
 
 REPORT_INTERVAL_S = 5.0
-CLOCK_MARGIN = dt.timedelta(seconds=5)  # messages sent this soon after a broker start may predate it
+DEADLINE_TICK_S = 1.0
+TIMEOUT_GRACE_S = 2.0  # the task's own check gets this long to stop a job that ran past --timeout
+SLOW_DATABASE_S = 2.0  # a database call slower than this counts as an outage (a lock held, a server away)
 
 
-def recover_stale_jobs(env: Environment, app: Celery, older_than_s: float) -> list[int]:
-    """Requeues running jobs silent for ``older_than_s`` and publishes them again; returns their ids."""
-    with env.db.session() as session:
-        requeued, failed = queries.requeue_stale_jobs(session, utcnow() - dt.timedelta(seconds=older_than_s))
-        targets = {j.id: (j.queue, j.priority) for j in session.query(Job).filter(Job.id.in_(requeued))}
-    for job_id in failed:
-        log.warning("job %s failed: its worker stopped responding and it has no attempts left", job_id)
-    for job_id in requeued:
-        queue, priority = targets[job_id]
-        log.warning("job %s had no heartbeat for %.0f s; requeued on %s", job_id, older_than_s, queue)
-        publish(app, job_id, queue, priority)
-    return requeued
+class Slow(RuntimeError):
+    """A transaction waited so long that what it read may be stale; it is rolled back."""
 
 
-def broker_started_at(broker_url: str) -> dt.datetime | None:
-    """When a Redis broker last started (from its uptime); None for brokers that keep messages on disk."""
-    if not broker_url.startswith(("redis://", "rediss://")):
-        return None
-    import redis
+class DatabaseHealth:
+    """How long this process has had quick, working access to the database.
 
-    client = redis.Redis.from_url(broker_url, socket_timeout=3, socket_connect_timeout=3)
+    A checker may call a heartbeat silent only after it has itself been able to hear one for a whole stale
+    window: if the database was away or locked for everyone, no heartbeat could be written either.
+    """
+
+    def __init__(self, slow_s: float = SLOW_DATABASE_S, clock=time.monotonic) -> None:
+        self.slow_s = slow_s
+        self.clock = clock
+        self.since = clock()
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        start = self.clock()
+        try:
+            yield
+        except Exception:
+            self.since = self.clock()
+            raise
+        if self.clock() - start > self.slow_s:
+            self.since = self.clock()
+
+    def trusted_for(self) -> float:
+        return self.clock() - self.since
+
+
+def process_state(pid: int) -> str | None:
+    """The process's state letter (R, S, T, Z, ...) from /proc, or None when it does not exist."""
     try:
-        uptime = int(client.info("server")["uptime_in_seconds"])
-    finally:
-        client.close()
-    return utcnow() - dt.timedelta(seconds=uptime)
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
-def redispatch_lost_messages(env: Environment, app: Celery) -> list[int]:
-    """Sends again the queued jobs that have no message: handed back by a stopping worker, or queued before
-    the Redis broker last started. Returns their ids."""
-    started = broker_started_at(env.settings.broker_url)
-    with env.db.session() as session:
-        claimed = queries.claim_redispatch(session, started + CLOCK_MARGIN if started else None)
-    for job_id, queue, priority in claimed:
-        publish(app, job_id, queue, priority)
-    if claimed:
-        log.warning("sent %d queued job(s) again (no message in the broker for them)", len(claimed))
-    return [job_id for job_id, _, _ in claimed]
+def process_alive(pid: int) -> bool:
+    if os.path.isdir("/proc"):
+        return process_state(pid) not in (None, "Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def release_running_jobs(env: Environment, name: str) -> list[int]:
-    """Marks this worker as stopping (it claims nothing more) and puts its running jobs back in the queue;
-    they stop at their next step, and a live worker sends them on."""
-    with env.db.session() as session:
-        queries.touch_worker(session, name, status="stopping")
-    with env.db.session() as session:
-        running = [j.id for j in session.query(Job).filter(Job.status == JobStatus.RUNNING.value, Job.worker == name)]
-        released = [j for j in running if queries.release_job(session, j, name, f"released by stopping worker {name}")]
-    for job_id in released:
-        log.warning("job %s put back in the queue: worker %s is shutting down", job_id, name)
-    return released
+def is_child(pid: int) -> bool:
+    """Whether ``pid`` is a pool process of this (main) worker process."""
+    if pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    except (OSError, IndexError, ValueError):
+        return not os.path.isdir("/proc")  # no /proc to ask: trust the pid our own child recorded
 
 
-def record_lost_process(env: Environment, app: Celery, name: str, job_id: int, reason: str) -> None:
-    """The pool process running ``job_id`` died: requeue the job at once, or fail it with the reason."""
-    with env.db.session() as session:
-        outcome = queries.record_worker_loss(session, job_id, name, reason)
-        job = queries.get_job(session, job_id)
-    if outcome == "requeued":
-        publish(app, job_id, job.queue, job.priority)
-    if outcome:
+# --- recovery ---------------------------------------------------------------------------------------------------
+
+
+def recover_stale_jobs(env: Environment, app: Celery, health: DatabaseHealth | None = None) -> list[int]:
+    """Recovers running jobs whose heartbeat is older than ``TLQ_STALE_AFTER``; returns the requeued ids."""
+    stale_after = env.settings.stale_after_s
+    with env.db.read_session() as session:
+        stale = claims.running_jobs(session, stale_after_s=stale_after)
+    to_send = []
+    for job in stale:
+        reason = f"no heartbeat for {job.seconds_since_heartbeat:.0f} s from worker {job.worker}"
+        start = time.monotonic()
+        try:
+            with env.db.session() as session:
+                outcome = claims.recover(session, job.id, job.lease, reason, stale_after_s=stale_after)
+                if time.monotonic() - start > SLOW_DATABASE_S:
+                    raise Slow(f"the recovery of job {job.id} waited for the database; not trusted")
+        except Slow as exc:
+            if health is not None:
+                health.since = health.clock()
+            log.warning("%s", exc)
+            return []
+        _log_outcome(job.id, outcome, reason)
+        if outcome == "requeued":
+            to_send.append(job.id)
+    return _send_requeued(env, app, to_send)
+
+
+def _send_requeued(env: Environment, app: Celery, job_ids: list[int]) -> list[int]:
+    if not job_ids:
+        return []
+    with env.db.read_session() as session:
+        rows = session.query(Job.id, Job.queue, Job.priority).filter(Job.id.in_(job_ids)).all()
+    send_held(env, app, [(r.id, r.queue, r.priority) for r in rows])
+    return job_ids
+
+
+def _log_outcome(job_id: int, outcome: str | None, reason: str) -> None:
+    if outcome == "failed":
+        log.warning("job %s failed: %s, and it has no attempts left", job_id, reason)
+    elif outcome:
         log.warning("job %s %s: %s", job_id, outcome, reason)
 
 
-def requeue_own_jobs(env: Environment, app: Celery, name: str) -> None:
-    """A worker restarting under the same name takes back the jobs its earlier life left running."""
+def record_lost_process(env: Environment, app: Celery, name: str, job_id: int, reason: str) -> None:
+    """A pool process of this worker died while running ``job_id``: recover the job at once."""
+    with env.db.read_session() as session:
+        job = queries.get_job(session, job_id)
+    if job is None:
+        return
+    if job.status == JobStatus.QUEUED.value:
+        # The process died before it claimed the job: its message is spent; send the job again.
+        with env.db.session() as session:
+            claims.hand_back_message(session, job_id)
+        return
+    if job.status != JobStatus.RUNNING.value or job.worker != name:
+        return
+    if job.process_id and process_alive(job.process_id):
+        return  # a live sibling holds the job now
     with env.db.session() as session:
-        orphans = [j.id for j in session.query(Job).filter(Job.status == JobStatus.RUNNING.value, Job.worker == name)]
-        for job_id in orphans:
-            session.query(Job).filter(Job.id == job_id).update({"heartbeat_at": utcnow() - dt.timedelta(days=1)})
-    if orphans:
-        recover_stale_jobs(env, app, stale_after())
+        outcome = claims.recover(session, job_id, job.lease, reason)
+    _log_outcome(job_id, outcome, reason)
+    if outcome == "requeued":
+        _send_requeued(env, app, [job_id])
+
+
+def end_overdue_jobs(env: Environment, name: str) -> list[int]:
+    """Fails this worker's jobs that overran ``--timeout`` or stopped making progress, and ends the pool
+    processes stuck running them; returns the ids."""
+    with env.db.read_session() as session:
+        running = claims.running_jobs(session, worker=name)
+    ended = []
+    for job in running:
+        if job.lease is None:
+            continue
+        if job.timeout_s is not None and job.seconds_running > job.timeout_s + TIMEOUT_GRACE_S:
+            reason = (
+                f"ran past its timeout of {job.timeout_s:g} s, stuck inside one step; the worker ended its "
+                "process (raise --timeout if it needs longer)"
+            )
+        elif job.seconds_since_progress > env.settings.stall_after_s:
+            reason = (
+                f"made no progress for {job.seconds_since_progress:.0f} s (TLQ_STALL_AFTER="
+                f"{env.settings.stall_after_s:g}) while its process was alive; the worker ended it"
+            )
+        else:
+            continue
+        with env.db.session() as session:
+            if not claims.fail_overdue(session, job.id, job.lease, reason):
+                continue
+        ended.append(job.id)
+        log.warning("job %s failed: %s", job.id, reason)
+        if job.process_id and is_child(job.process_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(job.process_id, signal.SIGKILL)
+        else:
+            log.error(
+                "job %s is stuck in process %s, which this worker cannot end (the solo or threads pool); "
+                "restart the worker",
+                job.id,
+                job.process_id,
+            )
+    return ended
+
+
+def release_running_jobs(env: Environment, app: Celery, name: str, instance: str | None = None) -> list[int]:
+    """Marks this worker as stopping (it claims nothing more) and hands its running jobs back without
+    spending an attempt; they stop at their next step and run again elsewhere."""
+    with env.db.session() as session:
+        if not queries.touch_worker(session, name, instance, status="stopping"):
+            return []  # another worker holds this name now; its jobs are not ours to hand back
+    with env.db.read_session() as session:
+        running = claims.running_jobs(session, worker=name)
+    requeued = []
+    for job in running:
+        reason = f"released by stopping worker {name}"
+        with env.db.session() as session:
+            outcome = claims.recover(session, job.id, job.lease, reason, spend_attempt=False)
+        _log_outcome(job.id, outcome, reason)
+        if outcome == "requeued":
+            requeued.append(job.id)
+    return _send_requeued(env, app, requeued)
+
+
+def requeue_own_jobs(env: Environment, app: Celery, name: str) -> list[int]:
+    """A worker restarting under the same name recovers the jobs its earlier life left running."""
+    with env.db.read_session() as session:
+        orphans = claims.running_jobs(session, worker=name)
+    requeued = []
+    for job in orphans:
+        reason = f"its worker {name} restarted"
+        with env.db.session() as session:
+            outcome = claims.recover(session, job.id, job.lease, reason)
+        _log_outcome(job.id, outcome, reason)
+        if outcome == "requeued":
+            requeued.append(job.id)
+    return _send_requeued(env, app, requeued)
+
+
+# --- the monitor ------------------------------------------------------------------------------------------------
+
+
+def describe_holder(record: WorkerRecord) -> str:
+    return f"host {record.hostname}, pid {record.pid}"
 
 
 class WorkerMonitor(threading.Thread):
-    """Runs in the worker's main process: reports in every few seconds and recovers stale jobs."""
+    """Runs in the worker's main process: ends overdue jobs every second; every few seconds reports in,
+    recovers stale jobs and sends unsent ones."""
 
     def __init__(self, env: Environment, app: Celery, name: str, queues: list[str], device: str, concurrency: int):
         super().__init__(name="tlq-worker-monitor", daemon=True)
         self.env = env
         self.app = app
         self.worker_name = name
+        self.instance = secrets.token_hex(8)
         self.queues = queues
         self.device = device
         self.concurrency = concurrency
         self.stopped = threading.Event()
+        self.health = DatabaseHealth()
 
     def register(self) -> None:
+        """Claims the worker's name; raises BadInput when a live worker already holds it."""
+        hostname = socket.gethostname()
+
+        def is_gone(record: WorkerRecord) -> bool:
+            return record.hostname == hostname and record.pid != os.getpid() and not process_alive(record.pid)
+
         with self.env.db.session() as session:
-            queries.register_worker(
+            holder = queries.register_worker(
                 session,
                 name=self.worker_name,
-                hostname=socket.gethostname(),
+                instance=self.instance,
+                is_gone=is_gone,
+                hostname=hostname,
                 pid=os.getpid(),
                 queues=",".join(self.queues),
                 device=self.device,
                 concurrency=self.concurrency,
             )
-        requeue_own_jobs(self.env, self.app, self.worker_name)
-        try:
-            redispatch_lost_messages(self.env, self.app)
-        except Exception:
-            log.warning("could not check the broker for lost messages", exc_info=True)
+        if holder is not None:
+            raise BadInput(
+                f"a live worker is already named {self.worker_name!r} ({describe_holder(holder)}); "
+                "give this one another --name, or leave --name out for a unique default"
+            )
         log.info("worker %s registered: queues %s, device %s", self.worker_name, ",".join(self.queues), self.device)
 
+    def on_ready(self) -> None:
+        requeue_own_jobs(self.env, self.app, self.worker_name)
+        try:
+            send_unsent(self.env, self.app)
+        except Exception:
+            log.warning("could not check the broker for unsent jobs", exc_info=True)
+        self.start()
+
     def run(self) -> None:
-        while not self.stopped.wait(REPORT_INTERVAL_S):
+        next_report = time.monotonic() + REPORT_INTERVAL_S
+        while not self.stopped.wait(DEADLINE_TICK_S):
             try:
-                with self.env.db.session() as session:
-                    queries.touch_worker(session, self.worker_name, status="online")
-                recover_stale_jobs(self.env, self.app, stale_after())
-                redispatch_lost_messages(self.env, self.app)
+                end_overdue_jobs(self.env, self.worker_name)
             except Exception:
-                log.warning("worker report failed; retrying", exc_info=True)
+                log.warning("the deadline scan failed; retrying", exc_info=True)
+            if time.monotonic() >= next_report and not self.stopped.is_set():
+                self.report()
+                next_report = time.monotonic() + REPORT_INTERVAL_S
+
+    def report(self) -> None:
+        """Reports in; recovers stale jobs once the database has answered quickly for a stale window."""
+        try:
+            with self.health.timed(), self.env.db.session() as session:
+                ours = queries.touch_worker(session, self.worker_name, self.instance)
+        except Exception:
+            log.warning("worker report failed; retrying", exc_info=True)
+            return
+        if not ours:
+            log.error("worker name %s was taken by another worker; this worker stops", self.worker_name)
+            self.stopped.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        try:
+            if self.health.trusted_for() >= self.env.settings.stale_after_s:
+                with self.health.timed():
+                    recover_stale_jobs(self.env, self.app, self.health)
+        except Exception:
+            log.warning("the recovery scan failed; retrying", exc_info=True)
+        try:
+            send_unsent(self.env, self.app)
+        except Exception:
+            log.warning("could not send unsent jobs; retrying", exc_info=True)
 
     def stop(self) -> None:
         self.stopped.set()
         try:
             with self.env.db.session() as session:
-                queries.touch_worker(session, self.worker_name, status="offline", current_job_id=None)
+                queries.touch_worker(session, self.worker_name, self.instance, status="offline", current_job_id=None)
             # Deliveries this worker turned down while stopping left their jobs without a message.
-            redispatch_lost_messages(self.env, self.app)
+            send_unsent(self.env, self.app)
         except Exception:
             log.warning("could not mark worker %s offline", self.worker_name, exc_info=True)
 
@@ -171,17 +357,21 @@ def start_worker(
     pool: str = "prefork",
     events: bool = False,
 ) -> None:
-    """Runs a Celery worker consuming ``queues`` until it is stopped; blocks."""
+    """Runs a Celery worker consuming ``queues`` until it is stopped; blocks.
+
+    Raises:
+        BadInput: A live worker already holds ``name``.
+    """
     from tlq.workers.app import ensure_broker_queues
 
-    ensure_broker_queues(app)
     runtime = app.tlq_runtime
     runtime.worker_name = name
     monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency)
+    monitor.register()
+    ensure_broker_queues(app)
 
     def on_ready(**_kwargs) -> None:
-        monitor.register()
-        monitor.start()
+        monitor.on_ready()
 
     def on_shutdown(**_kwargs) -> None:
         monitor.stop()
@@ -191,7 +381,7 @@ def start_worker(
         # stop is quick and the job resumes elsewhere from its last checkpoint.
         monitor.stopped.set()
         try:
-            release_running_jobs(runtime.env, name)
+            release_running_jobs(runtime.env, app, name, monitor.instance)
         except Exception:
             log.warning("could not release the running job; it will be recovered by heartbeat", exc_info=True)
 

@@ -26,7 +26,7 @@ def parse_job_ref(name: str) -> int:
 
 def model_files(env: Environment, job_id: int) -> tuple[Path, Path]:
     """The model card and weights of succeeded job ``job_id``; raises BadInput naming what is wrong."""
-    with env.db.session() as session:
+    with env.db.read_session() as session:
         job = queries.get_job(session, job_id)
         if job is None:
             raise BadInput(
@@ -53,7 +53,7 @@ class JobModelProvider:
 
     def list(self, pattern: str | None, env: Environment) -> list[dict[str, str]]:
         rows = []
-        with env.db.session() as session:
+        with env.db.read_session() as session:
             for job in queries.list_jobs(session, status="succeeded", limit=None):
                 artifacts = {a.kind: a for a in queries.list_artifacts(session, job.id)}
                 if "model_card" not in artifacts:

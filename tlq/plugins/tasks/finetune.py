@@ -233,10 +233,7 @@ def run(ctx, params: FinetuneParams) -> None:
         start_epoch = state["epoch"] + 1
         ctx.log.info("resuming job %s after epoch %d", ctx.job_id, state["epoch"])
         ctx.metric("resumed_from_epoch", state["epoch"])
-        with ctx.env.db.session() as session:
-            from tlq.db import queries
-
-            queries.delete_metrics_after(session, ctx.job_id, state["epoch"])
+        ctx.forget_metrics_after(state["epoch"])
 
     for epoch in range(start_epoch, params.epochs + 1):
         result = fit.epoch(epoch)

@@ -1,0 +1,371 @@
+"""A job's row through its life: claimed under a lease, held, finished, recovered, cancelled and sent.
+
+Three rules make "every job ends exactly once" hold against crashes, frozen processes and races:
+
+- **A lease per claim.** Each claim writes a fresh random token to the row (and an ``job_attempts`` row).
+  Every later write of that attempt (heartbeat, progress, metrics, artifacts, the final status) is
+  conditional on the token, so a process whose job was recovered elsewhere writes nothing more, even when
+  it shares its worker's name with the new holder.
+- **One clock.** Every time compared here is the database's (``db_now``), never a process's own.
+- **Every state change is one conditional UPDATE** whose row count says who won; every recovery decision
+  (cancel, fail or requeue) is taken by ``decide_recovery`` alone.
+
+A job that must be (re)sent is left ``queued`` with ``dispatched_at`` empty and a send hold
+(``sending_since``) for the process that will publish it; ``dispatched_at`` is set only once the publish
+returned. A hold that is not confirmed expires, and the job is sent again by the next live worker.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from tlq.db.clock import db_now
+from tlq.db.models import Attempt, Job, JobStatus, WorkerRecord
+
+SEND_HOLD_S = 30.0  # a sender that has not confirmed within this long is presumed dead
+CANCELLED_ON_REQUEST = "cancelled on request"
+
+RUNNING = JobStatus.RUNNING.value
+QUEUED = JobStatus.QUEUED.value
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """What a running attempt learns when it looks at its job's row."""
+
+    ours: bool
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class HeldJob:
+    """A running job as the recovery and deadline scans see it."""
+
+    id: int
+    lease: str | None
+    worker: str | None
+    process_id: int | None
+    timeout_s: float | None
+    seconds_running: float
+    seconds_since_progress: float
+    seconds_since_heartbeat: float
+
+
+# --- the decision -----------------------------------------------------------------------------------------------
+
+
+def decide_recovery(cancel_requested: bool, attempts: int, max_attempts: int, spend_attempt: bool = True) -> str:
+    """What becomes of a running job whose attempt ended without an outcome (its process died, its heartbeat
+    stopped, its worker is shutting down): ``cancelled`` if a cancel was asked for, ``failed`` once its
+    attempts are spent, else ``requeued``. An attempt that is handed back (``spend_attempt=False``) never
+    fails the job."""
+    if cancel_requested:
+        return "cancelled"
+    if spend_attempt and attempts >= max_attempts:
+        return "failed"
+    return "requeued"
+
+
+# --- claiming and holding ---------------------------------------------------------------------------------------
+
+
+def claim(session: Session, job_id: int, worker: str, hostname: str = "", pid: int = 0) -> str | None:
+    """Moves a queued job to running under a new lease for ``worker``.
+
+    Returns:
+        The lease, or None when another delivery, a cancel or a worker got the job first, or ``worker`` is
+        shutting down. A queued job whose cancel was asked for is ended ``cancelled`` here.
+    """
+    lease = secrets.token_hex(16)
+    stopping = select(WorkerRecord.id).where(WorkerRecord.name == worker, WorkerRecord.status == "stopping").exists()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED, Job.cancel_requested.is_(False), ~stopping)
+        .values(
+            status=RUNNING,
+            worker=worker,
+            lease=lease,
+            process_id=pid or None,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, db_now()),
+            claimed_at=db_now(),
+            heartbeat_at=db_now(),
+            progress_at=db_now(),
+            sending_since=None,
+            error=None,
+        )
+    )
+    if result.rowcount != 1:
+        _end_cancelled_queued(session, job_id)
+        return None
+    number = session.scalar(select(Job.attempts).where(Job.id == job_id))
+    session.add(
+        Attempt(
+            job_id=job_id, number=number, lease=lease, worker=worker, hostname=hostname, pid=pid, claimed_at=db_now()
+        )
+    )
+    return lease
+
+
+def _end_cancelled_queued(session: Session, job_id: int) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED, Job.cancel_requested.is_(True))
+        .values(status=JobStatus.CANCELLED.value, finished_at=db_now(), error=CANCELLED_ON_REQUEST)
+    )
+
+
+def _held(job_id: int, lease: str):
+    return (Job.id == job_id, Job.lease == lease, Job.status == RUNNING)
+
+
+def hold(session: Session, job_id: int, lease: str, progressed: bool = False) -> bool:
+    """Re-asserts ``lease`` and refreshes the heartbeat (and the progress time, when the task moved).
+
+    In a write transaction this also locks the row until commit, so what the transaction writes next cannot
+    race a recovery. Returns False when the lease is no longer the job's.
+    """
+    values = {"heartbeat_at": db_now()}
+    if progressed:
+        values["progress_at"] = db_now()
+    return session.execute(update(Job).where(*_held(job_id, lease)).values(**values)).rowcount == 1
+
+
+def lease_state(session: Session, job_id: int, lease: str) -> LeaseState:
+    """Whether ``lease`` still holds the job and whether a cancel was asked for; a read, no lock taken."""
+    row = session.execute(select(Job.lease, Job.status, Job.cancel_requested).where(Job.id == job_id)).first()
+    if row is None:
+        return LeaseState(False, False)
+    return LeaseState(row.lease == lease and row.status == RUNNING, bool(row.cancel_requested))
+
+
+def update_progress(
+    session: Session, job_id: int, lease: str, current: float | None, total: float | None, stage: str | None
+) -> None:
+    """Records live progress of a running job, only while ``lease`` still holds it."""
+    session.execute(
+        update(Job)
+        .where(*_held(job_id, lease))
+        .values(progress_current=current, progress_total=total, progress_stage=stage)
+    )
+
+
+def set_ran_on(session: Session, job_id: int, lease: str, device: str) -> None:
+    session.execute(update(Job).where(*_held(job_id, lease)).values(ran_on=device))
+
+
+# --- ending -----------------------------------------------------------------------------------------------------
+
+
+def finish(session: Session, job_id: int, lease: str, status: JobStatus, error: str | None = None) -> bool:
+    """Records the final status of the attempt holding ``lease``.
+
+    Returns:
+        True when recorded, now or by an earlier try of the same write (a commit whose reply was lost);
+        False when the lease is no longer the job's.
+    """
+    result = session.execute(
+        update(Job).where(*_held(job_id, lease)).values(status=status.value, error=error, finished_at=db_now())
+    )
+    if result.rowcount != 1:
+        row = session.execute(select(Job.lease, Job.status).where(Job.id == job_id)).first()
+        return row is not None and row.lease == lease and row.status == status.value
+    _end_attempt(session, lease, status.value, error)
+    return True
+
+
+def recover(
+    session: Session,
+    job_id: int,
+    lease: str | None,
+    reason: str,
+    spend_attempt: bool = True,
+    stale_after_s: float | None = None,
+) -> str | None:
+    """Ends the attempt holding ``lease`` without an outcome of its own, as ``decide_recovery`` says.
+
+    Args:
+        reason: Why the attempt ended (recorded on the job and the attempt, and in a failed job's error).
+        spend_attempt: False when the attempt is handed back (a warm shutdown): it does not count.
+        stale_after_s: Only if the heartbeat is at least this old, by the database's clock.
+
+    Returns:
+        "requeued" (the caller must send it; see ``send_hold``), "failed", "cancelled", or None when the
+        lease was no longer the job's.
+    """
+    conditions = [Job.id == job_id, Job.status == RUNNING, Job.lease.is_(None) if lease is None else Job.lease == lease]
+    if stale_after_s is not None:
+        conditions.append(Job.heartbeat_at < db_now(-stale_after_s))
+    row = session.execute(
+        select(Job.cancel_requested, Job.attempts, Job.max_attempts, Job.worker).where(*conditions)
+    ).first()
+    if row is None:
+        return None
+    outcome = decide_recovery(row.cancel_requested, row.attempts, row.max_attempts, spend_attempt)
+    if outcome == "cancelled":
+        values = dict(status=JobStatus.CANCELLED.value, finished_at=db_now(), error=CANCELLED_ON_REQUEST)
+    elif outcome == "failed":
+        values = dict(
+            status=JobStatus.FAILED.value,
+            finished_at=db_now(),
+            error=f"{reason} on attempt {row.attempts} of {row.max_attempts}; giving up "
+            "(raise --max-attempts to allow more)",
+        )
+    else:
+        values = dict(
+            status=QUEUED,
+            worker=None,
+            lease=None,
+            process_id=None,
+            dispatched_at=None,
+            sending_since=db_now(),
+            progress_stage=(reason if not spend_attempt else f"requeued: {reason} on attempt {row.attempts}")[:255],
+            attempts=row.attempts if spend_attempt else case((Job.attempts > 0, Job.attempts - 1), else_=0),
+        )
+    if session.execute(update(Job).where(*conditions).values(**values)).rowcount != 1:
+        return None
+    if lease is not None:
+        _end_attempt(session, lease, "released" if not spend_attempt and outcome == "requeued" else outcome, reason)
+    return outcome
+
+
+def fail_overdue(session: Session, job_id: int, lease: str, reason: str) -> bool:
+    """Fails a running job whose attempt overran its timeout or stopped moving; its process is ended next."""
+    return finish(session, job_id, lease, JobStatus.FAILED, reason)
+
+
+def _end_attempt(session: Session, lease: str, outcome: str, reason: str | None) -> None:
+    session.execute(
+        update(Attempt)
+        .where(Attempt.lease == lease, Attempt.ended_at.is_(None))
+        .values(ended_at=db_now(), outcome=outcome, reason=reason and reason[:4000])
+    )
+
+
+def request_cancel(session: Session, job_id: int) -> str:
+    """Cancels a queued job at once, or asks a running one to stop at its next step, in one statement: a job
+    that is released or requeued at the same moment is still cancelled (the recovery sees the flag).
+
+    Returns:
+        "cancelled", "requested", or the job's final status when it had already ended ("missing" if none).
+    """
+    before = session.scalar(select(Job.status).where(Job.id == job_id))
+    if before is None:
+        return "missing"
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
+        .values(
+            cancel_requested=True,
+            status=case((Job.status == QUEUED, JobStatus.CANCELLED.value), else_=Job.status),
+            finished_at=case((Job.status == QUEUED, db_now()), else_=Job.finished_at),
+            error=case((Job.status == QUEUED, CANCELLED_ON_REQUEST), else_=Job.error),
+        )
+    )
+    after = session.scalar(select(Job.status).where(Job.id == job_id))
+    if result.rowcount != 1:
+        return after
+    return "cancelled" if after == JobStatus.CANCELLED.value else "requested"
+
+
+def fail_queued(session: Session, job_id: int, error: str) -> None:
+    """Marks a job that never started as failed, recording why (a broker that refused it, say)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED)
+        .values(status=JobStatus.FAILED.value, error=error, finished_at=db_now(), sending_since=None)
+    )
+
+
+# --- scans ------------------------------------------------------------------------------------------------------
+
+
+def running_jobs(session: Session, worker: str | None = None, stale_after_s: float | None = None) -> list[HeldJob]:
+    """Running jobs (of ``worker``; with a heartbeat older than ``stale_after_s``), timed by the database."""
+    now = db_now()
+    query = select(
+        Job.id,
+        Job.lease,
+        Job.worker,
+        Job.process_id,
+        Job.timeout_s,
+        Job.claimed_at,
+        Job.progress_at,
+        Job.heartbeat_at,
+        now.label("now"),
+    ).where(Job.status == RUNNING)
+    if worker is not None:
+        query = query.where(Job.worker == worker)
+    if stale_after_s is not None:
+        query = query.where(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < db_now(-stale_after_s)))
+    held = []
+    for row in session.execute(query):
+
+        def since(moment, now=row.now) -> float:
+            return (now - moment).total_seconds() if moment is not None else float("inf")
+
+        held.append(
+            HeldJob(
+                row.id,
+                row.lease,
+                row.worker,
+                row.process_id,
+                row.timeout_s,
+                since(row.claimed_at),
+                since(row.progress_at or row.claimed_at),
+                since(row.heartbeat_at),
+            )
+        )
+    return held
+
+
+# --- sending ----------------------------------------------------------------------------------------------------
+
+
+def _unsent(broker_started=None):
+    lost = Job.dispatched_at.is_(None)
+    if broker_started is not None:
+        lost = lost | (Job.dispatched_at < broker_started)
+    free = Job.sending_since.is_(None) | (Job.sending_since < db_now(-SEND_HOLD_S))
+    return (Job.status == QUEUED, Job.queue != "local", lost, free)
+
+
+def claim_sends(session: Session, broker_started=None) -> list[tuple[int, str, int]]:
+    """Takes the send hold of every queued job with no confirmed message: never sent, requeued, handed back by
+    a stopping worker, sent before the broker last (re)started (``broker_started``, the database's time), or
+    held by a sender that never confirmed.
+
+    Each hold is a conditional update, so of several workers noticing a job only one sends it. Returns (id,
+    queue, priority) of the jobs this caller must now publish and confirm (``confirm_sent``) or release
+    (``release_send``).
+    """
+    candidates = list(session.execute(select(Job.id, Job.queue, Job.priority).where(*_unsent(broker_started))))
+    held = []
+    for job_id, queue, priority in candidates:
+        result = session.execute(
+            update(Job).where(Job.id == job_id, *_unsent(broker_started)).values(sending_since=db_now())
+        )
+        if result.rowcount == 1:
+            held.append((job_id, queue, priority))
+    return held
+
+
+def confirm_sent(session: Session, job_id: int) -> None:
+    """The job's message is in the broker."""
+    session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=db_now(), sending_since=None))
+
+
+def release_send(session: Session, job_id: int) -> None:
+    """The publish failed: the next live worker sends the job again."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED).values(sending_since=None))
+
+
+def hand_back_message(session: Session, job_id: int) -> None:
+    """A stopping worker got the job's message but will not run it: the job has no message any more."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == QUEUED).values(dispatched_at=None, sending_since=None)
+    )
