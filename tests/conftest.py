@@ -44,6 +44,7 @@ def pg_url(services) -> str:
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    admin.dispose()  # its pooled connection may not have lived through a test that restarts PostgreSQL
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

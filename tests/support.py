@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -195,10 +197,16 @@ def run_job_here(env, spec) -> dict:
 
 def wait_for_status(env: dict, job_id: int, statuses: tuple[str, ...], timeout: float = 180) -> dict:
     """Polls the job's row until it reaches one of ``statuses``."""
+    from sqlalchemy.exc import OperationalError
+
     deadline = time.monotonic() + timeout
     job = {}
     while time.monotonic() < deadline:
-        job = job_json(env, job_id)
+        try:
+            job = job_json(env, job_id)
+        except OperationalError:  # the database is restarting under a fault test; ask again
+            time.sleep(0.5)
+            continue
         if job["status"] in statuses:
             return job
         time.sleep(0.3)
@@ -263,3 +271,81 @@ def populate_results(database) -> dict[str, int]:
             if accs:
                 queries.record_metric(session, job.id, "train_images", 100, step=0)
     return ids
+
+
+class ToggleProxy:
+    """A TCP proxy in front of a real server (Redis, PostgreSQL) that a test can take down and bring back.
+
+    Down, it refuses new connections (nothing listens on its port) and cuts the open ones, as a server that
+    restarts or a network that drops does; the server behind it keeps its state.
+    """
+
+    def __init__(self, upstream_port: int, host: str = "127.0.0.1") -> None:
+        self.host, self.upstream_port = host, upstream_port
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            self.port = probe.getsockname()[1]
+        self._listener = None
+        self._conns: list = []
+        self._lock = threading.Lock()
+
+    def url(self, scheme_and_rest: str) -> str:
+        """``scheme_and_rest`` with ``{port}`` filled in, e.g. ``redis://127.0.0.1:{port}/0``."""
+        return scheme_and_rest.format(port=self.port)
+
+    def up(self) -> ToggleProxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:  # wakes the blocked accept(); a close alone leaves the port listening on Linux
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.shutdown(2)
+            except OSError:
+                pass
+            conn.close()
+
+    def _accept(self, listener) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection((self.host, self.upstream_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, target) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass

@@ -48,3 +48,28 @@ def test_child_environment_round_trips(tmp_path):
     again = Settings.load(environ=settings.as_env())
     assert again == settings
     assert isinstance(again.home, Path)
+
+
+def test_reliability_timings_come_from_the_environment_and_bad_ones_name_the_fix():
+    import pytest
+
+    from tlq.config import SettingsError
+
+    settings = Settings.load(environ={"TLQ_STALE_AFTER": "5", "TLQ_DB_OUTAGE_S": "30"})
+    assert (settings.stale_after_s, settings.db_outage_s, settings.stall_after_s) == (5.0, 30.0, 900.0)
+    assert Settings.load(environ=settings.as_env()) == settings
+    for bad in ("abc", "0", "-3", "nan", "inf"):
+        with pytest.raises(SettingsError, match=rf"TLQ_STALE_AFTER='{bad}' is not a number of seconds above 0"):
+            Settings.load(environ={"TLQ_STALE_AFTER": bad})
+
+
+def test_a_bad_timing_is_one_line_and_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from tlq.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["jobs"], env={"TLQ_HOME": str(tmp_path), "TLQ_DB_OUTAGE_S": "soon"})
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "Error: TLQ_DB_OUTAGE_S='soon' is not a number of seconds above 0; set it to, say, 120"
+    )

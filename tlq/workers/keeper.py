@@ -207,6 +207,7 @@ class LeaseKeeper(threading.Thread):
                         claims.finish(session, self.job_id, self.lease, status, error)
                 with self._lock:
                     self._pending.clear()
+                self._ok()
                 return True
             except Exception as exc:
                 if not is_transient(exc):

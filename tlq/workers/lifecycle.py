@@ -32,6 +32,7 @@ from tlq.db import JobStatus, claims, queries
 from tlq.db.models import Job, WorkerRecord
 from tlq.plugins.base import Environment
 from tlq.plugins.errors import BadInput
+from tlq.workers.keeper import is_transient
 from tlq.workers.sending import send_held, send_unsent
 
 log = logging.getLogger("tlq.worker")
@@ -50,13 +51,15 @@ class DatabaseHealth:
     """How long this process has had quick, working access to the database.
 
     A checker may call a heartbeat silent only after it has itself been able to hear one for a whole stale
-    window: if the database was away or locked for everyone, no heartbeat could be written either.
+    window: if the database was away or locked for everyone, no heartbeat could be written either. The
+    window starts at the first quick success after a failure or a slow call, not at the failure: a lock may
+    outlast the call that gave up on it.
     """
 
     def __init__(self, slow_s: float = SLOW_DATABASE_S, clock=time.monotonic) -> None:
         self.slow_s = slow_s
         self.clock = clock
-        self.since = clock()
+        self.since: float | None = None
 
     @contextlib.contextmanager
     def timed(self) -> Iterator[None]:
@@ -64,13 +67,18 @@ class DatabaseHealth:
         try:
             yield
         except Exception:
-            self.since = self.clock()
+            self.since = None
             raise
         if self.clock() - start > self.slow_s:
+            self.since = None
+        elif self.since is None:
             self.since = self.clock()
 
+    def distrust(self) -> None:
+        self.since = None
+
     def trusted_for(self) -> float:
-        return self.clock() - self.since
+        return 0.0 if self.since is None else self.clock() - self.since
 
 
 def process_state(pid: int) -> str | None:
@@ -124,7 +132,7 @@ def recover_stale_jobs(env: Environment, app: Celery, health: DatabaseHealth | N
                     raise Slow(f"the recovery of job {job.id} waited for the database; not trusted")
         except Slow as exc:
             if health is not None:
-                health.since = health.clock()
+                health.distrust()
             log.warning("%s", exc)
             return []
         _log_outcome(job.id, outcome, reason)
@@ -247,6 +255,17 @@ def requeue_own_jobs(env: Environment, app: Celery, name: str) -> list[int]:
 # --- the monitor ------------------------------------------------------------------------------------------------
 
 
+def log_failure(what: str, exc: Exception) -> None:
+    """One line for a database or broker that is away (it will be retried), a traceback for anything else."""
+    from kombu.exceptions import OperationalError as BrokerAway
+    from redis.exceptions import ConnectionError as RedisAway
+
+    if is_transient(exc) or isinstance(exc, OSError | BrokerAway | RedisAway):
+        log.warning("%s: %s; retrying", what, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+    else:
+        log.warning("%s; retrying", what, exc_info=exc)
+
+
 def describe_holder(record: WorkerRecord) -> str:
     return f"host {record.hostname}, pid {record.pid}"
 
@@ -266,6 +285,7 @@ class WorkerMonitor(threading.Thread):
         self.concurrency = concurrency
         self.stopped = threading.Event()
         self.health = DatabaseHealth()
+        self.scanning = False
 
     def register(self) -> None:
         """Claims the worker's name; raises BadInput when a live worker already holds it."""
@@ -274,7 +294,7 @@ class WorkerMonitor(threading.Thread):
         def is_gone(record: WorkerRecord) -> bool:
             return record.hostname == hostname and record.pid != os.getpid() and not process_alive(record.pid)
 
-        with self.env.db.session() as session:
+        with self.health.timed(), self.env.db.session() as session:
             holder = queries.register_worker(
                 session,
                 name=self.worker_name,
@@ -301,24 +321,29 @@ class WorkerMonitor(threading.Thread):
             log.warning("could not check the broker for unsent jobs", exc_info=True)
         self.start()
 
+    @property
+    def report_every(self) -> float:
+        """Every 5 s, or twice per stale window when that is shorter."""
+        return min(REPORT_INTERVAL_S, self.env.settings.stale_after_s / 2)
+
     def run(self) -> None:
-        next_report = time.monotonic() + REPORT_INTERVAL_S
-        while not self.stopped.wait(DEADLINE_TICK_S):
+        next_report = time.monotonic() + self.report_every
+        while not self.stopped.wait(min(DEADLINE_TICK_S, self.report_every)):
             try:
                 end_overdue_jobs(self.env, self.worker_name)
-            except Exception:
-                log.warning("the deadline scan failed; retrying", exc_info=True)
+            except Exception as exc:
+                log_failure("the deadline scan failed", exc)
             if time.monotonic() >= next_report and not self.stopped.is_set():
                 self.report()
-                next_report = time.monotonic() + REPORT_INTERVAL_S
+                next_report = time.monotonic() + self.report_every
 
     def report(self) -> None:
         """Reports in; recovers stale jobs once the database has answered quickly for a stale window."""
         try:
             with self.health.timed(), self.env.db.session() as session:
                 ours = queries.touch_worker(session, self.worker_name, self.instance)
-        except Exception:
-            log.warning("worker report failed; retrying", exc_info=True)
+        except Exception as exc:
+            log_failure("worker report failed", exc)
             return
         if not ours:
             log.error("worker name %s was taken by another worker; this worker stops", self.worker_name)
@@ -327,14 +352,22 @@ class WorkerMonitor(threading.Thread):
             return
         try:
             if self.health.trusted_for() >= self.env.settings.stale_after_s:
+                if not self.scanning:
+                    log.info(
+                        "checking for silent jobs: the database answered quickly for %.0f s", self.health.trusted_for()
+                    )
+                    self.scanning = True
                 with self.health.timed():
                     recover_stale_jobs(self.env, self.app, self.health)
-        except Exception:
-            log.warning("the recovery scan failed; retrying", exc_info=True)
+            elif self.scanning:
+                log.info("not checking for silent jobs until the database answers quickly again")
+                self.scanning = False
+        except Exception as exc:
+            log_failure("the recovery scan failed", exc)
         try:
             send_unsent(self.env, self.app)
-        except Exception:
-            log.warning("could not send unsent jobs; retrying", exc_info=True)
+        except Exception as exc:
+            log_failure("could not send unsent jobs", exc)
 
     def stop(self) -> None:
         self.stopped.set()

@@ -1,0 +1,207 @@
+"""Outages with real worker processes: a broker that refuses exactly when a job is requeued, a PostgreSQL restart
+and a SQLite file locked for 40 s in the middle of a finetune, a checker whose clock runs 90 s ahead, and a
+cancel racing a warm shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import textwrap
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from tests.integration.test_leases import finetune_args, metric_steps, wait_until
+from tests.support import (
+    ToggleProxy,
+    WorkerProcess,
+    figure,
+    job_json,
+    make_digits,
+    run_tlq,
+    tlq_env,
+    tlq_json,
+    wait_for_status,
+)
+
+pytestmark = pytest.mark.integration
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def send_state(database_url: str, job_id: int) -> tuple[str, object, object]:
+    """(status, dispatched_at, sending_since) of a job, read straight from its database."""
+    from tlq.config import normalize_database_url
+
+    engine = sa.create_engine(normalize_database_url(database_url))
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT status, dispatched_at, sending_since FROM jobs WHERE id = :j"), {"j": job_id}
+        ).one()
+    engine.dispose()
+    return tuple(row)
+
+
+# 3 ---------------------------------------------------------------------------------------------------------------
+def test_a_job_requeued_while_the_broker_refuses_is_sent_once_it_is_back(
+    tmp_path, home, pg_url, redis_url, plugin_site
+):
+    proxy = ToggleProxy(6379).up()
+    broker = redis_url.replace(":6379/", f":{proxy.port}/")
+    env = tlq_env(home, database_url=pg_url, broker_url=broker, PYTHONPATH=str(plugin_site), TLQ_STALE_AFTER="4")
+    doomed = WorkerProcess(env, tmp_path / "doomed.log", "--name", "doomed").start().wait_ready()
+    rescuer = None
+    try:
+        job_id = tlq_json(["submit", "sleep", "--steps", "16", "--step-seconds", "0.5"], env)["id"]
+        wait_for_status(env, job_id, ("running",), timeout=60)
+        rescuer = WorkerProcess(env, tmp_path / "rescuer.log", "--name", "rescuer").start().wait_ready()
+        doomed.kill()  # its heartbeat stops; the rescuer will requeue the job ...
+        proxy.down()  # ... exactly while the broker refuses connections
+        wait_until(lambda: send_state(pg_url, job_id)[0] == "queued", 60, "the requeue")
+        time.sleep(3.0)  # several reports of the rescuer, each failing to send
+        status, dispatched_at, _ = send_state(pg_url, job_id)
+        assert (status, dispatched_at) == ("queued", None)  # not marked sent: nothing reached the broker
+        proxy.up()
+        back = time.monotonic()
+        done = wait_for_status(env, job_id, FINAL, timeout=120)
+        back_to_done = time.monotonic() - back
+        log = rescuer.log()
+    finally:
+        doomed.discard()
+        if rescuer:
+            rescuer.discard()
+        proxy.down()
+    assert done["status"] == "succeeded" and done["worker"] == "rescuer" and done["attempts"] == 2, done
+    assert f"job {job_id} could not be sent to the cpu queue" in log
+    figure("broker refusing while a stale job is requeued", broker_back_to_done_s=back_to_done, attempts=2)
+
+
+def postgresql_cluster() -> str:
+    out = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True).stdout
+    return next(line.split()[0] for line in out.splitlines() if line.split()[1] == "main")
+
+
+# 4 ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("outage", ["postgresql restart", "sqlite locked 40 s"])
+def test_a_database_outage_mid_finetune_costs_no_attempt_and_no_metric(tmp_path, home, request, outage):
+    data = make_digits(tmp_path / "data", classes=range(4), per_class=60)
+    if outage == "postgresql restart":
+        database_url = request.getfixturevalue("pg_url")
+        env = tlq_env(
+            home, database_url=database_url, broker_url=request.getfixturevalue("redis_url"), TLQ_STALE_AFTER="5"
+        )
+    else:
+        database_url = f"sqlite:///{home / 'tlq.sqlite'}"
+        env = tlq_env(home, TLQ_STALE_AFTER="5")
+    epochs = 12
+    with WorkerProcess(env, tmp_path / "worker.log", "--name", "steady") as worker:
+        job_id = tlq_json(finetune_args(data, epochs=epochs), env)["id"]
+        wait_until(lambda: len(metric_steps(database_url, job_id).get("val_acc", [])) >= 2, 120, "two epochs")
+        before = len(metric_steps(database_url, job_id)["val_acc"])
+        start = time.monotonic()
+        if outage == "postgresql restart":
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", postgresql_cluster(), "main", "restart"],
+                check=True,
+                capture_output=True,
+            )
+        else:
+            holder = sqlite3.connect(home / "tlq.sqlite", isolation_level=None, timeout=60)
+            holder.execute("BEGIN EXCLUSIVE")  # a backup or a stuck process holds the write lock
+            time.sleep(40)
+            holder.execute("COMMIT")
+            holder.close()
+        outage_s = time.monotonic() - start
+        done = wait_for_status(env, job_id, FINAL, timeout=240)
+        log = worker.log()
+    assert done["status"] == "succeeded", (done["error"], log[-3000:])
+    assert done["attempts"] == 1 and len(done["attempt_history"]) == 1  # no attempt thrown away
+    assert metric_steps(database_url, job_id)["val_acc"] == list(range(1, epochs + 1))  # every epoch, once
+    assert "the database is unreachable" in log and "the database is back" in log  # the outage was met
+    figure(
+        f"{outage} mid-finetune",
+        outage_s=outage_s,
+        epochs_before=before,
+        attempts=done["attempts"],
+        epochs_recorded=len(metric_steps(database_url, job_id)["val_acc"]),
+    )
+
+
+SKEWED_CLOCK = '''
+"""Runs this process's clock (time.time and datetime.now) ahead by TLQ_TEST_CLOCK_SKEW_S seconds."""
+import datetime as _dt
+import os as _os
+import sys as _sys
+import time as _time
+
+_skew = float(_os.environ.get("TLQ_TEST_CLOCK_SKEW_S", "0"))
+if _skew:
+    _real_time, _real_time_ns = _time.time, _time.time_ns
+    _time.time = lambda: _real_time() + _skew
+    _time.time_ns = lambda: _real_time_ns() + int(_skew * 1e9)
+
+    class _Ahead(_dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return _dt.datetime.fromtimestamp(_time.time(), tz)
+
+        @classmethod
+        def utcnow(cls):
+            return _dt.datetime.fromtimestamp(_time.time(), _dt.UTC).replace(tzinfo=None)
+
+    _dt.datetime = _Ahead
+    print(f"this process's clock runs {_skew:+g} s ahead", file=_sys.stderr)
+'''
+
+
+# 5 ---------------------------------------------------------------------------------------------------------------
+def test_a_checker_whose_clock_runs_90_s_ahead_requeues_nothing_healthy(tmp_path, home, pg_url, redis_url, plugin_site):
+    skew = tmp_path / "skew"
+    skew.mkdir()
+    (skew / "sitecustomize.py").write_text(textwrap.dedent(SKEWED_CLOCK))
+    env = tlq_env(home, database_url=pg_url, broker_url=redis_url, PYTHONPATH=str(plugin_site), TLQ_STALE_AFTER="5")
+    ahead_env = dict(env, PYTHONPATH=f"{skew}:{plugin_site}", TLQ_TEST_CLOCK_SKEW_S="90")
+    with WorkerProcess(env, tmp_path / "honest.log", "--name", "honest"):
+        job_id = tlq_json(["submit", "sleep", "--steps", "40", "--step-seconds", "0.5"], env)["id"]
+        wait_for_status(env, job_id, ("running",), timeout=60)
+        with WorkerProcess(ahead_env, tmp_path / "ahead.log", "--name", "ahead") as ahead:
+            assert "clock runs +90 s ahead" in ahead.log()
+            done = wait_for_status(env, job_id, FINAL, timeout=120)
+            seen = {w["name"]: w["seconds_since_seen"] for w in tlq_json(["workers"], env)}
+            log = ahead.log()
+    assert done["status"] == "succeeded" and done["attempts"] == 1 and done["worker"] == "honest", done
+    assert "checking for silent jobs" in log  # it did check while the job ran, ...
+    assert "requeued" not in log and "no heartbeat" not in log  # ... and found nothing silent
+    assert abs(seen["ahead"]) < 10  # it reports by the database's clock, not its own
+    figure("checker clock 90 s ahead", requeued=0, attempts=done["attempts"], ahead_seen_s_ago=seen["ahead"])
+
+
+# 6 ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", ["cancel, then SIGTERM", "SIGTERM, then cancel"])
+def test_a_cancel_racing_a_warm_shutdown_ends_the_job_cancelled(tmp_path, home, plugin_site, order):
+    env = tlq_env(home, PYTHONPATH=str(plugin_site))
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--name", "leaving").start().wait_ready()
+    try:
+        # 3 s steps: the task itself does not reach a check between the cancel and the stop.
+        job_id = tlq_json(["submit", "sleep", "--steps", "10", "--step-seconds", "3"], env)["id"]
+        wait_for_status(env, job_id, ("running",), timeout=60)
+        first, second = ("cancel", "stop") if order.startswith("cancel") else ("stop", "cancel")
+        for action in (first, second):
+            if action == "stop":
+                worker.proc.send_signal(signal.SIGTERM)
+            else:
+                cancelling = threading.Thread(target=run_tlq, args=(["cancel", job_id], env))
+                cancelling.start()
+                cancelling.join(60)
+        started = time.monotonic()
+        waited = run_tlq(["wait", job_id, "--timeout", "60", "--json"], env, check=False, timeout=90)
+        took = time.monotonic() - started
+    finally:
+        worker.stop()
+    job = json.loads(waited.stdout)
+    assert job["status"] == "cancelled" and job["error"] == "cancelled on request", job
+    figure(f"cancel racing a warm shutdown ({order})", status=job["status"], wait_returned_after_s=took)
+    assert job_json(env, job_id)["status"] == "cancelled"

@@ -1,0 +1,141 @@
+"""The lease keeper against a real PostgreSQL that goes away and comes back (through a proxy the test cuts)."""
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from tests.support import ToggleProxy
+from tlq.db import Database, JobStatus, Metric, claims, queries
+from tlq.workers.keeper import LeaseKeeper, Timing
+
+FAST = dict(beat_every=0.2, poll_every=0.05, max_backoff=0.2)
+
+
+@pytest.fixture
+def proxied(pg_url):
+    """(database through a proxy the test can cut, the same database reached directly, the proxy)."""
+    proxy = ToggleProxy(5432).up()
+    through = Database(pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"))
+    direct = Database(pg_url)
+    direct.ensure_schema()
+    through.ensure_schema()
+    yield through, direct, proxy
+    proxy.down()
+    through.engine.dispose()
+    direct.engine.dispose()
+
+
+def running_job(db) -> tuple[int, str]:
+    with db.session() as session:
+        job_id = queries.create_job(session, task="sleep", params={}).id
+    with db.session() as session:
+        return job_id, claims.claim(session, job_id, "w", "h", 1)
+
+
+def metric_writer(job_id, step):
+    return lambda session: queries.record_metric(session, job_id, "loss", float(step), step=step)
+
+
+def steps(db, job_id) -> list[tuple[int, float]]:
+    with db.read_session() as session:
+        rows = session.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.step)).all()
+        return [(m.step, m.value) for m in rows]
+
+
+def wait_until(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_writes_queued_during_an_outage_land_once_and_in_order(proxied):
+    through, direct, proxy = proxied
+    job_id, lease = running_job(direct)
+    keeper = LeaseKeeper(through, job_id, lease, Timing(outage_s=60, **FAST))
+    keeper.start()
+    keeper.write(metric_writer(job_id, 1))
+    wait_until(lambda: steps(direct, job_id) == [(1, 1.0)])
+    proxy.down()
+    for step in (2, 3):
+        keeper.write(metric_writer(job_id, step))
+    # A resumed attempt drops what came after its checkpoint, then records step 2 anew: order matters.
+    keeper.write(lambda session: queries.delete_metrics_after(session, job_id, 1))
+    keeper.write(lambda session: queries.record_metric(session, job_id, "loss", 20.0, step=2))
+    time.sleep(1.5)
+    assert steps(direct, job_id) == [(1, 1.0)] and not keeper.lost.is_set()
+    proxy.up()
+    wait_until(lambda: steps(direct, job_id) == [(2 - 1, 1.0), (2, 20.0)])
+    assert keeper.close(JobStatus.SUCCEEDED) is True
+    with direct.read_session() as session:
+        job = queries.get_job(session, job_id)
+        assert (job.status, job.attempts) == ("succeeded", 1)
+
+
+def test_the_final_write_waits_out_an_outage(proxied):
+    through, direct, proxy = proxied
+    job_id, lease = running_job(direct)
+    keeper = LeaseKeeper(through, job_id, lease, Timing(outage_s=60, **FAST))
+    keeper.start()
+    keeper.write(metric_writer(job_id, 1))
+    proxy.down()
+    result = {}
+    closing = threading.Thread(target=lambda: result.update(recorded=keeper.close(JobStatus.SUCCEEDED)))
+    closing.start()
+    time.sleep(1.5)
+    assert closing.is_alive()  # still retrying
+    proxy.up()
+    closing.join(30)
+    assert result == {"recorded": True}
+    assert steps(direct, job_id) == [(1, 1.0)]
+    with direct.read_session() as session:
+        assert queries.get_job(session, job_id).status == "succeeded"
+
+
+def test_an_outage_past_the_window_gives_the_attempt_up(proxied):
+    through, direct, proxy = proxied
+    job_id, lease = running_job(direct)
+    keeper = LeaseKeeper(through, job_id, lease, Timing(outage_s=1.0, **FAST))
+    keeper.start()
+    proxy.down()
+    wait_until(keeper.lost.is_set)
+    assert "database was unreachable" in keeper.lost_reason and "TLQ_DB_OUTAGE_S=1" in keeper.lost_reason
+    proxy.up()
+    assert keeper.close(JobStatus.SUCCEEDED) is False  # it gave up: no outcome is recorded
+    with direct.read_session() as session:
+        assert queries.get_job(session, job_id).status == "running"  # left for recovery, like a dead worker's
+
+
+def test_a_taken_lease_stops_every_write(proxied):
+    _, direct, _ = proxied
+    job_id, lease = running_job(direct)
+    keeper = LeaseKeeper(direct, job_id, lease, Timing(outage_s=60, **FAST))
+    keeper.write(metric_writer(job_id, 1))
+    keeper.cycle()
+    with direct.session() as session:  # recovered, and claimed again by a sibling with the same worker name
+        assert claims.recover(session, job_id, lease, "frozen") == "requeued"
+    with direct.session() as session:
+        other = claims.claim(session, job_id, "w", "h", 2)
+    keeper.write(metric_writer(job_id, 2))
+    keeper.set_progress(5, 10, "stale")
+    keeper.cycle()
+    assert keeper.lost.is_set() and "taken over" in keeper.lost_reason
+    assert keeper.close(JobStatus.SUCCEEDED) is False
+    assert steps(direct, job_id) == [(1, 1.0)]
+    with direct.read_session() as session:
+        job = queries.get_job(session, job_id)
+        assert (job.status, job.lease, job.progress_stage) == ("running", other, "requeued: frozen on attempt 1")
+
+
+def test_a_cancel_reaches_the_task_through_the_keeper(proxied):
+    _, direct, _ = proxied
+    job_id, lease = running_job(direct)
+    keeper = LeaseKeeper(direct, job_id, lease, Timing(**FAST))
+    keeper.cycle()
+    assert not keeper.cancelled.is_set()
+    with direct.session() as session:
+        assert claims.request_cancel(session, job_id) == "requested"
+    keeper.cycle()
+    assert keeper.cancelled.is_set()

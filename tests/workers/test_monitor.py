@@ -1,0 +1,62 @@
+"""Pure logic of the worker's monitor, with injected time: when a checker trusts its own view, worker names."""
+
+import os
+import re
+
+from tlq.workers.app import default_worker_name
+from tlq.workers.lifecycle import DatabaseHealth, is_child, process_alive
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_checker_trusts_silence_only_after_a_whole_window_of_quick_database_access():
+    clock = FakeClock()
+    health = DatabaseHealth(slow_s=2.0, clock=clock)
+    assert health.trusted_for() == 0.0  # nothing heard yet
+    clock.now = 10.0
+    with health.timed():
+        clock.now += 0.5  # a quick report: the window starts when it ended
+    clock.now += 4.5
+    assert health.trusted_for() == 4.5
+    try:
+        with health.timed():
+            clock.now += 30.0  # waited for a lock, then gave up
+            raise OSError("database is locked")
+    except OSError:
+        pass
+    clock.now += 5.0  # the lock may still be held: a failure proves nothing about after it
+    assert health.trusted_for() == 0.0
+    with health.timed():
+        clock.now += 3.0  # a report that waited 3 s for the lock: what it saw may be stale
+    assert health.trusted_for() == 0.0
+    with health.timed():
+        clock.now += 0.1
+    clock.now += 6.0
+    assert health.trusted_for() == 6.0
+
+
+def test_default_worker_names_are_unique_within_one_process():
+    names = {default_worker_name() for _ in range(50)}
+    assert len(names) > 40  # 4 hex digits of randomness: a clash is possible, but rare
+    assert all(re.fullmatch(rf".+-{os.getpid()}-[0-9a-f]{{4}}", name) for name in names)
+
+
+def test_only_own_children_are_ended_and_dead_processes_are_known():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert is_child(child.pid) and process_alive(child.pid)
+        assert not is_child(os.getpid())  # a solo pool's job runs in the main process: never killed
+        assert not is_child(1)
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_alive(child.pid)
