@@ -349,3 +349,63 @@ class ToggleProxy:
                     sock.shutdown(2)
                 except OSError:
                     pass
+
+
+def sql_rows(database_url: str, sql: str, **params) -> list:
+    """The rows of one SQL query, run straight against a tlq database (not through tlq)."""
+    import sqlalchemy as sa
+
+    from tlq.config import normalize_database_url
+
+    engine = sa.create_engine(normalize_database_url(database_url))
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).all()
+    finally:
+        engine.dispose()
+
+
+def metric_steps(database_url: str, job_id: int) -> dict[str, list[int]]:
+    """Each metric name of a job and the steps it has rows for, read straight from its database."""
+    steps: dict[str, list[int]] = {}
+    for name, step in sql_rows(
+        database_url, "SELECT name, step FROM metrics WHERE job_id = :j ORDER BY name, step", j=job_id
+    ):
+        steps.setdefault(name, []).append(step)
+    return steps
+
+
+def wait_until(condition, timeout: float, what: str):
+    """Polls ``condition()`` until it returns something true, and returns that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def finetune_args(data, epochs: int) -> list:
+    """`tlq submit` arguments of a small full finetune of test_resnet (about a second an epoch on 2 cores)."""
+    return [
+        "submit",
+        "finetune",
+        "--backbone",
+        "test_resnet",
+        "--no-pretrained",
+        "--data",
+        data,
+        "--strategy",
+        "full",
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        "96",
+        "--augment",
+        "none",
+        "--batch-size",
+        "16",
+        "--loader-workers",
+        "0",
+    ]

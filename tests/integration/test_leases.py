@@ -11,17 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from tests.support import (
     WorkerProcess,
     figure,
+    finetune_args,
     job_json,
     make_digits,
+    metric_steps,
     run_tlq,
     tlq_env,
     tlq_json,
     wait_for_status,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -32,56 +34,6 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of one process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def metric_steps(database_url: str, job_id: int) -> dict[str, list[int]]:
-    """Each metric name of a job and the steps it has rows for."""
-    from tlq.config import normalize_database_url
-
-    engine = sa.create_engine(normalize_database_url(database_url))
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text("SELECT name, step FROM metrics WHERE job_id = :j ORDER BY name, step"), {"j": job_id}
-        ).all()
-    engine.dispose()
-    steps: dict[str, list[int]] = {}
-    for name, step in rows:
-        steps.setdefault(name, []).append(step)
-    return steps
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
-
-
-def finetune_args(data, epochs: int) -> list:
-    return [
-        "submit",
-        "finetune",
-        "--backbone",
-        "test_resnet",
-        "--no-pretrained",
-        "--data",
-        data,
-        "--strategy",
-        "full",
-        "--epochs",
-        str(epochs),
-        "--image-size",
-        "96",
-        "--augment",
-        "none",
-        "--batch-size",
-        "16",
-        "--loader-workers",
-        "0",
-    ]
 
 
 # 1 ---------------------------------------------------------------------------------------------------------------

@@ -13,36 +13,30 @@ import threading
 import time
 
 import pytest
-import sqlalchemy as sa
 
-from tests.integration.test_leases import finetune_args, metric_steps, wait_until
 from tests.support import (
     ToggleProxy,
     WorkerProcess,
     figure,
+    finetune_args,
     job_json,
     make_digits,
+    metric_steps,
     run_tlq,
+    sql_rows,
     tlq_env,
     tlq_json,
     wait_for_status,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-def send_state(database_url: str, job_id: int) -> tuple[str, object, object]:
-    """(status, dispatched_at, sending_since) of a job, read straight from its database."""
-    from tlq.config import normalize_database_url
-
-    engine = sa.create_engine(normalize_database_url(database_url))
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.text("SELECT status, dispatched_at, sending_since FROM jobs WHERE id = :j"), {"j": job_id}
-        ).one()
-    engine.dispose()
-    return tuple(row)
+def send_state(database_url: str, job_id: int) -> tuple:
+    """(status, dispatched_at) of a job, read straight from its database."""
+    return tuple(sql_rows(database_url, "SELECT status, dispatched_at FROM jobs WHERE id = :j", j=job_id)[0])
 
 
 # 3 ---------------------------------------------------------------------------------------------------------------
@@ -62,7 +56,7 @@ def test_a_job_requeued_while_the_broker_refuses_is_sent_once_it_is_back(
         proxy.down()  # ... exactly while the broker refuses connections
         wait_until(lambda: send_state(pg_url, job_id)[0] == "queued", 60, "the requeue")
         time.sleep(3.0)  # several reports of the rescuer, each failing to send
-        status, dispatched_at, _ = send_state(pg_url, job_id)
+        status, dispatched_at = send_state(pg_url, job_id)
         assert (status, dispatched_at) == ("queued", None)  # not marked sent: nothing reached the broker
         proxy.up()
         back = time.monotonic()

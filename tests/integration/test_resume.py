@@ -6,7 +6,16 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from tests.support import WorkerProcess, figure, job_json, make_digits, tlq_env, tlq_json, wait_for_status
+from tests.support import (
+    WorkerProcess,
+    figure,
+    finetune_args,
+    job_json,
+    make_digits,
+    tlq_env,
+    tlq_json,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,28 +35,7 @@ def test_killed_worker_job_resumes_from_its_checkpoint(tmp_path, home):
     env = tlq_env(home, TLQ_STALE_AFTER="5")
     first = WorkerProcess(env, tmp_path / "w1.log", "--name", "doomed").start().wait_ready()
     try:
-        job = tlq_json(
-            [
-                "submit",
-                "finetune",
-                "--backbone",
-                "test_resnet",
-                "--no-pretrained",
-                "--data",
-                data,
-                "--strategy",
-                "full",
-                "--epochs",
-                "8",
-                "--image-size",
-                "96",
-                "--augment",
-                "none",
-                "--batch-size",
-                "16",
-            ],
-            env,
-        )
+        job = tlq_json(finetune_args(data, epochs=8), env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # wait until two epochs are checkpointed
             shown = job_json(env, job["id"])

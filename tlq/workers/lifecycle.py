@@ -224,28 +224,21 @@ def release_running_jobs(env: Environment, app: Celery, name: str, instance: str
     with env.db.session() as session:
         if not queries.touch_worker(session, name, instance, status="stopping"):
             return []  # another worker holds this name now; its jobs are not ours to hand back
-    with env.db.read_session() as session:
-        running = claims.running_jobs(session, worker=name)
-    requeued = []
-    for job in running:
-        reason = f"released by stopping worker {name}"
-        with env.db.session() as session:
-            outcome = claims.recover(session, job.id, job.lease, reason, spend_attempt=False)
-        _log_outcome(job.id, outcome, reason)
-        if outcome == "requeued":
-            requeued.append(job.id)
-    return _send_requeued(env, app, requeued)
+    return _recover_jobs_of(env, app, name, f"released by stopping worker {name}", spend_attempt=False)
 
 
 def requeue_own_jobs(env: Environment, app: Celery, name: str) -> list[int]:
     """A worker restarting under the same name recovers the jobs its earlier life left running."""
+    return _recover_jobs_of(env, app, name, f"its worker {name} restarted")
+
+
+def _recover_jobs_of(env: Environment, app: Celery, name: str, reason: str, spend_attempt: bool = True) -> list[int]:
     with env.db.read_session() as session:
-        orphans = claims.running_jobs(session, worker=name)
+        running = claims.running_jobs(session, worker=name)
     requeued = []
-    for job in orphans:
-        reason = f"its worker {name} restarted"
+    for job in running:
         with env.db.session() as session:
-            outcome = claims.recover(session, job.id, job.lease, reason)
+            outcome = claims.recover(session, job.id, job.lease, reason, spend_attempt=spend_attempt)
         _log_outcome(job.id, outcome, reason)
         if outcome == "requeued":
             requeued.append(job.id)
