@@ -200,37 +200,48 @@ def recover(
     conditions = [Job.id == job_id, Job.status == RUNNING, Job.lease.is_(None) if lease is None else Job.lease == lease]
     if stale_after_s is not None:
         conditions.append(Job.heartbeat_at < db_now(-stale_after_s))
-    row = session.execute(
-        select(Job.cancel_requested, Job.attempts, Job.max_attempts, Job.worker).where(*conditions)
-    ).first()
-    if row is None:
+    for _ in range(3):  # a cancel landing between the read and the update changes the decision: decide again
+        row = session.execute(select(Job.cancel_requested, Job.attempts, Job.max_attempts).where(*conditions)).first()
+        if row is None:
+            return None
+        outcome = decide_recovery(row.cancel_requested, row.attempts, row.max_attempts, spend_attempt)
+        decided_on = Job.cancel_requested.is_(True) if row.cancel_requested else Job.cancel_requested.is_(False)
+        if (
+            session.execute(
+                update(Job)
+                .where(*conditions, decided_on)
+                .values(**_recovery_values(outcome, row, reason, spend_attempt))
+            ).rowcount
+            == 1
+        ):
+            break
+    else:
         return None
-    outcome = decide_recovery(row.cancel_requested, row.attempts, row.max_attempts, spend_attempt)
+    if lease is not None:
+        _end_attempt(session, lease, "released" if not spend_attempt and outcome == "requeued" else outcome, reason)
+    return outcome
+
+
+def _recovery_values(outcome: str, row, reason: str, spend_attempt: bool) -> dict:
     if outcome == "cancelled":
-        values = dict(status=JobStatus.CANCELLED.value, finished_at=db_now(), error=CANCELLED_ON_REQUEST)
-    elif outcome == "failed":
-        values = dict(
+        return dict(status=JobStatus.CANCELLED.value, finished_at=db_now(), error=CANCELLED_ON_REQUEST)
+    if outcome == "failed":
+        return dict(
             status=JobStatus.FAILED.value,
             finished_at=db_now(),
             error=f"{reason} on attempt {row.attempts} of {row.max_attempts}; giving up "
             "(raise --max-attempts to allow more)",
         )
-    else:
-        values = dict(
-            status=QUEUED,
-            worker=None,
-            lease=None,
-            process_id=None,
-            dispatched_at=None,
-            sending_since=db_now(),
-            progress_stage=(reason if not spend_attempt else f"requeued: {reason} on attempt {row.attempts}")[:255],
-            attempts=row.attempts if spend_attempt else case((Job.attempts > 0, Job.attempts - 1), else_=0),
-        )
-    if session.execute(update(Job).where(*conditions).values(**values)).rowcount != 1:
-        return None
-    if lease is not None:
-        _end_attempt(session, lease, "released" if not spend_attempt and outcome == "requeued" else outcome, reason)
-    return outcome
+    return dict(
+        status=QUEUED,
+        worker=None,
+        lease=None,
+        process_id=None,
+        dispatched_at=None,
+        sending_since=db_now(),
+        progress_stage=(reason if not spend_attempt else f"requeued: {reason} on attempt {row.attempts}")[:255],
+        attempts=row.attempts if spend_attempt else case((Job.attempts > 0, Job.attempts - 1), else_=0),
+    )
 
 
 def fail_overdue(session: Session, job_id: int, lease: str, reason: str) -> bool:

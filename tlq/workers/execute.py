@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tlq.db import JobStatus, claims, queries
+from tlq.db import Job, JobStatus, claims, queries
 from tlq.plugins.base import BackboneRef, Environment
 from tlq.plugins.context import JobContext, JobLost, ProgressCallback
 from tlq.plugins.errors import BadInput, JobCancelled, JobTimedOut
@@ -45,11 +45,11 @@ def keeper_timing(env: Environment, heartbeat_every: float | None = None) -> Tim
     )
 
 
-def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | None, str]:
+def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | None, Job | str]:
     """Claims ``job_id``, riding out a database outage of up to ``TLQ_DB_OUTAGE_S``.
 
     Returns:
-        (lease or None, the job's status when it could not be claimed).
+        (lease, the claimed job), or (None, the job's status when it could not be claimed).
 
     Raises:
         DatabaseAway: The database stayed unreachable; the delivery should be retried later.
@@ -59,10 +59,10 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
         try:
             with env.db.session() as session:
                 lease = claims.claim(session, job_id, worker, socket.gethostname(), os.getpid())
+                job = queries.get_job(session, job_id)
                 if lease is not None:
                     queries.set_worker_job(session, worker, job_id)
-                    return lease, JobStatus.RUNNING.value
-                job = queries.get_job(session, job_id)
+                    return lease, job
                 if job is not None and job.status == JobStatus.QUEUED.value:
                     # This worker is stopping: leave the job to the next live worker, which sends it again.
                     claims.hand_back_message(session, job_id)
@@ -95,15 +95,13 @@ def execute_job(
         cancelled or finished job); ``"deferred"`` when this worker is stopping; ``"lost"`` when another
         worker took it over mid-run, or the database stayed away past the outage window.
     """
-    lease, state = claim_with_retry(env, job_id, worker)
+    lease, job = claim_with_retry(env, job_id, worker)
     if lease is None:
-        if state == "deferred":
+        if job == "deferred":
             log.info("job %s left for another worker: %s is shutting down", job_id, worker)
-        else:
-            log.info("job %s is %s; delivery dropped", job_id, state)
-        return "dropped" if state != "deferred" else "deferred"
-    with env.db.read_session() as session:
-        job = queries.get_job(session, job_id)
+            return "deferred"
+        log.info("job %s is %s; delivery dropped", job_id, job)
+        return "dropped"
     log.info("job %s (%s on %s) claimed by %s, attempt %s", job_id, job.task, job.backbone, worker, job.attempts)
     if on_claim is not None:
         on_claim(job_id)
