@@ -38,6 +38,22 @@ def age_heartbeat(db, job_id, seconds):
 )
 def test_one_decision_for_every_recovery(cancel, attempts, max_attempts, spend, outcome):
     assert claims.decide_recovery(cancel, attempts, max_attempts, spend) == outcome
+    # A job that ran in `tlq run` (queue "local") cannot be requeued: no worker reads that queue.
+    local = claims.decide_recovery(cancel, attempts, max_attempts, spend, requeueable=False)
+    assert local == ("cancelled" if cancel else "failed")
+
+
+def test_a_stuck_job_is_ended_cancelled_when_a_cancel_was_asked_for_else_failed(db):
+    cancelled, failed = new_job(db), new_job(db)
+    leases = {job_id: claim(db, job_id) for job_id in (cancelled, failed)}
+    with db.session() as session:
+        assert claims.request_cancel(session, cancelled) == "requested"
+    with db.session() as session:
+        assert claims.end_overdue(session, cancelled, leases[cancelled], "stuck") == "cancelled"
+        assert claims.end_overdue(session, failed, leases[failed], "stuck past its timeout") == "failed"
+        assert claims.end_overdue(session, failed, leases[failed], "again") is None
+    assert (row(db, cancelled).status, row(db, cancelled).error) == ("cancelled", "cancelled on request")
+    assert (row(db, failed).status, row(db, failed).error) == ("failed", "stuck past its timeout")
 
 
 def test_only_one_claim_wins_and_only_its_lease_can_finish(db):

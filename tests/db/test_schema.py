@@ -47,7 +47,8 @@ def test_read_sessions_on_sqlite_do_not_wait_for_a_writer(tmp_path):
     holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock (a backup, a stuck writer)
     try:
         start = time.monotonic()
-        with db.read_session() as session:
+        fresh = Database(f"sqlite:///{tmp_path / 'x.sqlite'}")  # a new process (`tlq show`) checks the schema too
+        with fresh.read_session() as session:
             assert queries.get_job(session, job_id).status == "queued"
         assert time.monotonic() - start < 5  # a write session would wait up to the 30 s busy timeout
     finally:

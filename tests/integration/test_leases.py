@@ -132,15 +132,18 @@ def test_only_the_lease_holder_writes_when_a_job_is_requeued_under_its_first_pro
 
 # 7, and worker names ---------------------------------------------------------------------------------------------
 def test_jobs_stuck_inside_one_step_are_ended_and_the_worker_goes_on(tmp_path, home, plugin_site):
-    env = tlq_env(home, PYTHONPATH=str(plugin_site), TLQ_STALL_AFTER="6")
-    with WorkerProcess(env, tmp_path / "worker.log", "--concurrency", "2") as worker:
-        # Past --timeout 3 while blocked on a lock; and, with no timeout, no step for TLQ_STALL_AFTER=6 while its
-        # heartbeat thread still beats.
+    env = tlq_env(home, PYTHONPATH=str(plugin_site), TLQ_STALL_AFTER="14")
+    with WorkerProcess(env, tmp_path / "worker.log", "--concurrency", "3") as worker:
+        # Past --timeout 3 while blocked on a lock; with no timeout, no step for TLQ_STALL_AFTER=14 while its
+        # heartbeat thread still beats; and cancelled while stuck.
         timed = tlq_json(["submit", "stuck", "--how", "lock", "--timeout", "3"], env)["id"]
         stalled = tlq_json(["submit", "stuck", "--how", "sleep"], env)["id"]
-        running = {j: wait_for_status(env, j, ("running",) + FINAL, timeout=60) for j in (timed, stalled)}
+        cancelled = tlq_json(["submit", "stuck", "--how", "lock", "--timeout", "600"], env)["id"]
+        jobs = (timed, stalled, cancelled)
+        running = {j: wait_for_status(env, j, ("running",) + FINAL, timeout=60) for j in jobs}
         started = time.monotonic()
-        done = {j: wait_for_status(env, j, FINAL, timeout=60) for j in (timed, stalled)}
+        run_tlq(["cancel", cancelled], env)
+        done = {j: wait_for_status(env, j, FINAL, timeout=60) for j in jobs}
         ended_after = time.monotonic() - started
         after = tlq_json(["submit", "sleep", "--steps", "2", "--step-seconds", "0.1"], env)["id"]
         next_job = wait_for_status(env, after, FINAL, timeout=60)
@@ -151,12 +154,14 @@ def test_jobs_stuck_inside_one_step_are_ended_and_the_worker_goes_on(tmp_path, h
     assert done[timed]["status"] == "failed", done[timed]
     assert done[timed]["error"].startswith("ran past its timeout of 3 s, stuck inside one step; the worker ended")
     assert done[stalled]["status"] == "failed", done[stalled]
-    assert re.match(r"made no progress for \d+ s \(TLQ_STALL_AFTER=6\) .*the worker ended it", done[stalled]["error"])
-    assert ended_after < 6 + 8, f"ended {ended_after:.1f} s after they started running"
+    assert re.match(r"made no progress for \d+ s \(TLQ_STALL_AFTER=14\) .*the worker ended it", done[stalled]["error"])
+    assert (done[cancelled]["status"], done[cancelled]["error"]) == ("cancelled", "cancelled on request")
+    assert "did not stop within 10 s of its cancel; the worker ended its process" in worker.log()
+    assert ended_after < 14 + 8, f"ended {ended_after:.1f} s after they started running"
     for job in running.values():  # the stuck processes are gone, and the pool runs the next job
         assert not Path(f"/proc/{job['attempt_history'][0]['pid']}").exists()
     assert next_job["status"] == "succeeded" and alive
-    figure("jobs stuck in one step (timeout 3 s, stall 6 s)", running_to_both_failed_s=ended_after)
+    figure("jobs stuck in one step (timeout 3 s, stall 14 s, cancel)", running_to_all_ended_s=ended_after)
     assert re.fullmatch(r".+-\d+-[0-9a-f]{4}", listed["name"])
     assert twin.returncode == 2
     assert twin.stderr.strip().splitlines() == [

@@ -3,8 +3,9 @@
 import os
 import re
 
+from tlq.db.claims import HeldJob
 from tlq.workers.app import default_worker_name
-from tlq.workers.lifecycle import DatabaseHealth, is_child, process_alive
+from tlq.workers.lifecycle import CANCEL_GRACE_S, DatabaseHealth, is_child, overdue_reason, process_alive
 
 
 class FakeClock:
@@ -60,3 +61,29 @@ def test_only_own_children_are_ended_and_dead_processes_are_known():
         child.kill()
         child.wait()
     assert not process_alive(child.pid)
+
+
+def held(**seconds) -> HeldJob:
+    values = dict(
+        seconds_running=10.0, seconds_since_progress=1.0, seconds_since_heartbeat=1.0, seconds_since_cancel=None
+    )
+    values.update(seconds)
+    timeout = values.pop("timeout_s", None)
+    return HeldJob(1, "lease", "w", 123, timeout, **values)
+
+
+def test_what_the_deadline_scan_ends_and_what_it_leaves_alone():
+    def reason(job, check_stall=True):
+        return overdue_reason(job, stall_after_s=60.0, beat_every=5.0, check_stall=check_stall)
+
+    assert reason(held()) is None
+    assert reason(held(timeout_s=9.0)) is None  # within the 2 s the task's own check gets
+    assert "ran past its timeout of 5 s" in reason(held(timeout_s=5.0))
+    assert "made no progress for 61 s" in reason(held(seconds_since_progress=61.0))
+    # A stall is judged only while the heartbeat still beats and the scan trusts its view of the database: a
+    # frozen or cut-off attempt is the stale scan's to recover, and progress made during an outage may not
+    # be written yet.
+    assert reason(held(seconds_since_progress=61.0, seconds_since_heartbeat=20.0)) is None
+    assert reason(held(seconds_since_progress=61.0), check_stall=False) is None
+    assert reason(held(seconds_since_cancel=CANCEL_GRACE_S - 1)) is None  # it may still stop by itself
+    assert "did not stop within 10 s of its cancel" in reason(held(seconds_since_cancel=CANCEL_GRACE_S + 1))

@@ -53,19 +53,22 @@ class HeldJob:
     seconds_running: float
     seconds_since_progress: float
     seconds_since_heartbeat: float
+    seconds_since_cancel: float | None = None
 
 
 # --- the decision -----------------------------------------------------------------------------------------------
 
 
-def decide_recovery(cancel_requested: bool, attempts: int, max_attempts: int, spend_attempt: bool = True) -> str:
+def decide_recovery(
+    cancel_requested: bool, attempts: int, max_attempts: int, spend_attempt: bool = True, requeueable: bool = True
+) -> str:
     """What becomes of a running job whose attempt ended without an outcome (its process died, its heartbeat
     stopped, its worker is shutting down): ``cancelled`` if a cancel was asked for, ``failed`` once its
-    attempts are spent, else ``requeued``. An attempt that is handed back (``spend_attempt=False``) never
-    fails the job."""
+    attempts are spent or when no worker could take it (``requeueable=False``: it ran in `tlq run`), else
+    ``requeued``. An attempt that is handed back (``spend_attempt=False``) never spends the last attempt."""
     if cancel_requested:
         return "cancelled"
-    if spend_attempt and attempts >= max_attempts:
+    if not requeueable or (spend_attempt and attempts >= max_attempts):
         return "failed"
     return "requeued"
 
@@ -73,14 +76,24 @@ def decide_recovery(cancel_requested: bool, attempts: int, max_attempts: int, sp
 # --- claiming and holding ---------------------------------------------------------------------------------------
 
 
-def claim(session: Session, job_id: int, worker: str, hostname: str = "", pid: int = 0) -> str | None:
+def new_lease() -> str:
+    return secrets.token_hex(16)
+
+
+def claim(
+    session: Session, job_id: int, worker: str, hostname: str = "", pid: int = 0, lease: str | None = None
+) -> str | None:
     """Moves a queued job to running under a new lease for ``worker``.
+
+    Args:
+        lease: The token to claim under; a retried claim passes the same one, so that a claim whose commit
+            reply was lost is recognized as its own.
 
     Returns:
         The lease, or None when another delivery, a cancel or a worker got the job first, or ``worker`` is
         shutting down. A queued job whose cancel was asked for is ended ``cancelled`` here.
     """
-    lease = secrets.token_hex(16)
+    lease = lease or new_lease()
     stopping = select(WorkerRecord.id).where(WorkerRecord.name == worker, WorkerRecord.status == "stopping").exists()
     result = session.execute(
         update(Job)
@@ -100,6 +113,8 @@ def claim(session: Session, job_id: int, worker: str, hostname: str = "", pid: i
         )
     )
     if result.rowcount != 1:
+        if session.scalar(select(Job.lease).where(Job.id == job_id, Job.status == RUNNING)) == lease:
+            return lease  # an earlier try of this very claim was committed; its reply was lost
         _end_cancelled_queued(session, job_id)
         return None
     number = session.scalar(select(Job.attempts).where(Job.id == job_id))
@@ -201,10 +216,14 @@ def recover(
     if stale_after_s is not None:
         conditions.append(Job.heartbeat_at < db_now(-stale_after_s))
     for _ in range(3):  # a cancel landing between the read and the update changes the decision: decide again
-        row = session.execute(select(Job.cancel_requested, Job.attempts, Job.max_attempts).where(*conditions)).first()
+        row = session.execute(
+            select(Job.cancel_requested, Job.attempts, Job.max_attempts, Job.queue).where(*conditions)
+        ).first()
         if row is None:
             return None
-        outcome = decide_recovery(row.cancel_requested, row.attempts, row.max_attempts, spend_attempt)
+        outcome = decide_recovery(
+            row.cancel_requested, row.attempts, row.max_attempts, spend_attempt, requeueable=row.queue != "local"
+        )
         decided_on = Job.cancel_requested.is_(True) if row.cancel_requested else Job.cancel_requested.is_(False)
         if (
             session.execute(
@@ -225,6 +244,12 @@ def recover(
 def _recovery_values(outcome: str, row, reason: str, spend_attempt: bool) -> dict:
     if outcome == "cancelled":
         return dict(status=JobStatus.CANCELLED.value, finished_at=db_now(), error=CANCELLED_ON_REQUEST)
+    if outcome == "failed" and row.queue == "local":
+        return dict(
+            status=JobStatus.FAILED.value,
+            finished_at=db_now(),
+            error=f"{reason}; it ran in `tlq run`, which no worker can resume: run it again",
+        )
     if outcome == "failed":
         return dict(
             status=JobStatus.FAILED.value,
@@ -244,9 +269,18 @@ def _recovery_values(outcome: str, row, reason: str, spend_attempt: bool) -> dic
     )
 
 
-def fail_overdue(session: Session, job_id: int, lease: str, reason: str) -> bool:
-    """Fails a running job whose attempt overran its timeout or stopped moving; its process is ended next."""
-    return finish(session, job_id, lease, JobStatus.FAILED, reason)
+def end_overdue(session: Session, job_id: int, lease: str, reason: str) -> str | None:
+    """Ends a running job whose process is stuck (it overran its timeout, stopped moving, or did not stop
+    after a cancel); its process is killed next. A cancel asked for wins: the job ends ``cancelled``.
+
+    Returns:
+        The status recorded, or None when the lease was no longer the job's.
+    """
+    cancel = session.scalar(select(Job.cancel_requested).where(*_held(job_id, lease)))
+    if cancel is None:
+        return None
+    status, error = (JobStatus.CANCELLED, CANCELLED_ON_REQUEST) if cancel else (JobStatus.FAILED, reason)
+    return status.value if finish(session, job_id, lease, status, error) else None
 
 
 def _end_attempt(session: Session, lease: str, outcome: str, reason: str | None) -> None:
@@ -272,6 +306,7 @@ def request_cancel(session: Session, job_id: int) -> str:
         .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
         .values(
             cancel_requested=True,
+            cancel_requested_at=func.coalesce(Job.cancel_requested_at, db_now()),
             status=case((Job.status == QUEUED, JobStatus.CANCELLED.value), else_=Job.status),
             finished_at=case((Job.status == QUEUED, db_now()), else_=Job.finished_at),
             error=case((Job.status == QUEUED, CANCELLED_ON_REQUEST), else_=Job.error),
@@ -307,6 +342,7 @@ def running_jobs(session: Session, worker: str | None = None, stale_after_s: flo
         Job.claimed_at,
         Job.progress_at,
         Job.heartbeat_at,
+        Job.cancel_requested_at,
         now.label("now"),
     ).where(Job.status == RUNNING)
     if worker is not None:
@@ -329,6 +365,7 @@ def running_jobs(session: Session, worker: str | None = None, stale_after_s: flo
                 since(row.claimed_at),
                 since(row.progress_at or row.claimed_at),
                 since(row.heartbeat_at),
+                since(row.cancel_requested_at) if row.cancel_requested_at is not None else None,
             )
         )
     return held

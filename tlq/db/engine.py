@@ -152,7 +152,7 @@ def current_revision(engine: Engine) -> str | None:
     """The migration the database is at, or None for an empty database."""
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
+    with engine.execution_options(**{READ_ONLY_OPTION: True}).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 

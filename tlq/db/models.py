@@ -114,6 +114,7 @@ class Job(Base):
     name: Mapped[str | None] = mapped_column(String(255))
     tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested_at: Mapped[dt.datetime | None]
     progress_current: Mapped[float | None] = mapped_column(Float)
     progress_total: Mapped[float | None] = mapped_column(Float)
     progress_stage: Mapped[str | None] = mapped_column(String(255))

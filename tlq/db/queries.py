@@ -206,11 +206,6 @@ def register_worker(session: Session, name: str, instance: str, is_gone=None, **
     Returns:
         None when registered, else the live record that holds the name.
     """
-    existing = session.scalar(select(WorkerRecord).where(WorkerRecord.name == name).with_for_update())
-    if existing is not None and existing.status in ("online", "stopping"):
-        live = session.scalar(select(existing.last_seen >= db_now(-WORKER_LIVE_WINDOW_S)))
-        if live and not (is_gone is not None and is_gone(existing)):
-            return existing
     values = dict(
         fields,
         name=name,
@@ -220,7 +215,18 @@ def register_worker(session: Session, name: str, instance: str, is_gone=None, **
         last_seen=db_now(),
         current_job_id=None,
     )
-    _upsert(session, WorkerRecord.__table__, values, keys=("name",))
+    # Insert first: of two workers registering a new name at once, exactly one inserts; the other then finds
+    # the row (locked on PostgreSQL until the first commits) and sees it live.
+    insert = _insert_for(session)
+    inserted = insert(WorkerRecord).values(**values).on_conflict_do_nothing(index_elements=["name"])
+    if session.execute(inserted.returning(WorkerRecord.id)).first() is not None:
+        return None
+    existing = session.scalar(select(WorkerRecord).where(WorkerRecord.name == name).with_for_update())
+    if existing.status in ("online", "stopping"):
+        live = session.scalar(select(existing.last_seen >= db_now(-WORKER_LIVE_WINDOW_S)))
+        if live and not (is_gone is not None and is_gone(existing)):
+            return existing
+    session.execute(update(WorkerRecord).where(WorkerRecord.name == name).values(**values))
     return None
 
 

@@ -4,6 +4,7 @@ artifacts, all written to the job database as the job goes."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +55,7 @@ class JobContext:
         attempt: 1 for the first run, 2 after one recovery, ...
         timeout_s: Stop the job once this many seconds have passed, if set.
         on_progress: Called on every progress report (`tlq run` draws its bar from it).
+        started: When the attempt began (``time.monotonic()``), from which ``timeout_s`` counts.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class JobContext:
         on_progress: ProgressCallback | None = None,
         logger: logging.Logger | None = None,
         model_cache=None,
+        started: float | None = None,
     ) -> None:
         self.job_id = job_id
         self.backbone = backbone
@@ -87,7 +90,7 @@ class JobContext:
             before_landing=self._before_landing,
         )
         self._on_progress = on_progress
-        self._started = time.monotonic()
+        self._started = time.monotonic() if started is None else started
         self._last_metrics: dict[str, float] = {}
         self._model_cache = model_cache
         self._first_batch_marked = False
@@ -127,9 +130,18 @@ class JobContext:
         self.metrics({name: value}, step=step, epoch=epoch)
 
     def metrics(self, values: dict[str, float], step: int = 0, epoch: int | None = None) -> None:
-        """Records several metrics at one step, together; a repeated (name, step) replaces the old value."""
+        """Records several metrics at one step, together; a repeated (name, step) replaces the old value.
+
+        Raises:
+            ValueError: A name is empty or longer than 64 characters, or a value is not a finite number.
+        """
         self.check()
         rows = [(name, float(value)) for name, value in values.items()]
+        for name, value in rows:
+            if not name or len(name) > 64:
+                raise ValueError(f"metric name {name!r} must have 1 to 64 characters")
+            if not math.isfinite(value):
+                raise ValueError(f"metric {name!r} is {value} at step {step}; tlq records finite numbers only")
         job_id = self.job_id
 
         def write(session: Session) -> None:

@@ -55,14 +55,15 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
         DatabaseAway: The database stayed unreachable; the delivery should be retried later.
     """
     start, pause = time.monotonic(), 0.25
+    lease = claims.new_lease()  # the same on every try: a claim whose reply was lost is still ours
     while True:
         try:
             with env.db.session() as session:
-                lease = claims.claim(session, job_id, worker, socket.gethostname(), os.getpid())
+                claimed = claims.claim(session, job_id, worker, socket.gethostname(), os.getpid(), lease=lease)
                 job = queries.get_job(session, job_id)
-                if lease is not None:
+                if claimed is not None:
                     queries.set_worker_job(session, worker, job_id)
-                    return lease, job
+                    return claimed, job
                 if job is not None and job.status == JobStatus.QUEUED.value:
                     # This worker is stopping: leave the job to the next live worker, which sends it again.
                     claims.hand_back_message(session, job_id)
@@ -106,6 +107,7 @@ def execute_job(
     if on_claim is not None:
         on_claim(job_id)
 
+    claimed = time.monotonic()  # --timeout counts from the claim, as the worker's deadline scan does
     keeper = LeaseKeeper(env.db, job_id, lease, keeper_timing(env, heartbeat_every))
     keeper.start()
     status, error = JobStatus.FAILED, None
@@ -130,6 +132,7 @@ def execute_job(
             timeout_s=job.timeout_s,
             on_progress=on_progress,
             model_cache=model_cache,
+            started=claimed,
         )
         plugin.run(ctx, params)
         if keeper.lost.is_set():  # a task that ended without a last check must not record an outcome it lost
@@ -151,6 +154,9 @@ def execute_job(
         else:
             error = f"{type(exc).__name__}: {exc}".strip()
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+    except BaseException:  # Ctrl-C in `tlq run`, or the process told to exit: the job must not stay running
+        keeper.close(JobStatus.CANCELLED, "interrupted while it ran (Ctrl-C or the process was told to exit)")
+        raise
     if status is None:
         keeper.close(None)
         log.warning("job %s: %s; this attempt stops without an outcome", job_id, keeper.lost_reason)

@@ -126,12 +126,19 @@ class LeaseKeeper(threading.Thread):
     # --- the thread ---------------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        last = self.clock()
         while not self._closing.is_set() and not self.lost.is_set():
-            self._wake.wait(self.timing.poll_every if not self._failures else self._backoff())
+            pause = self.timing.poll_every if not self._failures else self._backoff()
+            self._wake.wait(pause)
             self._wake.clear()
             if self._closing.is_set():
                 break
+            if self.clock() - last > pause + 5.0:
+                # The whole process was frozen (SIGSTOP, a suspended laptop): the task could not move either, so
+                # its stall clock starts again rather than counting the freeze against it.
+                self.moved()
             self.cycle()
+            last = self.clock()
 
     def cycle(self) -> None:
         """Writes what is queued (or beats, when due), else looks at the row; one try, errors counted."""
@@ -166,17 +173,33 @@ class LeaseKeeper(threading.Thread):
                 self.cancelled.set()
         except Exception as exc:
             if not is_transient(exc):
-                log.error("job %s: a write was refused: %s", self.job_id, exc)
-                self.error = exc
-                with self._lock:
-                    del self._pending[: len(writes)]
+                self._write_one_by_one(writes)
                 return
             self._outage_exceeded(exc, since=self._last_ok)
+
+    def _write_one_by_one(self, writes: list[Write]) -> None:
+        """After the database refused a batch for good: writes each on its own, so only the bad one is lost,
+        and keeps the first refusal for the task to fail with."""
+        for write in writes:
+            try:
+                with self.db.session() as session:
+                    if not claims.hold(session, self.job_id, self.lease):
+                        self._lose("the job was taken over by another worker")
+                        return
+                    write(session)
+            except Exception as exc:
+                if is_transient(exc):
+                    return  # an outage after all: the rest stays queued and is retried
+                log.error("job %s: a write was refused: %s", self.job_id, _first_line(exc))
+                self.error = self.error or exc
+            with self._lock:
+                self._pending.remove(write)
 
     def close(self, status: JobStatus | None, error: str | None = None) -> bool | None:
         """Stops the thread, writes what is still queued and, with ``status``, the job's final status.
 
-        The final write is retried through an outage of up to ``outage_s``.
+        The final write is retried through an outage of up to ``outage_s``. A job whose results the database
+        refused for good (see ``error``) is recorded failed, not succeeded.
 
         Returns:
             True when the final status was recorded, False when the lease was lost, None when the database
@@ -192,6 +215,8 @@ class LeaseKeeper(threading.Thread):
         while True:
             with self._lock:
                 writes, progress = list(self._pending), self._progress
+            if status is JobStatus.SUCCEEDED and self.error is not None:
+                status, error = JobStatus.FAILED, f"could not record the job's results: {_first_line(self.error)}"
             try:
                 with self.db.session() as session:
                     if not claims.hold(session, self.job_id, self.lease, progressed=True):
@@ -213,11 +238,7 @@ class LeaseKeeper(threading.Thread):
                 if not is_transient(exc):
                     if not writes:
                         raise
-                    # A queued write the database refuses for good: drop them and record why the job failed.
-                    log.error("job %s: a write was refused: %s", self.job_id, exc)
-                    with self._lock:
-                        self._pending.clear()
-                    status, error = JobStatus.FAILED, f"could not record the job's results: {_first_line(exc)}"
+                    self._write_one_by_one(writes)  # only the refused write is lost; the job then fails
                     continue
                 if self._outage_exceeded(exc, since=start):
                     return None

@@ -32,6 +32,7 @@ from tlq.db import JobStatus, claims, queries
 from tlq.db.models import Job, WorkerRecord
 from tlq.plugins.base import Environment
 from tlq.plugins.errors import BadInput
+from tlq.workers.execute import heartbeat_interval
 from tlq.workers.keeper import is_transient
 from tlq.workers.sending import send_held, send_unsent
 
@@ -40,6 +41,7 @@ log = logging.getLogger("tlq.worker")
 REPORT_INTERVAL_S = 5.0
 DEADLINE_TICK_S = 1.0
 TIMEOUT_GRACE_S = 2.0  # the task's own check gets this long to stop a job that ran past --timeout
+CANCEL_GRACE_S = 10.0  # a cancelled job that has not stopped by itself within this long is ended by force
 SLOW_DATABASE_S = 2.0  # a database call slower than this counts as an outage (a lock held, a server away)
 
 
@@ -134,7 +136,7 @@ def recover_stale_jobs(env: Environment, app: Celery, health: DatabaseHealth | N
             if health is not None:
                 health.distrust()
             log.warning("%s", exc)
-            return []
+            break  # what was already requeued is still sent
         _log_outcome(job.id, outcome, reason)
         if outcome == "requeued":
             to_send.append(job.id)
@@ -179,43 +181,61 @@ def record_lost_process(env: Environment, app: Celery, name: str, job_id: int, r
         _send_requeued(env, app, [job_id])
 
 
-def end_overdue_jobs(env: Environment, name: str) -> list[int]:
-    """Fails this worker's jobs that overran ``--timeout`` or stopped making progress, and ends the pool
-    processes stuck running them; returns the ids."""
+def overdue_reason(job: claims.HeldJob, stall_after_s: float, beat_every: float, check_stall: bool) -> str | None:
+    """Why a running job must be ended by force, or None: it overran ``--timeout`` by the grace, did not stop
+    within ``CANCEL_GRACE_S`` of a cancel, or (with ``check_stall``) took no step for ``stall_after_s`` while
+    its heartbeat still beat."""
+    if job.seconds_since_cancel is not None and job.seconds_since_cancel > CANCEL_GRACE_S:
+        return f"did not stop within {CANCEL_GRACE_S:g} s of its cancel; the worker ended its process"
+    if job.timeout_s is not None and job.seconds_running > job.timeout_s + TIMEOUT_GRACE_S:
+        return (
+            f"ran past its timeout of {job.timeout_s:g} s, stuck inside one step; the worker ended its process "
+            "(raise --timeout if it needs longer)"
+        )
+    beating = job.seconds_since_heartbeat < 3 * beat_every  # a frozen or cut-off attempt is the stale scan's
+    if check_stall and beating and job.seconds_since_progress > stall_after_s:
+        return (
+            f"made no progress for {job.seconds_since_progress:.0f} s (TLQ_STALL_AFTER={stall_after_s:g}) while "
+            "its heartbeat still beat; the worker ended it"
+        )
+    return None
+
+
+def end_overdue_jobs(env: Environment, name: str, check_stall: bool = True) -> list[int]:
+    """Ends this worker's jobs that are stuck (see ``overdue_reason``) and kills the pool processes running
+    them; returns the ids. ``check_stall`` is off while this process's own view of the database is stale."""
+    beat_every = heartbeat_interval(env.settings.stale_after_s)
     with env.db.read_session() as session:
         running = claims.running_jobs(session, worker=name)
     ended = []
     for job in running:
-        if job.lease is None:
-            continue
-        if job.timeout_s is not None and job.seconds_running > job.timeout_s + TIMEOUT_GRACE_S:
-            reason = (
-                f"ran past its timeout of {job.timeout_s:g} s, stuck inside one step; the worker ended its "
-                "process (raise --timeout if it needs longer)"
-            )
-        elif job.seconds_since_progress > env.settings.stall_after_s:
-            reason = (
-                f"made no progress for {job.seconds_since_progress:.0f} s (TLQ_STALL_AFTER="
-                f"{env.settings.stall_after_s:g}) while its process was alive; the worker ended it"
-            )
-        else:
+        reason = job.lease and overdue_reason(job, env.settings.stall_after_s, beat_every, check_stall)
+        if not reason:
             continue
         with env.db.session() as session:
-            if not claims.fail_overdue(session, job.id, job.lease, reason):
-                continue
+            status = claims.end_overdue(session, job.id, job.lease, reason)
+        if status is None:
+            continue
         ended.append(job.id)
-        log.warning("job %s failed: %s", job.id, reason)
-        if job.process_id and is_child(job.process_id):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(job.process_id, signal.SIGKILL)
-        else:
-            log.error(
-                "job %s is stuck in process %s, which this worker cannot end (the solo or threads pool); "
-                "restart the worker",
-                job.id,
-                job.process_id,
-            )
+        log.warning("job %s %s: %s", job.id, status, reason)
+        _kill_stuck_process(env, name, job)
     return ended
+
+
+def _kill_stuck_process(env: Environment, name: str, job: claims.HeldJob) -> None:
+    if not job.process_id or not is_child(job.process_id):
+        log.error(
+            "job %s is stuck in process %s, which this worker cannot end (the solo or threads pool); restart "
+            "the worker",
+            job.id,
+            job.process_id,
+        )
+        return
+    with env.db.read_session() as session:
+        if any(other.process_id == job.process_id for other in claims.running_jobs(session, worker=name)):
+            return  # it was not stuck after all: it has moved on to another job
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(job.process_id, signal.SIGKILL)
 
 
 def release_running_jobs(env: Environment, app: Celery, name: str, instance: str | None = None) -> list[int]:
@@ -279,6 +299,7 @@ class WorkerMonitor(threading.Thread):
         self.stopped = threading.Event()
         self.health = DatabaseHealth()
         self.scanning = False
+        self._last_tick: float | None = None
 
     def register(self) -> None:
         """Claims the worker's name; raises BadInput when a live worker already holds it."""
@@ -307,12 +328,13 @@ class WorkerMonitor(threading.Thread):
         log.info("worker %s registered: queues %s, device %s", self.worker_name, ",".join(self.queues), self.device)
 
     def on_ready(self) -> None:
-        requeue_own_jobs(self.env, self.app, self.worker_name)
         try:
+            requeue_own_jobs(self.env, self.app, self.worker_name)
             send_unsent(self.env, self.app)
-        except Exception:
-            log.warning("could not check the broker for unsent jobs", exc_info=True)
-        self.start()
+        except Exception as exc:  # the monitor's own reports retry both; it must start whatever happens here
+            log_failure("could not recover this worker's earlier jobs or send unsent ones", exc)
+        finally:
+            self.start()
 
     @property
     def report_every(self) -> float:
@@ -321,9 +343,17 @@ class WorkerMonitor(threading.Thread):
 
     def run(self) -> None:
         next_report = time.monotonic() + self.report_every
-        while not self.stopped.wait(min(DEADLINE_TICK_S, self.report_every)):
+        tick = min(DEADLINE_TICK_S, self.report_every)
+        while not self.stopped.wait(tick):
+            now = time.monotonic()
+            if self._last_tick is not None and now - self._last_tick > tick + 5.0:
+                self.health.distrust()  # this process was frozen or starved: what it last saw is old
+            self._last_tick = now
             try:
-                end_overdue_jobs(self.env, self.worker_name)
+                # A stall is judged only on a view of the database this process trusts: right after an outage
+                # the lease keepers have not yet written the progress they made meanwhile.
+                fresh = self.health.trusted_for() >= 2 * heartbeat_interval(self.env.settings.stale_after_s)
+                end_overdue_jobs(self.env, self.worker_name, check_stall=fresh)
             except Exception as exc:
                 log_failure("the deadline scan failed", exc)
             if time.monotonic() >= next_report and not self.stopped.is_set():

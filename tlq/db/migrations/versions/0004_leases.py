@@ -1,5 +1,5 @@
 """Leases and attempts: a token per claim on the job row, the attempt history, sends that must be confirmed,
-progress apart from heartbeats, and a token per worker life.
+progress apart from heartbeats, when a cancel was asked for, and a token per worker life.
 
 Columns are only added (no table is rebuilt), so the views of 0003 stay as they are.
 
@@ -22,6 +22,7 @@ JOB_COLUMNS = (
     ("claimed_at", sa.DateTime(timezone=True)),
     ("progress_at", sa.DateTime(timezone=True)),
     ("process_id", sa.Integer()),
+    ("cancel_requested_at", sa.DateTime(timezone=True)),
 )
 
 

@@ -1,0 +1,103 @@
+"""execute_job in this process on real SQLite and PostgreSQL databases: what reaches the row when the task's
+results are refused, when it is interrupted, and when a claim's reply is lost."""
+
+import pytest
+
+from tlq.config import Settings
+from tlq.db import claims, queries
+from tlq.plugins import TaskParams, TaskPlugin
+from tlq.plugins.base import Environment
+from tlq.plugins.registry import Registry
+from tlq.workers.execute import execute_job
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def env(request, tmp_path):
+    database_url = None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    environment = Environment(Settings.load(home=tmp_path, database_url=database_url, environ={}))
+    yield environment
+    environment.db.engine.dispose()
+
+
+class NoParams(TaskParams):
+    pass
+
+
+def registry_with(run) -> Registry:
+    tasks = Registry("tlq.no-such-group", "task", "tlq tasks")
+    tasks.register(
+        "probe", lambda: TaskPlugin(name="probe", summary="", params=NoParams, run=run, needs_backbone=False)
+    )
+    return tasks
+
+
+def new_job(env) -> int:
+    with env.db.session() as session:
+        return queries.create_job(session, task="probe", params={}, queue="local").id
+
+
+def job_of(env, job_id):
+    with env.db.read_session() as session:
+        return queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
+
+
+def test_a_record_the_database_refuses_fails_the_job_and_keeps_the_other_results(env):
+    def run(ctx, params):
+        ctx.metric("val_acc", 0.9, step=1)
+        # An artifact kind longer than its column: PostgreSQL refuses the record; SQLite does not check lengths.
+        ctx.artifacts.write_text("k" * 80, "notes.txt", "hello")
+        ctx.metric("val_acc", 0.95, step=2)
+
+    job_id = new_job(env)
+    execute_job(env, job_id, "w", tasks=registry_with(run))
+    job = job_of(env, job_id)
+    assert job["metrics"] == {"val_acc": 0.95}  # the good writes of the same batch are kept
+    if env.db.engine.dialect.name == "postgresql":
+        assert job["status"] == "failed" and job["error"].startswith("could not record the job's results:")
+    else:
+        assert job["status"] == "succeeded" and job["artifacts"][0]["kind"] == "k" * 80
+
+
+@pytest.mark.parametrize(("name", "value"), [("loss", float("nan")), ("x" * 65, 1.0), ("loss", float("inf"))])
+def test_metrics_the_database_cannot_hold_fail_the_job_with_a_clear_reason(env, name, value):
+    def run(ctx, params):
+        ctx.metric(name, value, step=3)
+
+    job_id = new_job(env)
+    assert execute_job(env, job_id, "w", tasks=registry_with(run)) == "failed"
+    error = job_of(env, job_id)["error"]
+    assert error.startswith("ValueError: metric") and ("finite numbers only" in error or "1 to 64 characters" in error)
+
+
+def test_an_interrupted_run_does_not_stay_running(env):
+    def run(ctx, params):
+        ctx.metric("step_done", 1, step=1)
+        raise KeyboardInterrupt  # Ctrl-C in `tlq run`
+
+    job_id = new_job(env)
+    with pytest.raises(KeyboardInterrupt):
+        execute_job(env, job_id, "w", tasks=registry_with(run))
+    job = job_of(env, job_id)
+    assert job["status"] == "cancelled" and job["error"].startswith("interrupted")
+    assert job["metrics"] == {"step_done": 1.0}
+
+
+def test_a_local_job_found_silent_fails_instead_of_waiting_on_a_queue_no_worker_reads(env):
+    job_id = new_job(env)
+    with env.db.session() as session:
+        lease = claims.claim(session, job_id, "local-w")
+    with env.db.session() as session:
+        assert claims.recover(session, job_id, lease, "no heartbeat for 61 s from worker local-w") == "failed"
+    job = job_of(env, job_id)
+    assert job["status"] == "failed" and "it ran in `tlq run`, which no worker can resume" in job["error"]
+
+
+def test_a_claim_whose_reply_was_lost_is_still_this_workers(env):
+    job_id = new_job(env)
+    lease = claims.new_lease()
+    with env.db.session() as session:
+        assert claims.claim(session, job_id, "w", lease=lease) == lease
+    with env.db.session() as session:  # the retry after the lost reply
+        assert claims.claim(session, job_id, "w", lease=lease) == lease
+        assert claims.claim(session, job_id, "w") is None  # any other claim still loses
+    assert job_of(env, job_id)["attempts"] == 1
