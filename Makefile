@@ -23,8 +23,11 @@ services:
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# Two test processes share the 2 cores (integration tests mostly wait on workers and timers); tests that
+# disturb shared services run alone afterwards. The 15 slowest tests are listed at the end.
 test: $(STAMP) services
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not serial" --durations=15
+	$(PY) -m pytest -q -ra -m serial
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not integration"

@@ -13,7 +13,17 @@ import pytest
 from tests.support import PG_ADMIN_URL, REDIS_URL, make_digits, run_job_here
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_redis_db_numbers = itertools.cycle(range(1, 16))
+
+def _redis_numbers() -> itertools.cycle:
+    """Redis database numbers for this test process: 1-13 split between pytest-xdist workers (14 is the
+    benchmark's, 0 and 15 are left alone), so parallel tests never share one."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    numbers = [n for n in range(1, 14) if n % count == worker % count]
+    return itertools.cycle(numbers)
+
+
+_redis_db_numbers = _redis_numbers()
 
 
 def _reachable(port: int) -> bool:

@@ -46,6 +46,7 @@ def tlq_env(home: Path, database_url: str | None = None, broker_url: str | None 
         TLQ_HOME=str(home),
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
+        COLUMNS="200",  # tables print the same whatever terminal (or none) runs the tests
         TLQ_STALE_AFTER=env.get("TLQ_STALE_AFTER", "60"),
     )
     if database_url:

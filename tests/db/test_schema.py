@@ -39,18 +39,17 @@ def test_a_repeated_metric_replaces_rather_than_duplicates(db):
 
 def test_read_sessions_on_sqlite_do_not_wait_for_a_writer(tmp_path):
     import sqlite3
-    import time
 
     db = Database(f"sqlite:///{tmp_path / 'x.sqlite'}")
     job_id = new_job(db)
     holder = sqlite3.connect(tmp_path / "x.sqlite", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock (a backup, a stuck writer)
     try:
-        start = time.monotonic()
-        fresh = Database(f"sqlite:///{tmp_path / 'x.sqlite'}")  # a new process (`tlq show`) checks the schema too
+        # A new process (`tlq show`) checks the schema too. Had either needed the lock, they would have raised
+        # "database is locked" after the busy timeout, while the lock is still held.
+        fresh = Database(f"sqlite:///{tmp_path / 'x.sqlite'}")
         with fresh.read_session() as session:
             assert queries.get_job(session, job_id).status == "queued"
-        assert time.monotonic() - start < 5  # a write session would wait up to the 30 s busy timeout
     finally:
         holder.execute("ROLLBACK")
         holder.close()

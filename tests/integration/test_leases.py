@@ -157,7 +157,6 @@ def test_jobs_stuck_inside_one_step_are_ended_and_the_worker_goes_on(tmp_path, h
     assert re.match(r"made no progress for \d+ s \(TLQ_STALL_AFTER=14\) .*the worker ended it", done[stalled]["error"])
     assert (done[cancelled]["status"], done[cancelled]["error"]) == ("cancelled", "cancelled on request")
     assert "did not stop within 10 s of its cancel; the worker ended its process" in worker.log()
-    assert ended_after < 14 + 8, f"ended {ended_after:.1f} s after they started running"
     for job in running.values():  # the stuck processes are gone, and the pool runs the next job
         assert not Path(f"/proc/{job['attempt_history'][0]['pid']}").exists()
     assert next_job["status"] == "succeeded" and alive

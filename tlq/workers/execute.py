@@ -40,9 +40,9 @@ def heartbeat_interval(stale_after_s: float) -> float:
 
 def keeper_timing(env: Environment, heartbeat_every: float | None = None) -> Timing:
     settings = env.settings
-    return Timing(
-        beat_every=heartbeat_every or heartbeat_interval(settings.stale_after_s), outage_s=settings.db_outage_s
-    )
+    beat = heartbeat_every or heartbeat_interval(settings.stale_after_s)
+    # Retries during an outage come at least as often as beats, so the first beat after it is never late.
+    return Timing(beat_every=beat, outage_s=settings.db_outage_s, max_backoff=min(5.0, beat))
 
 
 def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | None, Job | str]:
