@@ -199,6 +199,32 @@ def _nothing(_image) -> torch.Tensor:
     return torch.zeros(0)
 
 
+# Raise whenever the feature code changes what it computes (pooling, batching, dtype): old cached vectors then
+# stop matching any key and age out of the cache.
+FEATURE_CODE_VERSION = 2
+
+
+def describe_transform(transform) -> str:
+    """Every parameter of a preprocessing pipeline, exactly: each step's type and attributes (sizes, crop,
+    interpolation, normalization constants at full precision; torchvision's repr rounds them to 4 places)."""
+    import json
+
+    def plain(value):
+        if isinstance(value, torch.Tensor):
+            return value.tolist()
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value if isinstance(value, int | float | str | bool | type(None)) else str(value)
+
+    steps = getattr(transform, "transforms", [transform])
+    return json.dumps(
+        [
+            [type(step).__name__, {k: plain(v) for k, v in sorted(vars(step).items()) if not k.startswith("_")}]
+            for step in steps
+        ]
+    )
+
+
 def pooled_features_of(
     ctx,
     backbone,
@@ -236,13 +262,13 @@ def pooled_features_of(
         return compute(files, 0, len(files))
     from tlq.plugins.feature_cache import file_digest
 
-    config = {
-        k: backbone.data_config.get(k) for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-    }
     key = cache.model_key(
+        code=FEATURE_CODE_VERSION,
         arch=backbone.arch,
         weights=weights,
-        data=config,
+        # The transform the job actually applies (size, crop, interpolation, mean/std), not the backbone's
+        # defaults: a job at --image-size 32 must never serve features to one at the default size.
+        transform=describe_transform(transform),
         precision=precision,
         device=ctx.device.split(":")[0],
         output="pooled",
