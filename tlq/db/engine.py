@@ -87,6 +87,7 @@ class Database:
         )
         self._migrate = migrate
         self._schema_ready = False
+        self._instance_id: str | None = None
 
     @property
     def masked_url(self) -> str:
@@ -121,6 +122,18 @@ class Database:
                 "start it, or point TLQ_DATABASE_URL / --database-url at one that runs"
             ) from exc
         self._schema_ready = True
+
+    @property
+    def instance_id(self) -> str:
+        """The random id this database was created with (``tlq_instance``), read once per process."""
+        if self._instance_id is None:
+            from sqlalchemy import select
+
+            from tlq.db.models import DatabaseInstance
+
+            with self.read_session() as session:
+                self._instance_id = session.scalar(select(DatabaseInstance.id))
+        return self._instance_id
 
     def dispose(self) -> None:
         """Drops pooled connections; called in a forked worker child so no connection crosses a fork."""

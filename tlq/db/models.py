@@ -79,6 +79,15 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, dt.datetime: UTCDateTime}
 
 
+class DatabaseInstance(Base):
+    """The one row naming this database: a random id made with the schema (checkpoints record it)."""
+
+    __tablename__ = "tlq_instance"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[dt.datetime]
+
+
 class JobGroup(Base):
     """A set of jobs submitted together, such as a sweep."""
 

@@ -91,6 +91,18 @@ class ArtifactStore:
                 tmp.unlink()
         self._record(kind, final.relative_to(self.root).as_posix(), final.stat().st_size, sha256_of(final))
 
+    def set_aside(self) -> Path | None:
+        """Moves a non-empty job folder aside (to ``<job id>.set-aside-<UTC time>``) and returns where; None when
+        there was nothing to move."""
+        import datetime as dt
+
+        if not self.dir.is_dir() or not any(self.dir.iterdir()):
+            return None
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        target = self.dir.with_name(f"{self.dir.name}.set-aside-{stamp}")
+        os.rename(self.dir, target)
+        return target
+
     def remove(self, name: str) -> None:
         """Deletes an artifact file and its record (a checkpoint once the model is saved, say)."""
         path = self.path(name)

@@ -8,6 +8,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -23,6 +24,33 @@ ProgressCallback = Callable[[float | None, float | None, str | None, dict[str, f
 class JobLost(Exception):
     """This attempt no longer owns the job (it was recovered elsewhere, or the database stayed away too long);
     stop without recording an outcome."""
+
+
+@dataclass(frozen=True)
+class JobOrigin:
+    """Who writes a job's files: a checkpoint records it, and a job resumes only from one of its own.
+
+    Attributes:
+        job: The job id.
+        database: The id of the job database (``tlq_instance``): job ids repeat across databases, this does not.
+        params: sha256 of the job's task, backbone, weights and parameters.
+        attempt: The attempt that wrote it.
+    """
+
+    job: int
+    database: str
+    params: str
+    attempt: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def wrote(self, recorded: dict[str, Any] | None) -> bool:
+        """Whether ``recorded`` (a checkpoint's origin) is this job's own, by an earlier or this attempt."""
+        if not isinstance(recorded, dict):
+            return False
+        same = all(recorded.get(k) == getattr(self, k) for k in ("job", "database", "params"))
+        return same and isinstance(recorded.get("attempt"), int) and recorded["attempt"] <= self.attempt
 
 
 class Lease(Protocol):
@@ -56,6 +84,7 @@ class JobContext:
         timeout_s: Stop the job once this many seconds have passed, if set.
         on_progress: Called on every progress report (`tlq run` draws its bar from it).
         started: When the attempt began (``time.monotonic()``), from which ``timeout_s`` counts.
+        origin: The job, database, parameters and attempt this run writes as (checkpoints record it).
     """
 
     def __init__(
@@ -72,6 +101,7 @@ class JobContext:
         logger: logging.Logger | None = None,
         model_cache=None,
         started: float | None = None,
+        origin: JobOrigin | None = None,
     ) -> None:
         self.job_id = job_id
         self.backbone = backbone
@@ -80,6 +110,7 @@ class JobContext:
         self.device = device
         self.attempt = attempt
         self.timeout_s = timeout_s
+        self.origin = origin or JobOrigin(job_id, "", "", attempt)
         self.log = logger or logging.getLogger(f"tlq.job.{job_id}")
         self._lease = lease
         self.artifacts = ArtifactStore(

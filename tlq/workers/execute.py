@@ -7,6 +7,8 @@ While the task runs, its lease keeper (``tlq.workers.keeper``) does every databa
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -19,7 +21,7 @@ from pydantic import ValidationError
 
 from tlq.db import Job, JobStatus, claims, queries
 from tlq.plugins.base import BackboneRef, Environment
-from tlq.plugins.context import JobContext, JobLost, ProgressCallback
+from tlq.plugins.context import JobContext, JobLost, JobOrigin, ProgressCallback
 from tlq.plugins.errors import BadInput, JobCancelled, JobTimedOut
 from tlq.plugins.registry import Registry
 from tlq.plugins.spec import describe_validation_error
@@ -45,11 +47,12 @@ def keeper_timing(env: Environment, heartbeat_every: float | None = None) -> Tim
     return Timing(beat_every=beat, outage_s=settings.db_outage_s, max_backoff=min(5.0, beat))
 
 
-def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | None, Job | str]:
+def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | None, Job | str, int]:
     """Claims ``job_id``, riding out a database outage of up to ``TLQ_DB_OUTAGE_S``.
 
     Returns:
-        (lease, the claimed job), or (None, the job's status when it could not be claimed).
+        (lease, the claimed job, how many claims of it came before), or (None, the job's status when it could
+        not be claimed, 0).
 
     Raises:
         DatabaseAway: The database stayed unreachable; the delivery should be retried later.
@@ -63,12 +66,13 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
                 job = queries.get_job(session, job_id)
                 if claimed is not None:
                     queries.set_worker_job(session, worker, job_id)
-                    return claimed, job
+                    earlier = sum(1 for a in queries.job_attempts(session, job_id) if a.lease != claimed)
+                    return claimed, job, earlier
                 if job is not None and job.status == JobStatus.QUEUED.value:
                     # This worker is stopping: leave the job to the next live worker, which sends it again.
                     claims.hand_back_message(session, job_id)
-                    return None, "deferred"
-                return None, job.status if job else "missing"
+                    return None, "deferred", 0
+                return None, job.status if job else "missing", 0
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -77,6 +81,12 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
             log.warning("job %s: the database is unreachable (%s); retrying the claim", job_id, exc)
             time.sleep(pause)
             pause = min(5.0, pause * 2)
+
+
+def params_digest(job: Job) -> str:
+    """sha256 of what defines a job's result: task, backbone, weights and parameters."""
+    spec = {"task": job.task, "backbone": job.backbone, "weights": job.weights, "pretrained": job.pretrained}
+    return hashlib.sha256(json.dumps({**spec, "params": job.params}, sort_keys=True).encode()).hexdigest()
 
 
 def execute_job(
@@ -96,7 +106,7 @@ def execute_job(
         cancelled or finished job); ``"deferred"`` when this worker is stopping; ``"lost"`` when another
         worker took it over mid-run, or the database stayed away past the outage window.
     """
-    lease, job = claim_with_retry(env, job_id, worker)
+    lease, job, earlier_claims = claim_with_retry(env, job_id, worker)
     if lease is None:
         if job == "deferred":
             log.info("job %s left for another worker: %s is shutting down", job_id, worker)
@@ -112,6 +122,7 @@ def execute_job(
     keeper.start()
     status, error = JobStatus.FAILED, None
     try:
+        origin = JobOrigin(job_id, env.db.instance_id, params_digest(job), job.attempts)
         device = choose_device(job.device)
         label = device_label(device)
         keeper.write(lambda session: claims.set_ran_on(session, job_id, lease, label))
@@ -133,7 +144,14 @@ def execute_job(
             on_progress=on_progress,
             model_cache=model_cache,
             started=claimed,
+            origin=origin,
         )
+        if earlier_claims == 0:
+            # A first claim never reads what it did not write: files left under this job id by a database that
+            # was recreated, or by another database sharing the artifacts directory, are moved aside.
+            moved = ctx.artifacts.set_aside()
+            if moved is not None:
+                log.warning("job %s: its artifact folder held files it did not write; moved to %s", job_id, moved)
         plugin.run(ctx, params)
         if keeper.lost.is_set():  # a task that ended without a last check must not record an outcome it lost
             raise JobLost(keeper.lost_reason)

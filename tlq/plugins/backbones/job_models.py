@@ -10,6 +10,7 @@ import fnmatch
 from pathlib import Path
 
 from tlq.db import queries
+from tlq.plugins.artifacts import sha256_of
 from tlq.plugins.base import BackboneRef, Environment, LoadedBackbone
 from tlq.plugins.errors import BadInput
 from tlq.plugins.model_card import read_card, timm_data_config
@@ -37,13 +38,29 @@ def model_files(env: Environment, job_id: int) -> tuple[Path, Path]:
                 f"job {job_id} is {job.status}, so it left no model; use a succeeded finetune job "
                 "(`tlq jobs --task finetune --status succeeded`)"
             )
-        paths = {a.kind: env.settings.artifacts_dir / a.path for a in queries.list_artifacts(session, job_id)}
-    card, weights = paths.get("model_card"), paths.get("model")
-    if card is None or weights is None:
+        recorded = {a.kind: a for a in queries.list_artifacts(session, job_id)}
+    if "model_card" not in recorded or "model" not in recorded:
         raise BadInput(f"job {job_id} ({job.task}) produced no model; use a finetune job as a backbone")
-    if not card.is_file() or not weights.is_file():
-        raise BadInput(f"the model files of job {job_id} are missing from {card.parent}; check TLQ_ARTIFACTS_DIR")
-    return card, weights
+    for kind in ("model_card", "model"):
+        verify_artifact(env, job_id, recorded[kind])
+    root = env.settings.artifacts_dir
+    return root / recorded["model_card"].path, root / recorded["model"].path
+
+
+def verify_artifact(env: Environment, job_id: int, artifact) -> None:
+    """Checks a model file against the sha256 recorded when its job wrote it; raises BadInput naming what
+    happened (removed, or changed since) and the fix."""
+    path = env.settings.artifacts_dir / artifact.path
+    if not path.is_file():
+        raise BadInput(
+            f"{path} of job {job_id} was removed after the job wrote it; restore it, or check TLQ_ARTIFACTS_DIR "
+            "points at the artifacts of this database"
+        )
+    if sha256_of(path) != artifact.sha256:
+        raise BadInput(
+            f"{path} was changed after job {job_id} wrote it (its sha256 no longer matches the one recorded); "
+            f"restore the file, or fine-tune again"
+        )
 
 
 class JobModelProvider:
@@ -116,3 +133,4 @@ class JobModelProvider:
 
 
 provider = JobModelProvider()
+

@@ -226,8 +226,20 @@ def run(ctx, params: FinetuneParams) -> None:
 
     checkpoint_path = ctx.artifacts.path(CHECKPOINT)
     start_epoch = 1
+    state = None
     if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
+        try:
+            state = load_checkpoint(checkpoint_path)
+        except Exception as exc:  # truncated, or not a checkpoint at all: never a reason to fail the job
+            ctx.log.warning("job %s: %s is unreadable (%s); training from epoch 1", ctx.job_id, CHECKPOINT, exc)
+            state = {}
+    if state is not None and not ctx.origin.wrote(state.get("origin")):
+        # Another job's checkpoint (a recreated database reuses job ids; two databases may share the artifacts
+        # directory), or this job's under other parameters: resuming from it would invent results.
+        ctx.log.warning("job %s: %s was not written by this job; training from epoch 1", ctx.job_id, CHECKPOINT)
+        ctx.artifacts.remove(CHECKPOINT)
+        state = None
+    if state is not None:
         fit.restore(state)
         set_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
@@ -294,6 +306,7 @@ class _Fit:
 
     def common_state(self, epoch: int, rng: dict) -> dict:
         return {
+            "origin": self.ctx.origin.as_dict(),
             "epoch": epoch,
             "rng": rng,
             "best_acc": self.best_acc,
