@@ -62,7 +62,19 @@ def worker(state: CliState, queues, concurrency, name, loglevel, pool, events) -
         loglevel=loglevel,
         pool=pool,
         events=events,
+        memory_per_job=memory_per_job("gpu" in chosen, concurrency),
     )
+
+
+def memory_per_job(gpu: bool, concurrency: int) -> int | None:
+    """What each job of this worker may use: its GPU's memory, else this machine's memory over the jobs at once."""
+    from tlq.workers.devices import gpu_memory_bytes
+    from tlq.workers.dispatch import machine_memory
+
+    if gpu:
+        return gpu_memory_bytes()
+    total = machine_memory()
+    return total // concurrency if total else None
 
 
 @click.command()

@@ -66,6 +66,9 @@ class TaskPlugin:
         needs_backbone: Whether ``--backbone`` is required.
         check: Optional submit-time check beyond field validation, ``check(params, env, backbone)`` with the
             job's BackboneRef (or None); raises BadInput.
+        memory: Optional estimate of the job's memory, ``memory(params, env, backbone)`` returning a
+            ``tlq.plugins.memory.MemoryNeed`` (or None when it cannot tell); a job that cannot fit the
+            workers of its queue is refused at submit.
     """
 
     name: str
@@ -74,6 +77,7 @@ class TaskPlugin:
     run: Callable[[JobContext, Any], None]
     needs_backbone: bool = True
     check: Callable[[Any, Environment, BackboneRef | None], None] | None = None
+    memory: Callable[[Any, Environment, BackboneRef | None], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,3 +129,7 @@ class BackboneProvider(Protocol):
 
     def class_names(self, ref: BackboneRef, env: Environment) -> list[str] | None:
         """Names of the classifier's outputs, found without building the model; None when unknown."""
+
+    def architecture(self, ref: BackboneRef, env: Environment) -> tuple[str, int | None, int | None] | None:
+        """(timm architecture, input size or None for its own, classifier outputs or None) without loading
+        weights, for estimates; None when unknown."""

@@ -28,6 +28,21 @@ def describe_device() -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def gpu_memory_bytes() -> int | None:
+    """The memory of the smallest GPU of this host, from nvidia-smi (CUDA stays uninitialized); None without."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        sizes = [int(float(line)) * 2**20 for line in out.split() if line.strip()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return min(sizes) if sizes else None
+
+
 def choose_device(requested: str) -> str:
     """The torch device for a job: ``cuda`` when asked (or ``auto`` on a GPU host), else ``cpu``."""
     from tlq.plugins.errors import BadInput

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from tlq.config import mask_url
 from tlq.db import claims, queries
@@ -44,6 +45,43 @@ def waiting_reason(queue: str, status: str, consumed: set[str]) -> str | None:
     return f"waiting for a worker: none is live on the {queue} queue; start one with `tlq worker`"
 
 
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes, when the platform says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(env: Environment, plugin, params, spec: JobSpec, queue: str) -> None:
+    """Refuses a job whose estimated memory exceeds what any live worker of ``queue`` has per job (this machine's
+    memory for `tlq run`), naming the numbers and the fix. Queues with no live worker are not judged."""
+    if plugin.memory is None:
+        return
+    if queue == "local":
+        budget, where = machine_memory(), "this machine"
+    else:
+        with env.db.read_session() as session:
+            budgets = [w.memory_bytes for w in queries.live_workers(session, queue=queue) if w.memory_bytes]
+        budget, where = (max(budgets), f"the largest {queue} worker") if budgets else (None, "")
+    if not budget:
+        return
+    need = plugin.memory(params, env, spec.backbone_ref)
+    if need is None or need.total <= budget:
+        return
+    from tlq.plugins.memory import gib
+
+    fits = need.largest_batch(budget)
+    fix = (
+        f"lower --batch-size to {fits} (about {gib(need.fixed + need.per_image * fits)})"
+        if fits
+        else "use a smaller backbone or --image-size"
+    )
+    raise BadInput(
+        f"this job needs about {gib(need.total)} ({need.what}) but {where} has {gib(budget)} per job; {fix}"
+    )
+
+
 def create_job_row(env: Environment, spec: JobSpec, queue: str, params: dict) -> int:
     with env.db.session() as session:
         job = queries.create_job(
@@ -76,7 +114,8 @@ def submit(env: Environment, spec: JobSpec, app=None) -> int:
         BadInput: The spec cannot work; nothing was written or queued.
         BrokerUnavailable: The broker could not take the message; the job row is marked failed with why.
     """
-    _, params = validate_spec(spec, env)
+    plugin, params = validate_spec(spec, env)
+    check_memory(env, plugin, params, spec, route(spec.device, env))
     return _queue(env, spec, params.model_dump(mode="json"), app)
 
 
@@ -95,7 +134,9 @@ def submit_group(env: Environment, specs: list[JobSpec], name: str | None, group
     validated = []
     for number, spec in enumerate(specs, start=1):
         try:
-            validated.append(validate_spec(spec, env)[1].model_dump(mode="json"))
+            plugin, params = validate_spec(spec, env)
+            check_memory(env, plugin, params, spec, route(spec.device, env))
+            validated.append(params.model_dump(mode="json"))
         except BadInput as exc:
             raise BadInput(f"run {number} of {len(specs)} ({describe_run(spec)}): {exc}") from exc
     with env.db.session() as session:
@@ -171,7 +212,8 @@ def run_here(env: Environment, spec: JobSpec, on_progress=None) -> int:
     """
     from tlq.workers.execute import execute_job
 
-    _, params = validate_spec(spec, env)
+    plugin, params = validate_spec(spec, env)
+    check_memory(env, plugin, params, spec, "local")
     job_id = create_job_row(env, spec, "local", params.model_dump(mode="json"))
     from tlq.workers.app import default_worker_name
 

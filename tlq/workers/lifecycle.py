@@ -286,7 +286,16 @@ class WorkerMonitor(threading.Thread):
     """Runs in the worker's main process: ends overdue jobs every second; every few seconds reports in,
     recovers stale jobs and sends unsent ones."""
 
-    def __init__(self, env: Environment, app: Celery, name: str, queues: list[str], device: str, concurrency: int):
+    def __init__(
+        self,
+        env: Environment,
+        app: Celery,
+        name: str,
+        queues: list[str],
+        device: str,
+        concurrency: int,
+        memory_per_job: int | None = None,
+    ):
         super().__init__(name="tlq-worker-monitor", daemon=True)
         self.env = env
         self.app = app
@@ -295,6 +304,7 @@ class WorkerMonitor(threading.Thread):
         self.queues = queues
         self.device = device
         self.concurrency = concurrency
+        self.memory_per_job = memory_per_job
         self.stopped = threading.Event()
         self.health = DatabaseHealth()
         self.scanning = False
@@ -318,6 +328,7 @@ class WorkerMonitor(threading.Thread):
                 queues=",".join(self.queues),
                 device=self.device,
                 concurrency=self.concurrency,
+                memory_bytes=self.memory_per_job,
             )
         if holder is not None:
             raise BadInput(
@@ -411,8 +422,13 @@ def start_worker(
     loglevel: str = "INFO",
     pool: str = "prefork",
     events: bool = False,
+    memory_per_job: int | None = None,
 ) -> None:
     """Runs a Celery worker consuming ``queues`` until it is stopped; blocks.
+
+    ``memory_per_job`` is recorded for submit's estimate check and, on a CPU worker, caps each pool process:
+    one that ends a job holding more is replaced (Celery's ``worker_max_memory_per_child``), so a leak or a
+    huge job's leftovers do not pile up.
 
     Raises:
         BadInput: A live worker already holds ``name``.
@@ -421,7 +437,9 @@ def start_worker(
 
     runtime = app.tlq_runtime
     runtime.worker_name = name
-    monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency)
+    monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency, memory_per_job)
+    if memory_per_job and "gpu" not in queues:
+        app.conf.worker_max_memory_per_child = memory_per_job // 1024  # KiB
     monitor.register()
     ensure_broker_queues(app)
 

@@ -25,8 +25,9 @@ def parse_job_ref(name: str) -> int:
     return int(text)
 
 
-def model_files(env: Environment, job_id: int) -> tuple[Path, Path]:
-    """The model card and weights of succeeded job ``job_id``; raises BadInput naming what is wrong."""
+def model_files(env: Environment, job_id: int, verify: bool = True) -> tuple[Path, Path]:
+    """The model card and weights of succeeded job ``job_id``, checked against the sha256 recorded when the job
+    wrote them (``verify``); raises BadInput naming what is wrong."""
     with env.db.read_session() as session:
         job = queries.get_job(session, job_id)
         if job is None:
@@ -41,7 +42,7 @@ def model_files(env: Environment, job_id: int) -> tuple[Path, Path]:
         recorded = {a.kind: a for a in queries.list_artifacts(session, job_id)}
     if "model_card" not in recorded or "model" not in recorded:
         raise BadInput(f"job {job_id} ({job.task}) produced no model; use a finetune job as a backbone")
-    for kind in ("model_card", "model"):
+    for kind in ("model_card", "model") if verify else ():
         verify_artifact(env, job_id, recorded[kind])
     root = env.settings.artifacts_dir
     return root / recorded["model_card"].path, root / recorded["model"].path
@@ -105,6 +106,11 @@ class JobModelProvider:
     def class_names(self, ref: BackboneRef, env: Environment) -> list[str] | None:
         card, _ = model_files(env, parse_job_ref(ref.name))
         return list(read_card(card)["classes"])
+
+    def architecture(self, ref: BackboneRef, env: Environment) -> tuple[str, int | None, int | None] | None:
+        card = read_card(model_files(env, parse_job_ref(ref.name), verify=False)[0])
+        size = (card.get("data_config") or {}).get("input_size")
+        return card["arch"], (size[-1] if size else None), card["num_classes"]
 
     def load(self, ref: BackboneRef, env: Environment, num_classes: int | None) -> LoadedBackbone:
         import timm

@@ -113,6 +113,11 @@ class TimmProvider:
                 "pass --weights FILE to use a local file, or --no-pretrained to start from random weights"
             )
 
+    def architecture(self, ref: BackboneRef, env: Environment) -> tuple[str, int | None, int | None] | None:
+        if ref.name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+            return None  # its config lives with its weights; nothing to build it from offline
+        return ref.name, None, None
+
     def load(self, ref: BackboneRef, env: Environment, num_classes: int | None) -> LoadedBackbone:
         timm = _timm()
         arch = _arch(ref.name)

@@ -520,10 +520,25 @@ def write_reports(ctx, params, model, backbone, data_config, classes, final, fit
     )
 
 
+def memory(params: FinetuneParams, env: Environment, backbone=None):
+    """The job's memory: training keeps every activation of the batch; a linear probe only runs inference."""
+    from tlq.plugins.memory import backbone_profile, inference_need, training_need
+
+    found = backbone_profile(env, backbone, params.image_size)
+    if found is None:
+        return None
+    model, size = found
+    loaders = params.loader_workers or 0
+    if params.strategy == "linear-probe":
+        return inference_need(model, params.batch_size, size, params.precision, loaders)
+    return training_need(model, params.batch_size, size, params.precision, loaders, params.strategy != "freeze")
+
+
 task = TaskPlugin(
     name="finetune",
     summary="Fine-tune a backbone on labelled images (linear-probe, freeze, freeze-unfreeze or full), resumably.",
     params=FinetuneParams,
     run=run,
     check=check,
+    memory=memory,
 )

@@ -1,7 +1,8 @@
-"""tlq_instance: one random id per database, made with the schema.
+"""tlq_instance: one random id per database, made with the schema; workers.memory_bytes.
 
-A checkpoint records it with its job id, so a job resumes only from a checkpoint its own database wrote: a
-recreated database (or two databases sharing one artifacts directory) reuses job ids, never this id.
+A checkpoint records the instance id with its job id, so a job resumes only from a checkpoint its own database
+wrote: a recreated database (or two databases sharing one artifacts directory) reuses job ids, never this id.
+A worker records the memory each of its jobs may use, which submit compares with a job's estimate.
 
 Revision ID: 0005
 Revises: 0004
@@ -28,7 +29,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tlq_instance")),
     )
     op.bulk_insert(table, [{"id": uuid.uuid4().hex, "created_at": dt.datetime.now(dt.UTC)}])
+    op.add_column("workers", sa.Column("memory_bytes", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("workers", "memory_bytes")
     op.drop_table("tlq_instance")
