@@ -14,6 +14,7 @@ from tests.support import PG_ADMIN_URL, REDIS_URL, make_digits, run_job_here
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
 def _redis_numbers() -> itertools.cycle:
     """Redis database numbers for this test process: 1-13 split between pytest-xdist workers (14 is the
     benchmark's, 0 and 15 are left alone), so parallel tests never share one."""

@@ -1,6 +1,8 @@
 from pathlib import Path
 
-from tlq.config import Settings, mask_url, normalize_broker_url, normalize_database_url
+import pytest
+
+from tlq.config import Settings, mask_secrets_in, mask_url, normalize_broker_url, normalize_database_url
 
 
 def test_defaults_need_no_server(tmp_path):
@@ -32,15 +34,73 @@ def test_plain_postgres_urls_map_to_the_shipped_driver():
     assert normalize_broker_url("sqla+postgresql://a@b/c") == "sqla+postgresql+psycopg://a@b/c"
 
 
-def test_passwords_are_masked():
-    assert mask_url("postgresql+psycopg://tlq:s3cret@db:5432/tlq") == "postgresql+psycopg://tlq:***@db:5432/tlq"
-    assert mask_url("redis://:hunter2@redis:6379/0") == "redis://:***@redis:6379/0"
-    assert mask_url("sqla+sqlite:////x/broker.sqlite") == "sqla+sqlite:////x/broker.sqlite"
-    settings = Settings.load(
-        database_url="postgresql://tlq:s3cret@db/tlq", broker_url="redis://:hunter2@r:6379/0", environ={}
+# (URL, what it must read once masked, pieces of its password that must not show). The password is hidden
+# as SQLAlchemy or kombu would read it, and never partly: a raw "/", "@", ":" or "?" in it hides more.
+TRICKY_URLS = [
+    ("postgresql+psycopg://tlq:s3cret@db:5432/tlq", "postgresql+psycopg://tlq:***@db:5432/tlq", ["s3cret"]),
+    ("redis://:hunter2@redis:6379/0", "redis://:***@redis:6379/0", ["hunter2"]),
+    ("sqla+sqlite:////x/broker.sqlite", "sqla+sqlite:////x/broker.sqlite", []),
+    ("sqlite:////home/me@corp/tlq.sqlite", "sqlite:////home/me@corp/tlq.sqlite", []),
+    ("redis://:p@ss/word@host:6379/0", "redis://:***@host:6379/0", ["p@ss", "ss/word", "word"]),
+    ("postgresql://u:p/w@h/db", "postgresql://u:***@h/db", ["p/w", "w@h"]),
+    ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db", ["ss@h", "p@ss"]),
+    ("redis://:a:b@h:6379/0", "redis://:***@h:6379/0", ["a:b", ":b@"]),
+    ("redis://:pa?ss@h:6379/0", "redis://:***@h:6379/0", ["pa?ss", "?ss"]),
+    (
+        "rediss://user:pw@h/0?ssl_cert_reqs=required",
+        "rediss://user:***@h/0?ssl_cert_reqs=required",  # kombu drops the query; tlq keeps it, less secrets
+        ["pw@"],
+    ),
+    (
+        "postgresql://u:p%40ss@h/db?password=x&sslmode=verify-full",
+        "postgresql://u:***@h/db?password=***&sslmode=verify-full",
+        ["p%40ss", "p@ss", "=x"],
+    ),
+    ("redis+socket:///tmp/r.sock?password=sekrit", "redis+socket:///tmp/r.sock?password=***", ["sekrit"]),
+    ("sqla+postgresql+psycopg://u:pw@h/db", "sqla+postgresql+psycopg://u:***@h/db", ["pw@"]),
+    (
+        "sentinel://:pw1@h1:26379;sentinel://:pw2@h2:26379",
+        "sentinel://:***@h1:26379/;sentinel://:***@h2:26379/",
+        ["pw1", "pw2"],
+    ),
+    ("postgresql://u:pw@h:notaport/db", "postgresql://***@h:notaport/db", ["pw"]),  # unparseable: still hidden
+]
+
+
+@pytest.mark.parametrize(("url", "masked", "secrets"), TRICKY_URLS, ids=[u for u, _, _ in TRICKY_URLS])
+def test_passwords_are_masked_whatever_they_hold(url, masked, secrets):
+    assert mask_url(url) == masked
+    assert not [s for s in secrets if s in mask_url(url)]
+
+
+def test_tlq_config_never_shows_a_password(tmp_path):
+    from click.testing import CliRunner
+
+    from tlq.cli.main import cli
+
+    env = {
+        "TLQ_HOME": str(tmp_path),
+        "TLQ_DATABASE_URL": "postgresql://tlq:p@ss/w0rd@db/tlq?password=x9",
+        "TLQ_BROKER_URL": "rediss://:hun:ter@2@redis:6379/0?ssl_cert_reqs=required",
+    }
+    result = CliRunner().invoke(cli, ["config", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "postgresql+psycopg://tlq:***@db/tlq?password=***" in result.output
+    assert "rediss://:***@redis:6379/0?ssl_cert_reqs=required" in result.output
+    for piece in ("p@ss", "w0rd", "x9", "hun", "ter@2"):
+        assert piece not in result.output, piece
+
+
+def test_urls_inside_error_text_are_masked():
+    text = (
+        "OperationalError: connection to 'postgresql://tlq:s3cr/et@db:5432/tlq' failed (dsn: host=db "
+        "password=hunter2 user=tlq); broker redis://:x@y@r:6379/0. See https://sqlalche.me/e/20/e3q8"
     )
-    described = str(settings.describe())
-    assert "s3cret" not in described and "hunter2" not in described
+    assert mask_secrets_in(text) == (
+        "OperationalError: connection to 'postgresql://tlq:***@db:5432/tlq' failed (dsn: host=db "
+        "password=*** user=tlq); broker redis://:***@r:6379/0. See https://sqlalche.me/e/20/e3q8"
+    )
+    assert mask_secrets_in("nothing secret here: job 7 failed") == "nothing secret here: job 7 failed"
 
 
 def test_child_environment_round_trips(tmp_path):

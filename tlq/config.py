@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 ENV_HOME = "TLQ_HOME"
 ENV_DATABASE_URL = "TLQ_DATABASE_URL"
@@ -30,13 +31,75 @@ class SettingsError(ValueError):
     """A setting has a value tlq cannot use; the message names the variable and the fix."""
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):(?P<password>[^@/]+)@")
+MASK = "***"
+_SCHEME = r"[a-zA-Z][a-zA-Z0-9+.-]*://"
+_URL_IN_TEXT = re.compile(_SCHEME + r"\S+")
+_NEXT_URL = re.compile(f";(?={_SCHEME})")  # kombu's failover lists: "redis://a;redis://b"
+_TRAILING_PUNCTUATION = ".,;:!?'\")]}>"
+# Query keys and key=value pairs (libpq's DSNs, psycopg's messages) whose value is a secret.
+_SECRET_KEYS = r"password|passwd|pwd|sslpassword|secret|token|access_token|api_key|apikey"
+_SECRET_IN_QUERY = re.compile(rf"(?i)(?P<key>[?&](?:{_SECRET_KEYS})=)[^&#]*")
+_SECRET_ASSIGNMENT = re.compile(rf"(?i)\b(?P<key>(?:{_SECRET_KEYS})\s*=\s*)(?:'[^']*'|\"[^\"]*\"|[^\s&;,)]+)")
 _DRIVERLESS_POSTGRES = re.compile(r"^(postgres|postgresql)://")
 
 
 def mask_url(url: str) -> str:
-    """Returns ``url`` with any password replaced by ``***``, fit for logs and `tlq config`."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m.group('head')}:***@", url)
+    """Returns ``url`` with its password and any secret query value replaced by ``***``.
+
+    For `tlq config`, logs and error messages. SQLAlchemy renders database URLs (and the database behind a
+    ``sqla+`` broker), kombu renders other broker URLs, so what is hidden is what those libraries read as the
+    password. One step comes first, because neither library can know where a password with a raw ``/`` or
+    ``@`` ends (``redis://:p@ss/word@host``: each shows a piece of it): the user info is taken to run to the
+    *last* ``@`` and is percent-encoded before they parse it. That can hide more than the password, never less.
+    A URL with no password and no secret query key is returned exactly as written.
+    """
+    return ";".join(_mask_one(part) for part in _NEXT_URL.split(url))
+
+
+def mask_secrets_in(text: str) -> str:
+    """Returns ``text`` with every URL in it masked as ``mask_url`` does, and every ``password=...`` pair too.
+
+    For error messages and tracebacks that embed a URL or a libpq DSN, before they are logged or stored
+    (``jobs.error``). A URL runs to the next whitespace, less trailing punctuation or quotes.
+    """
+    text = _URL_IN_TEXT.sub(lambda m: _mask_in_text(m.group()), text)
+    return _SECRET_ASSIGNMENT.sub(lambda m: m.group("key") + MASK, text)
+
+
+def _mask_in_text(token: str) -> str:
+    url = token.rstrip(_TRAILING_PUNCTUATION)
+    return mask_url(url) + token[len(url) :]
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    has_password = bool(sep and at and colon and "/" not in user)
+    if has_password:
+        url = f"{scheme}://{user}:{quote(password, safe='')}@{location}"
+    base, question, query = url.partition("?")
+    query = _SECRET_IN_QUERY.sub(lambda m: m.group("key") + MASK, question + query)
+    if not has_password:
+        return base + query  # as written, bar a secret query value
+    try:
+        return _render_without_password(base) + query
+    except Exception:  # unparseable (a bad port, say): masking must still hide, never raise, on an error path
+        return f"{scheme}://{MASK}@{base.rpartition('@')[2]}{query}"
+
+
+def _render_without_password(url: str) -> str:
+    from kombu.transport import TRANSPORT_ALIASES
+    from kombu.utils.url import sanitize_url
+    from sqlalchemy.engine import make_url
+
+    scheme = url.partition("://")[0]
+    prefix, plus, _ = scheme.partition("+")
+    if plus and prefix in ("sqla", "sqlalchemy"):  # kombu's SQLAlchemy transport: the rest is a database URL
+        return f"{prefix}+{_render_without_password(url[len(prefix) + 1 :])}"
+    if scheme in TRANSPORT_ALIASES:
+        return sanitize_url(url, mask=MASK)
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def normalize_database_url(url: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -68,6 +70,8 @@ def test_results_filters_orders_and_round_trips(home, filled):
         ("val_acc > ", "expected a value"),
         ("backbone = 'vgg16' or 1=1", "expected a name"),
         ("valacc > 0.9", "unknown name 'valacc'"),
+        ("not " * 1200 + "val_acc > 0.5", "more than 50 levels"),
+        ("(" * 2000 + "val_acc > 0.5" + ")" * 2000, "more than 50 levels"),
     ],
 )
 def test_bad_filter_is_one_line_exit_2(home, filled, where, says):
@@ -126,21 +130,8 @@ def test_compare_names_a_metric_no_job_has(home, filled):
 
 
 def test_artifacts_copy_keeps_folders_and_refuses_to_overwrite(home, filled, tmp_path):
-    import hashlib
-
-    from tlq.db import queries
-
-    settings = Settings.load(home=home, environ={})
     job = filled["a"]
-    database = Database(settings.database_url)
-    with database.session() as session:
-        for rel, text in (("a/x.txt", "AAA"), ("b/x.txt", "BBB")):
-            path = settings.artifacts_dir / str(job) / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            queries.record_artifact(session, job, "note", f"{job}/{rel}", len(text), digest)
-    database.dispose()
+    job_dir = record_artifacts(home, job, {"a/x.txt": "AAA", "b/x.txt": "BBB"})
     listed = json.loads(invoke(home, "artifacts", job, "--json").stdout)
     assert [a["relative"] for a in listed] == [f"{job}/a/x.txt", f"{job}/b/x.txt"]
     out = tmp_path / "out"
@@ -149,7 +140,7 @@ def test_artifacts_copy_keeps_folders_and_refuses_to_overwrite(home, filled, tmp
     assert (out / "a" / "x.txt").read_text() == "AAA" and (out / "b" / "x.txt").read_text() == "BBB"
     again = invoke(home, "artifacts", job, "--copy-to", out)
     assert again.exit_code == 2 and "already exists" in again.stderr
-    inside = invoke(home, "artifacts", job, "--copy-to", settings.artifacts_dir / str(job) / "a")
+    inside = invoke(home, "artifacts", job, "--copy-to", job_dir / "a")
     assert inside.exit_code == 2 and "inside job" in inside.stderr
     assert "no 'model' artifact" in invoke(home, "artifacts", job, "--kind", "model").stderr
 
@@ -195,3 +186,91 @@ def test_client_functions_refuse_unknown_keywords(home, filled):
     import typing
 
     assert typing.get_type_hints(client.results)["return"] == list[dict[str, typing.Any]]
+
+
+def record_artifacts(home, job: int, files: dict[str, str]) -> Path:
+    """Writes ``files`` (path inside the job's folder -> text) as artifacts of ``job``; returns the job's folder."""
+    import hashlib
+
+    from tlq.db import queries
+
+    settings = Settings.load(home=home, environ={})
+    database = Database(settings.database_url)
+    with database.session() as session:
+        for rel, text in files.items():
+            path = settings.artifacts_dir / str(job) / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            queries.record_artifact(session, job, "note", f"{job}/{rel}", len(text), digest)
+    database.dispose()
+    return settings.artifacts_dir / str(job)
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder`` (links not followed): files by content, links by target, folders as '/'."""
+    listing = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        listing[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "/" if path.is_dir() else path.read_text()
+    return listing
+
+
+def test_artifacts_copy_never_writes_through_a_symlink(home, filled, tmp_path):
+    record_artifacts(home, filled["a"], {"a/x.txt": "AAA", "b/x.txt": "BBB"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "x.txt").symlink_to(elsewhere / "pwned.txt")  # dangling: exists() says it is not there
+    before = tree(out)
+    result = invoke(home, "artifacts", filled["a"], "--copy-to", out)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert f"{out / 'a' / 'x.txt'} is a symbolic link" in result.stderr and "nothing was copied" in result.stderr
+    assert tree(out) == before and not (elsewhere / "pwned.txt").exists()
+    # A folder on the way that is a link to a real folder is refused too.
+    (out / "a" / "x.txt").unlink()
+    (out / "b").symlink_to(elsewhere)
+    before = tree(out)
+    result = invoke(home, "artifacts", filled["a"], "--copy-to", out)
+    assert result.exit_code == 2 and f"{out / 'b'} is a symbolic link" in result.stderr
+    assert tree(out) == before and list(elsewhere.iterdir()) == []
+
+
+def test_artifact_copy_refuses_a_link_planted_after_the_checks(tmp_path):
+    from tlq.client import _NewFiles
+    from tlq.plugins.errors import BadInput
+
+    source = tmp_path / "model.txt"
+    source.write_text("weights")
+    out = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(BadInput, match="already exists"):
+        with _NewFiles(out) as new:
+            new.copy(source, Path("first.txt"))
+            (out / "sub").mkdir()
+            (out / "sub" / "model.txt").symlink_to(elsewhere / "pwned.txt")  # as if raced in
+            new.copy(source, Path("sub/model.txt"))
+    assert not (elsewhere / "pwned.txt").exists()
+    assert tree(out) == {"sub": "/", "sub/model.txt": f"-> {elsewhere / 'pwned.txt'}"}  # first.txt removed again
+    with pytest.raises(BadInput, match="is a symbolic link"):
+        with _NewFiles(out) as new:
+            (out / "deep").symlink_to(elsewhere)
+            new.copy(source, Path("deep/model.txt"))
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_tampered_artifact_fails_the_copy_and_leaves_the_destination_as_it_was(home, filled, tmp_path):
+    job_dir = record_artifacts(home, filled["a"], {"a/x.txt": "AAA", "b/x.txt": "BBB"})
+    (job_dir / "b" / "x.txt").write_text("BBX")  # changed after the job recorded its digest
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = invoke(home, "artifacts", filled["a"], "--copy-to", out)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert f"{job_dir / 'b' / 'x.txt'} no longer matches the digest" in result.stderr
+    assert tree(out) == {"keep.txt": "mine"}  # a/x.txt was copied first, then removed with its folder
+    fresh = tmp_path / "new" / "deeper"
+    assert invoke(home, "artifacts", filled["a"], "--copy-to", fresh).exit_code == 2
+    assert not (tmp_path / "new").exists()

@@ -117,6 +117,41 @@ def test_malformed_filters_point_at_the_error(db, where, points_at, says):
     assert points_at in message
 
 
+DEEP = 1200  # deeper than Python's recursion limit
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("not " * DEEP + "val_acc > 0.5", "more than 50 levels of not and parentheses"),
+        ("(" * 2000 + "val_acc > 0.5" + ")" * 2000, "more than 50 levels of not and parentheses"),
+        ("not (" * 26 + "val_acc > 0.5" + ")" * 26, "more than 50 levels of not and parentheses"),
+        (" or ".join(["val_acc is null"] * 3000), "more than 200 conditions"),  # SQLite: expression too deep
+        ("backbone in (" + ",".join(["'x'"] * 70000) + ")", "more than 1000 values"),  # PostgreSQL: 65535 binds
+    ],
+)
+def test_oversized_filters_are_refused_at_a_named_limit(db, where, says):
+    with pytest.raises(FilterError) as caught:
+        names(db, where)
+    message = str(caught.value)
+    assert "\n" not in message and says in message and "(the limit)" in message
+    assert "-->" in message and len(message) < 300  # a long filter is cut around the spot, not echoed whole
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("not " * 50 + "val_acc is null", {"d"}),
+        ("(" * 50 + "val_acc is null" + ")" * 50, {"d"}),
+        ("not (" * 25 + "val_acc is null" + ")" * 25, {"a", "b", "c"}),
+        (" or ".join(["name = 'b'"] * 199 + ["name = 'c'"]), {"b", "c"}),
+        ("name in (" + ",".join(["'a'"] * 999 + ["'c'"]) + ")", {"a", "c"}),
+    ],
+)
+def test_filters_at_the_limits_still_run(db, where, expected):
+    assert set(names(db, where)) == expected
+
+
 @pytest.mark.parametrize(
     "where",
     [

@@ -77,9 +77,7 @@ def postgresql_cluster() -> str:
 
 
 # 4 ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "outage", [pytest.param("postgresql restart", marks=pytest.mark.serial), "sqlite locked 40 s"]
-)
+@pytest.mark.parametrize("outage", [pytest.param("postgresql restart", marks=pytest.mark.serial), "sqlite locked 40 s"])
 def test_a_database_outage_mid_finetune_costs_no_attempt_and_no_metric(tmp_path, home, request, outage):
     data = make_digits(tmp_path / "data", classes=range(4), per_class=60)
     if outage == "postgresql restart":

@@ -1,5 +1,6 @@
 """Every kind of file a real image folder holds is decoded to RGB or skipped with its reason."""
 
+import os
 import struct
 import zlib
 
@@ -7,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import make_digits
 from tlq.plugins.images import UnreadableImage, discover_files, load_rgb
+from tlq.plugins.labelled import load_labelled
 
 
 def png_header_only(path, width, height):
@@ -84,8 +87,60 @@ def test_discovery_labels_by_folder_and_survives_symlink_loops(tmp_path):
         ("cat/a.png", "cat"),
         ("cat/caf\\xe9.png", "cat"),
         ("dog/b.png", "dog"),
+        ("dog/loop", "dog"),  # listed, not followed: it would read the whole tree again
         ("dog/self.jpg", "dog"),
     ]
     assert load_rgb(files[1].path).size == (8, 8)
-    with pytest.raises(UnreadableImage):
+    with pytest.raises(UnreadableImage, match="read already through another path"):
         load_rgb(files[3].path)
+    with pytest.raises(UnreadableImage, match="Too many levels of symbolic links"):
+        load_rgb(files[4].path)
+
+
+def test_a_symlinked_class_folder_is_read_and_loops_are_reported(tmp_path):
+    elsewhere = make_digits(tmp_path / "elsewhere", classes=[7], per_class=3)
+    data = make_digits(tmp_path / "data", classes=[1, 2], per_class=3)
+    (data / "7").symlink_to(elsewhere / "7")  # a class folder kept elsewhere
+    (data / "1" / "again").symlink_to(data / "1")  # a folder inside itself
+    (data / "2" / "up").symlink_to(data)  # the whole tree again
+    (data / "8").symlink_to(data / "9")  # two links to each other
+    (data / "9").symlink_to(data / "8")
+    labelled = load_labelled(data)
+    assert labelled.counts() == {"1": 3, "2": 3, "7": 3}
+    assert [load_rgb(f.path).size for f in labelled.files if f.label == "7"] == [(32, 32)] * 3
+    reasons = dict(labelled.unlabelled)
+    assert set(reasons) == {"1/again", "2/up", "8", "9"}
+    assert "read already through another path" in reasons["1/again"] == reasons["2/up"]
+    assert reasons["8"] == reasons["9"] == "cannot read (Too many levels of symbolic links)"
+    # The tasks without labels skip the same entries, each with its reason, when they load them.
+    problems = {f.rel: f.problem for f in discover_files(data) if f.problem}
+    assert problems == reasons
+    for rel in problems:
+        with pytest.raises(UnreadableImage) as caught:
+            load_rgb(data / rel)
+        assert str(caught.value) == reasons[rel]
+
+
+def test_two_links_to_one_folder_read_it_once(tmp_path):
+    shared = make_digits(tmp_path / "shared", classes=[3], per_class=2)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a").symlink_to(shared / "3")
+    (data / "b").symlink_to(shared / "3")
+    files = discover_files(data)
+    assert [f.rel.split("/")[0] for f in files if f.problem is None] == ["a", "a"]
+    assert [(f.rel, f.label) for f in files if f.problem] == [("b", "b")]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder whatever its permissions")
+def test_a_class_folder_that_cannot_be_listed_is_reported(tmp_path):
+    data = make_digits(tmp_path / "data", classes=[1, 2, 3], per_class=2)
+    (data / "3").chmod(0)
+    try:
+        labelled = load_labelled(data)
+    finally:
+        (data / "3").chmod(0o755)
+    assert labelled.counts() == {"1": 2, "2": 2}
+    assert dict(labelled.unlabelled) == {
+        "3": "a folder tlq cannot list (Permission denied); fix its permissions or remove it"
+    }

@@ -101,3 +101,33 @@ def test_a_claim_whose_reply_was_lost_is_still_this_workers(env):
         assert claims.claim(session, job_id, "w", lease=lease) == lease
         assert claims.claim(session, job_id, "w") is None  # any other claim still loses
     assert job_of(env, job_id)["attempts"] == 1
+
+
+def test_a_password_in_an_exception_never_reaches_the_job_row(env):
+    def run(ctx, params):
+        raise ConnectionError("could not connect to postgresql://tlq:s3cr3t/pw@db.internal:5432/tlq?password=hunter2")
+
+    job_id = new_job(env)
+    assert execute_job(env, job_id, "w", tasks=registry_with(run)) == "failed"
+    job = job_of(env, job_id)
+    assert job["error"].startswith("ConnectionError: could not connect to postgresql://tlq:")
+    assert "s3cr3t" not in job["error"] and "hunter2" not in job["error"] and "db.internal:5432/tlq" in job["error"]
+
+
+def test_worker_logs_mask_passwords_in_messages_and_tracebacks():
+    import logging
+
+    from tlq.workers.app import SecretsFilter
+
+    try:
+        raise OSError("redis://:hunter2@broker:6379/0 refused")
+    except OSError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "tlq", logging.ERROR, __file__, 1, "sending to %s failed", ("rediss://u:p@ss@h/0",), exc_info
+    )
+    assert SecretsFilter().filter(record)
+    text = logging.Formatter().format(record)
+    assert "hunter2" not in text and "p@ss" not in text and "sending to rediss://u:" in text and "OSError" in text

@@ -16,24 +16,33 @@ def print_json(obj: Any) -> None:
 
 
 def print_csv(header: list[str], rows: list[list[Any]]) -> None:
-    """CSV on stdout; floats are written in full (repr), so they parse back to the same numbers."""
+    """CSV on stdout; floats are written in full (repr), so they parse back to the same numbers, and text that
+    a spreadsheet would run as a formula is neutralized (see ``csv_cell``)."""
     import csv
     import sys
 
+    from tlq.plugins.reports import csv_cell
+
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(header)
+    writer.writerow([csv_cell(v) for v in header])
     for row in rows:
-        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
+        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else csv_cell(v) for v in row])
 
 
 def console():
+    """The console every table and job view is printed on.
+
+    Markup and emoji codes are off: what tlq prints is mostly text users and plugins wrote (job names, data
+    paths, params, tags, errors, metric names), and rich would read ``[/x]`` in it as a tag and fail, ``[bold]``
+    as a style and drop it, and ``:thumbs_up:`` as an emoji. tlq's own styling goes in ``Text`` styles instead.
+    """
     import shutil
 
     from rich.console import Console
 
     # Piped output gets a wide page rather than rich's 80 columns, so tables stay readable in logs.
     width = None if shutil.get_terminal_size((0, 0)).columns else 160
-    return Console(highlight=False, soft_wrap=False, width=width)
+    return Console(highlight=False, soft_wrap=False, width=width, markup=False, emoji=False)
 
 
 def job_dict(state: CliState, job_id: int) -> dict[str, Any]:
@@ -66,16 +75,18 @@ def format_value(value: float) -> str:
 
 def show_job(data: dict[str, Any], brief: bool = False) -> None:
     """A job for people: status line, then metrics, artifacts and the error if any."""
+    from rich.text import Text
+
     out = console()
     color = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}.get(data["status"], "")
     title = f"job {data['id']}  {data['task']}"
     if data.get("backbone"):
         title += f" on {data['backbone']}"
-    out.print(f"[bold]{title}[/bold]  [{color}]{data['status']}[/{color}]" if color else f"{title}  {data['status']}")
+    out.print(Text.assemble((title, "bold"), "  ", (data["status"], color)))
     if data.get("error"):
-        out.print(f"  error: {data['error']}", markup=False)
+        out.print(f"  error: {data['error']}")
     if data.get("waiting"):
-        out.print(f"  {data['waiting']}", markup=False)
+        out.print(f"  {data['waiting']}")
     if not brief:
         rows = [
             ("name", data.get("name")),
@@ -98,13 +109,13 @@ def show_job(data: dict[str, Any], brief: bool = False) -> None:
             rows.append(("progress", f"{progress['stage']} {format_value(done or 0)}/{format_value(total or 0)}"))
         for key, value in rows:
             if value not in (None, ""):
-                out.print(f"  {key:<9} {value}", markup=False)
+                out.print(f"  {key:<9} {value}")
     if data.get("metrics"):
         out.print("  metrics: " + ", ".join(f"{k}={format_value(v)}" for k, v in sorted(data["metrics"].items())))
     if data.get("artifacts"):
         out.print("  artifacts:")
         for artifact in data["artifacts"]:
-            out.print(f"    {artifact['kind']:<20} {artifact['path']}", markup=False)
+            out.print(f"    {artifact['kind']:<20} {artifact['path']}")
 
 
 def emit_job(state: CliState, job_id: int, json_out: bool, brief: bool = False) -> str:

@@ -127,6 +127,7 @@ def _cell(value: Any) -> Any:
 def print_leaderboard(rows: list[dict], metric: str, subject: str, goal: str | None = None) -> None:
     """The leaderboard as a table for people, the best run marked with a star."""
     from rich.table import Table
+    from rich.text import Text
 
     from tlq.db.results import lower_is_better
 
@@ -138,7 +139,7 @@ def print_leaderboard(rows: list[dict], metric: str, subject: str, goal: str | N
         table.add_column(column)
     for row in rows:
         table.add_row(
-            "[bold green]★[/]" if row["best_run"] else str(row["rank"]),
+            Text("★", style="bold green") if row["best_run"] else str(row["rank"]),
             str(row["job"]),
             row["backbone"] or "",
             *[str(row["params"].get(k, "")) for k in params],

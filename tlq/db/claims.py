@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from tlq.config import mask_secrets_in
 from tlq.db.clock import db_now
 from tlq.db.models import Attempt, Job, JobStatus, WorkerRecord
 
@@ -183,6 +184,7 @@ def finish(session: Session, job_id: int, lease: str, status: JobStatus, error: 
         True when recorded, now or by an earlier try of the same write (a commit whose reply was lost);
         False when the lease is no longer the job's.
     """
+    error = error and mask_secrets_in(error)  # a task's exception text may carry a URL with its password
     result = session.execute(
         update(Job).where(*_held(job_id, lease)).values(status=status.value, error=error, finished_at=db_now())
     )
@@ -212,6 +214,7 @@ def recover(
         "requeued" (the caller must send it; see ``send_hold``), "failed", "cancelled", or None when the
         lease was no longer the job's.
     """
+    reason = mask_secrets_in(reason)
     conditions = [Job.id == job_id, Job.status == RUNNING, Job.lease.is_(None) if lease is None else Job.lease == lease]
     if stale_after_s is not None:
         conditions.append(Job.heartbeat_at < db_now(-stale_after_s))
@@ -287,7 +290,7 @@ def _end_attempt(session: Session, lease: str, outcome: str, reason: str | None)
     session.execute(
         update(Attempt)
         .where(Attempt.lease == lease, Attempt.ended_at.is_(None))
-        .values(ended_at=db_now(), outcome=outcome, reason=reason and reason[:4000])
+        .values(ended_at=db_now(), outcome=outcome, reason=reason and mask_secrets_in(reason)[:4000])
     )
 
 
@@ -323,7 +326,7 @@ def fail_queued(session: Session, job_id: int, error: str) -> None:
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == QUEUED)
-        .values(status=JobStatus.FAILED.value, error=error, finished_at=db_now(), sending_since=None)
+        .values(status=JobStatus.FAILED.value, error=mask_secrets_in(error), finished_at=db_now(), sending_since=None)
     )
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tlq.config import mask_url, normalize_database_url
+from tlq.config import mask_secrets_in, mask_url, normalize_database_url
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 7_274_201  # arbitrary key for pg_advisory_xact_lock, shared by every tlq process
@@ -118,7 +118,7 @@ class Database:
             upgrade(self.engine)
         except OperationalError as exc:
             raise DatabaseUnavailable(
-                f"cannot reach the database at {self.masked_url} ({_first_line(exc.orig or exc)}); "
+                f"cannot reach the database at {self.masked_url} ({mask_secrets_in(_first_line(exc.orig or exc))}); "
                 "start it, or point TLQ_DATABASE_URL / --database-url at one that runs"
             ) from exc
         self._schema_ready = True

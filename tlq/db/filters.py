@@ -8,6 +8,11 @@ A name is a job column (``task``, ``backbone``, ``status``, ``created``, ...), `
 or the name of a metric, which stands for its final value (the value at the job's last step). Values are
 always bound parameters, and names are looked up in a fixed table, so no text of a filter ever reaches the
 SQL: a filter cannot inject SQL.
+
+A filter is also bounded in size: at most ``MAX_DEPTH`` levels of ``not`` and parentheses (the parser recurses
+once per level, and Python's stack ends near 1000), at most ``MAX_CONDITIONS`` comparisons (SQLite refuses an
+expression tree deeper than 1000, and it nests a chain of ``or`` one level per term) and at most ``MAX_VALUES``
+values (each is a bound parameter, and PostgreSQL takes at most 65535 in one query).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from tlq.db.models import Job, Metric
 
+MAX_DEPTH = 50
+MAX_CONDITIONS = 200
+MAX_VALUES = 1000
 KEYWORDS = {"and", "or", "not", "in", "is", "null", "true", "false", "like"}
 TOKEN = re.compile(
     r"""
@@ -53,8 +61,11 @@ class Token:
     pos: int
 
 
-def _point(source: str, pos: int) -> str:
-    return f"{source[:pos]}-->{source[pos:]}" if pos < len(source) else f"{source} -->"
+def _point(source: str, pos: int, context: int = 40) -> str:
+    """The filter with ``-->`` at ``pos``; a long filter is cut to ``context`` characters either side."""
+    before = source[:pos] if pos <= context else "..." + source[pos - context : pos]
+    after = source[pos:] if len(source) - pos <= context else source[pos : pos + context] + "..."
+    return f"{before}-->{after}" if pos < len(source) else f"{before} -->"
 
 
 def _error(option: str, source: str, pos: int, message: str) -> FilterError:
@@ -266,6 +277,12 @@ class WhereParser:
         self.resolver = resolver
         self.tokens = tokenize(source, option)
         self.index = 0
+        self.depth = 0
+        self.conditions = 0
+        values = [token for token in self.tokens if token.kind == "value"]
+        if len(values) > MAX_VALUES:
+            message = f"more than {MAX_VALUES} values (the limit); tag the jobs and filter on the tag"
+            raise self.fail(message, values[MAX_VALUES])
 
     @property
     def token(self) -> Token:
@@ -309,21 +326,35 @@ class WhereParser:
         return parts[0] if len(parts) == 1 else and_(*parts)
 
     def parse_not(self) -> ColumnElement:
-        if self.take("not"):
-            return not_(self.parse_not())
-        if self.token.text == "(" and self.token.kind == "paren":
-            self.index += 1
-            inner = self.parse_or()
-            if self.token.text != ")":
-                raise self.fail("expected ')' to close the '('")
-            self.index += 1
+        if self.token.kind == "not" or (self.token.text == "(" and self.token.kind == "paren"):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                message = (
+                    f"more than {MAX_DEPTH} levels of not and parentheses (the limit); write the filter with fewer"
+                )
+                raise self.fail(message)
+            inner = self._parse_nested()
+            self.depth -= 1
             return inner
         return self.parse_comparison()
+
+    def _parse_nested(self) -> ColumnElement:
+        if self.take("not"):
+            return not_(self.parse_not())
+        self.index += 1
+        inner = self.parse_or()
+        if self.token.text != ")":
+            raise self.fail("expected ')' to close the '('")
+        self.index += 1
+        return inner
 
     def parse_comparison(self) -> ColumnElement:
         name_token = self.token
         if name_token.kind != "name":
             raise self.fail("expected a name (val_acc, backbone, params.lr, ...)")
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise self.fail(f"more than {MAX_CONDITIONS} conditions (the limit); use in (...) or filter on a tag")
         self.index += 1
         if self.take("is"):
             negate = self.take("not") is not None
@@ -453,6 +484,9 @@ def compile_order_by(source: str, resolver: FieldResolver) -> list[ColumnElement
 
 
 __all__ = [
+    "MAX_CONDITIONS",
+    "MAX_DEPTH",
+    "MAX_VALUES",
     "FieldResolver",
     "FilterError",
     "compile_order_by",

@@ -23,11 +23,16 @@ class UnreadableImage(Exception):
 
 @dataclass(frozen=True)
 class ImageFile:
-    """A candidate image: its absolute path, its path relative to the data root, and its label if any."""
+    """A candidate image: its absolute path, its path relative to the data root, and its label if any.
+
+    ``problem`` is set on a folder the walk did not read, or a symlink loop (see ``discover_files``): it is
+    listed, so that the tasks skip it with this reason like any unreadable file, instead of it vanishing.
+    """
 
     path: Path
     rel: str
     label: str | None
+    problem: str | None = None
 
 
 def safe_name(path: str | os.PathLike) -> str:
@@ -35,24 +40,69 @@ def safe_name(path: str | os.PathLike) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def discover_files(root: Path) -> list[ImageFile]:
-    """Every regular, non-hidden file under ``root``, sorted, labelled by its top-level folder.
+READ_ALREADY = "a folder read already through another path (a symlink loop or a second link to it); not followed"
 
-    Folder symlinks are not followed (no loops); file symlinks are, and a broken one becomes a file that will
-    be skipped as unreadable.
+
+def folder_problem(path: str | os.PathLike) -> str:
+    """Why a folder listed among the files was not read: it cannot be listed, or it was read already."""
+    try:
+        with os.scandir(path):
+            pass
+    except OSError as exc:
+        return f"a folder tlq cannot list ({exc.strerror or exc}); fix its permissions or remove it"
+    return READ_ALREADY
+
+
+def discover_files(root: Path) -> list[ImageFile]:
+    """Every regular, non-hidden file under ``root``, in sorted depth-first order, labelled by its top-level folder.
+
+    Folder symlinks are followed wherever they point, class folders included: whoever submits a job already
+    names any folder they like as --data, so a link reaches nothing they could not; and data sets are often
+    assembled from links to folders elsewhere. Each real folder is read once, at the first path that reaches it,
+    which ends symlink loops (a link to a folder above it) and the blow-up of links to links. A folder that is
+    not read (read already, or not listable) and a symlink loop are listed with their ``problem``, and so land in
+    the job's skipped.csv with the reason rather than disappearing. File symlinks are followed; a broken one
+    becomes a file that will be skipped as unreadable.
     """
     root = Path(root)
     found: list[ImageFile] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            if filename.startswith("."):
+    seen = {os.path.realpath(root)}
+    pending = [root]  # a stack, so that no depth of folders can exhaust Python's recursion limit
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:
+            if folder != root:  # an unreadable root is reported by the caller as an empty data folder
+                found.append(_entry(root, folder, folder_problem(folder)))
+            continue
+        folders = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_folder = entry.is_dir()  # follows a symlink
+            except OSError as exc:  # a symlink loop (ELOOP) and the like
+                found.append(_entry(root, path, f"cannot read ({exc.strerror or exc})"))
                 continue
-            path = Path(dirpath) / filename
-            rel = path.relative_to(root)
-            label = rel.parts[0] if len(rel.parts) > 1 else None
-            found.append(ImageFile(path=path, rel=safe_name(rel.as_posix()), label=label and safe_name(label)))
+            if not is_folder:
+                found.append(_entry(root, path))
+                continue
+            real = os.path.realpath(path)
+            if real in seen:
+                found.append(_entry(root, path, READ_ALREADY))
+                continue
+            seen.add(real)  # when listed, so a real folder wins over a link to it from deeper down
+            folders.append(path)
+        pending.extend(reversed(folders))  # depth-first, in name order, as os.walk goes
     return found
+
+
+def _entry(root: Path, path: Path, problem: str | None = None) -> ImageFile:
+    rel = path.relative_to(root)
+    # A file is labelled by the class folder it sits in; an entry that was not read, by itself or the one above.
+    label = rel.parts[0] if len(rel.parts) > 1 or problem else None
+    return ImageFile(path, safe_name(rel.as_posix()), label and safe_name(label), problem)
 
 
 def looks_like_image(path: Path) -> bool:
@@ -67,6 +117,8 @@ def load_rgb(path: Path) -> Image.Image:
         UnreadableImage: The file is empty, missing, not an image, truncated, or too large to be safe.
     """
     try:
+        if os.path.isdir(path):
+            raise UnreadableImage(folder_problem(path))
         if os.path.getsize(path) == 0:
             raise UnreadableImage("empty file")
         with warnings.catch_warnings():

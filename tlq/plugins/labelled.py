@@ -56,10 +56,13 @@ def load_labelled(source: Path, label_pattern: str | None = None) -> LabelledFil
     source = Path(source)
     if source.is_file():
         return _from_manifest(source)
-    files = discover_files(source)
+    found = discover_files(source)
+    # Folders the walk did not read (a symlink loop, no permission) are no class: they go to skipped.csv.
+    files = [f for f in found if f.problem is None]
+    unreadable = [(f.rel, f.problem) for f in found if f.problem is not None]
     if label_pattern:
         regex = compile_pattern(label_pattern)
-        labelled, unlabelled = [], []
+        labelled, unlabelled = [], unreadable
         for f in files:
             match = regex.match(f.path.name) or regex.match(f.rel)
             if match is None:
@@ -70,7 +73,7 @@ def load_labelled(source: Path, label_pattern: str | None = None) -> LabelledFil
         return LabelledFiles(labelled, unlabelled)
     labelled = [f for f in files if f.label is not None]
     unlabelled = [(f.rel, "not inside a class folder") for f in files if f.label is None]
-    return LabelledFiles(labelled, unlabelled)
+    return LabelledFiles(labelled, unreadable + unlabelled)
 
 
 def _from_manifest(path: Path) -> LabelledFiles:

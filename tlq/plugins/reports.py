@@ -1,12 +1,45 @@
-"""Reports people would rather look at than read: confusion matrices, per-class accuracy, training curves."""
+"""Reports people would rather look at than read: confusion matrices, per-class accuracy, training curves, and
+the CSV files every part of tlq writes (`csv_text`, `csv_cell`).
+
+numpy is imported where it is used, so the CLI can write CSV without loading it.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP, "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` made safe to open in a spreadsheet: text that would start a formula gets a leading ``'``.
+
+    Cells hold file names, class folders, job names, params and tags, all chosen by whoever made the data; a file
+    called ``=HYPERLINK("http://x")`` must not become a live link (or a command) in the report someone opens.
+    Numbers, and text that is a plain number such as ``-0.5``, are left as they are: a spreadsheet reads them
+    as numbers, never as formulas.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_text(header: Sequence[Any], rows: Iterable[Iterable[Any]]) -> str:
+    """A CSV file's text, every cell (the header too) passed through ``csv_cell``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([csv_cell(v) for v in header])
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
+    return buffer.getvalue()
 
 
 def pyplot():
@@ -20,29 +53,25 @@ def pyplot():
 
 def confusion_matrix(predictions: Sequence[int], targets: Sequence[int], num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
+    import numpy as np
+
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(targets, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
     return matrix
 
 
 def confusion_csv(matrix: np.ndarray, classes: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["true\\predicted", *classes])
-    for name, row in zip(classes, matrix, strict=True):
-        writer.writerow([name, *row.tolist()])
-    return buffer.getvalue()
+    rows = ([name, *row.tolist()] for name, row in zip(classes, matrix, strict=True))
+    return csv_text(["true\\predicted", *classes], rows)
 
 
 def per_class_csv(matrix: np.ndarray, classes: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["class", "images", "correct", "accuracy"])
+    rows = []
     for i, name in enumerate(classes):
         total = int(matrix[i].sum())
         correct = int(matrix[i, i])
-        writer.writerow([name, total, correct, f"{correct / total:.4f}" if total else ""])
-    return buffer.getvalue()
+        rows.append([name, total, correct, f"{correct / total:.4f}" if total else ""])
+    return csv_text(["class", "images", "correct", "accuracy"], rows)
 
 
 def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = "validation confusion matrix"):

@@ -11,12 +11,13 @@ import os
 import secrets
 import socket
 import time
+import traceback
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
-from tlq.config import Settings
+from tlq.config import Settings, mask_secrets_in
 from tlq.plugins.base import Environment
 
 TASK_NAME = "tlq.run_job"
@@ -89,6 +90,23 @@ class WorkerRuntime:
         return execute_job(self.env, job_id, self.worker_name, model_cache=self.model_cache)
 
 
+class SecretsFilter(logging.Filter):
+    """Masks URL passwords and ``password=`` pairs in every log line and traceback a worker writes: driver and
+    broker errors quote the URL they failed on, password and all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = mask_secrets_in(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask_secrets_in("".join(traceback.format_exception(*record.exc_info)).rstrip())
+        return True
+
+
+def _mask_logs(logger: logging.Logger, **_kwargs) -> None:
+    for handler in logger.handlers:
+        if not any(isinstance(f, SecretsFilter) for f in handler.filters):
+            handler.addFilter(SecretsFilter())
+
+
 def create_app(settings: Settings) -> Celery:
     """Builds the Celery app for ``settings``, with the ``tlq.run_job`` task registered."""
     url, transport = celery_broker(settings.broker_url)
@@ -140,6 +158,8 @@ def create_app(settings: Settings) -> Celery:
         multiprocessing.current_process()._config["daemon"] = False
 
     worker_process_init.connect(_after_fork, weak=False)
+    after_setup_logger.connect(_mask_logs, weak=False)
+    after_setup_task_logger.connect(_mask_logs, weak=False)
     return app
 
 

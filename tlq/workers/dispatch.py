@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from tlq.config import mask_url
+from tlq.config import mask_secrets_in, mask_url
 from tlq.db import claims, queries
 from tlq.plugins.base import Environment
 from tlq.plugins.errors import BadInput
@@ -77,9 +77,7 @@ def check_memory(env: Environment, plugin, params, spec: JobSpec, queue: str) ->
         if fits
         else "use a smaller backbone or --image-size"
     )
-    raise BadInput(
-        f"this job needs about {gib(need.total)} ({need.what}) but {where} has {gib(budget)} per job; {fix}"
-    )
+    raise BadInput(f"this job needs about {gib(need.total)} ({need.what}) but {where} has {gib(budget)} per job; {fix}")
 
 
 def create_job_row(env: Environment, spec: JobSpec, queue: str, params: dict) -> int:
@@ -170,7 +168,7 @@ def _queue(env: Environment, spec: JobSpec, params: dict, app=None) -> int:
     try:
         publish(app, job_id, queue, spec.priority)
     except Exception as exc:
-        reason = (
+        reason = mask_secrets_in(
             f"cannot reach the broker at {mask_url(env.settings.broker_url)} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); start it or point TLQ_BROKER_URL at one that runs"
         )

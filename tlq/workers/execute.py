@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from tlq.config import mask_secrets_in
 from tlq.db import Job, JobStatus, claims, queries
 from tlq.plugins.base import BackboneRef, Environment
 from tlq.plugins.context import JobContext, JobLost, JobOrigin, ProgressCallback
@@ -170,8 +171,8 @@ def execute_job(
         if keeper.lost.is_set():
             status = None  # the task broke because its attempt was already over; that is not its outcome
         else:
-            error = f"{type(exc).__name__}: {exc}".strip()
-            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            error = mask_secrets_in(f"{type(exc).__name__}: {exc}".strip())
+            log.error("job %s failed:\n%s", job_id, mask_secrets_in(traceback.format_exc()))
     except BaseException:  # Ctrl-C in `tlq run`, or the process told to exit: the job must not stay running
         keeper.close(JobStatus.CANCELLED, "interrupted while it ran (Ctrl-C or the process was told to exit)")
         raise

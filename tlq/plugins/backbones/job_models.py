@@ -139,4 +139,3 @@ class JobModelProvider:
 
 
 provider = JobModelProvider()
-

@@ -6,15 +6,15 @@ files were skipped, ``skipped.csv`` (path, reason). Metrics: images, skipped, im
 
 from __future__ import annotations
 
-import csv
-import io
-
 from pydantic import Field
 
 from tlq.plugins.base import Environment, TaskParams, TaskPlugin
 from tlq.plugins.errors import BadInput
 from tlq.plugins.images import discover_files
 from tlq.plugins.params import BatchSize, DataDir, Precision
+
+# Every CSV tlq writes goes through one writer that neutralizes formula cells; the tasks import it from here.
+from tlq.plugins.reports import csv_text
 
 
 class FeatureExtractParams(TaskParams):
@@ -31,14 +31,6 @@ class FeatureExtractParams(TaskParams):
 def check(params: FeatureExtractParams, env: Environment, backbone=None) -> None:
     if not discover_files(params.data):
         raise BadInput(f"no files under {params.data}; point --data at a folder of images")
-
-
-def csv_text(header: list[str], rows) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def run(ctx, params: FeatureExtractParams) -> None:
