@@ -88,3 +88,10 @@ def test_tlq_run_is_measured_against_this_machine(tmp_path, digits_dir):
     assert result.exit_code == 2
     [line] = result.stderr.strip().splitlines()
     assert "this job needs about" in line and "but this machine has" in line and "lower --batch-size to" in line
+
+
+def test_inference_tasks_are_measured_too(env, digits_dir):
+    with pytest.raises(BadInput, match=r"\(vgg16 inference, batch 4096 at 224 px\) but the largest cpu worker"):
+        client.Client(env=env).submit(
+            "feature-extract", backbone="vgg16", pretrained=False, data=str(digits_dir), batch_size=4096, device="cpu"
+        )

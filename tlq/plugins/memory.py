@@ -131,6 +131,17 @@ def inference_need(model: ModelProfile, batch_size: int, image_size: int, precis
     return MemoryNeed(fixed, per_image, batch_size, f"{model.arch} inference, batch {batch_size} at {image_size} px")
 
 
+def inference_memory(params, env, backbone) -> MemoryNeed | None:
+    """The memory of a task that runs the backbone forward only (feature-extract, predict): its ``batch_size``
+    (CPU default when unset), ``precision`` and ``loader_workers`` parameters, at the backbone's own size."""
+    found = backbone_profile(env, backbone, None)
+    if found is None:
+        return None
+    model, size = found
+    batch = getattr(params, "batch_size", None) or 16
+    return inference_need(model, batch, size, params.precision, getattr(params, "loader_workers", None) or 0)
+
+
 def _loader_bytes(image_size: int, loaders: int) -> int:
     # Each decoded image as float32, in the batch being used and in each loader's two prefetched batches.
     return 3 * image_size * image_size * 4 * (1 + 2 * loaders)

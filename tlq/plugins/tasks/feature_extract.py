@@ -11,6 +11,7 @@ from pydantic import Field
 from tlq.plugins.base import Environment, TaskParams, TaskPlugin
 from tlq.plugins.errors import BadInput
 from tlq.plugins.images import discover_files
+from tlq.plugins.memory import inference_memory
 from tlq.plugins.params import BatchSize, DataDir, Precision
 
 # Every CSV tlq writes goes through one writer that neutralizes formula cells; the tasks import it from here.
@@ -85,4 +86,5 @@ task = TaskPlugin(
     params=FeatureExtractParams,
     run=run,
     check=check,
+    memory=inference_memory,
 )

@@ -12,6 +12,7 @@ from pydantic import Field
 from tlq.plugins.base import Environment, TaskParams, TaskPlugin
 from tlq.plugins.errors import BadInput
 from tlq.plugins.images import discover_files
+from tlq.plugins.memory import inference_memory
 from tlq.plugins.params import BatchSize, DataDir, Precision
 
 
@@ -109,4 +110,5 @@ task = TaskPlugin(
     params=PredictParams,
     run=run,
     check=check,
+    memory=inference_memory,
 )
