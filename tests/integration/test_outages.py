@@ -44,15 +44,18 @@ def test_a_job_requeued_while_the_broker_refuses_is_sent_once_it_is_back(
     proxy = ToggleProxy(6379).up()
     broker = redis_url.replace(":6379/", f":{proxy.port}/")
     env = tlq_env(home, database_url=pg_url, broker_url=broker, PYTHONPATH=str(plugin_site), TLQ_STALE_AFTER="4")
-    doomed = WorkerProcess(env, tmp_path / "doomed.log", "--name", "doomed").start().wait_ready()
-    rescuer = None
+    # Both workers are up before the job is sent: whichever claims it is killed, the other rescues it. (Starting
+    # the rescuer later let a slow start outlast the job on a loaded machine.)
+    workers = {n: WorkerProcess(env, tmp_path / f"{n}.log", "--name", n).start() for n in ("alpha", "beta")}
     try:
+        for worker in workers.values():
+            worker.wait_ready()
         job_id = tlq_json(["submit", "sleep", "--steps", "16", "--step-seconds", "0.5"], env)["id"]
-        wait_for_status(env, job_id, ("running",), timeout=60)
-        rescuer = WorkerProcess(env, tmp_path / "rescuer.log", "--name", "rescuer").start().wait_ready()
-        doomed.kill()  # its heartbeat stops; the rescuer will requeue the job ...
+        doomed = wait_for_status(env, job_id, ("running",), timeout=60)["worker"]
+        rescuer = next(n for n in workers if n != doomed)
+        workers[doomed].kill()  # its heartbeat stops; the rescuer will requeue the job ...
         proxy.down()  # ... exactly while the broker refuses connections
-        wait_until(lambda: send_state(pg_url, job_id)[0] == "queued", 60, "the requeue")
+        wait_until(lambda: send_state(pg_url, job_id)[0] != "running", 60, "the requeue")
         time.sleep(3.0)  # several reports of the rescuer, each failing to send
         status, dispatched_at = send_state(pg_url, job_id)
         assert (status, dispatched_at) == ("queued", None)  # not marked sent: nothing reached the broker
@@ -60,13 +63,12 @@ def test_a_job_requeued_while_the_broker_refuses_is_sent_once_it_is_back(
         back = time.monotonic()
         done = wait_for_status(env, job_id, FINAL, timeout=120)
         back_to_done = time.monotonic() - back
-        log = rescuer.log()
+        log = workers[rescuer].log()
     finally:
-        doomed.discard()
-        if rescuer:
-            rescuer.discard()
+        for worker in workers.values():
+            worker.discard()
         proxy.down()
-    assert done["status"] == "succeeded" and done["worker"] == "rescuer" and done["attempts"] == 2, done
+    assert done["status"] == "succeeded" and done["worker"] == rescuer and done["attempts"] == 2, done
     assert f"job {job_id} could not be sent to the cpu queue" in log
     figure("broker refusing while a stale job is requeued", broker_back_to_done_s=back_to_done, attempts=2)
 
