@@ -642,7 +642,7 @@ def machine_info(device: str) -> dict:
     import timm
     import torch
 
-    from tlq.plugins.precision import cpu_has_fast_bf16
+    from tlq.plugins.precision import cpu_flags
 
     cpu = "unknown"
     try:
@@ -657,7 +657,8 @@ def machine_info(device: str) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "bf16/amx": cpu_has_fast_bf16(),
+        "amx": bool(cpu_flags() & {"amx_bf16", "amx_tile"}),
+        "avx512-bf16": "avx512_bf16" in cpu_flags(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,

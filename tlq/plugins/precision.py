@@ -1,39 +1,57 @@
-"""Choosing the numeric precision and memory layout: bf16 autocast and channels_last where the hardware runs
-them fast (CUDA; CPUs with AVX512-BF16 or AMX), fp32 elsewhere."""
+"""Choosing the numeric precision and memory layout: bf16 autocast (and channels_last) where it measured faster
+than fp32 on this machine (``tlq.plugins.calibration``), fp32 elsewhere."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from tlq.plugins.calibration import Workload
 
 Precision = Literal["auto", "fp32", "bf16"]
+log = logging.getLogger("tlq.precision")
 
 
 @functools.cache
-def cpu_has_fast_bf16() -> bool:
-    """True when /proc/cpuinfo lists AVX512-BF16 or AMX-BF16."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags from /proc/cpuinfo (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"avx512_bf16", "amx_bf16"})
-    return False
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
-def resolve_precision(requested: Precision, device: str) -> Literal["fp32", "bf16"]:
-    """The precision to run in: ``auto`` picks bf16 where the device runs it fast."""
+def resolve_precision(
+    requested: Precision,
+    device: str,
+    workload: Workload | None = None,
+    home=None,
+    logger: logging.Logger | None = None,
+) -> Literal["fp32", "bf16"]:
+    """The precision to run in. ``auto`` measures ``workload`` both ways on this machine (once; the choice is
+    cached in ``home``) and takes bf16 only where it is clearly faster; with no workload to measure it keeps
+    fp32 on a CPU and takes bf16 on a CUDA device that supports it."""
     if requested != "auto":
         return requested
-    if device.startswith("cuda"):
-        import torch
+    if workload is None:
+        if device.startswith("cuda"):
+            import torch
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "fp32"
+    from tlq.plugins.calibration import choose_precision
+
+    choice = choose_precision(workload, device, home)
+    (logger or log).info("precision auto for %s (%s): %s", workload.label, workload.kind, choice.describe())
+    return choice.precision
 
 
 def autocast(device: str, precision: str):

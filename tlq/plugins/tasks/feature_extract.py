@@ -23,7 +23,9 @@ class FeatureExtractParams(TaskParams):
     batch_size: BatchSize | None = Field(
         None, description="Images per forward pass (default: 16 on a CPU, 64 on a GPU)."
     )
-    precision: Precision = Field("auto", description="auto: bf16 where the device runs it fast, else fp32.")
+    precision: Precision = Field(
+        "auto", description="auto: bf16 where it measured faster than fp32 on this machine, else fp32."
+    )
     loader_workers: int | None = Field(
         None, ge=0, le=64, description="Image-decoding processes (default: sized to the machine)."
     )
@@ -38,6 +40,7 @@ def run(ctx, params: FeatureExtractParams) -> None:
     import numpy as np
     import timm.data
 
+    from tlq.plugins.calibration import Workload
     from tlq.plugins.features import inference_batch_size, pooled_features_of
     from tlq.plugins.precision import resolve_precision
 
@@ -45,10 +48,12 @@ def run(ctx, params: FeatureExtractParams) -> None:
     if not files:
         raise BadInput(f"no files under {params.data}; point --data at a folder of images")
     backbone = ctx.load_backbone(num_classes=0)
-    precision = resolve_precision(params.precision, ctx.device)
+    batch_size = inference_batch_size(params.batch_size, ctx.device)
+    shape = tuple(backbone.data_config["input_size"])
+    workload = Workload("inference", backbone.model, shape, batch_size, backbone.arch, images=len(files))
+    precision = resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home, ctx.log)
     ctx.log.info("extracting %s features of %d files with %s (%s)", backbone.arch, len(files), precision, ctx.device)
     transform = timm.data.create_transform(**backbone.data_config, is_training=False)
-    batch_size = inference_batch_size(params.batch_size, ctx.device)
     result = pooled_features_of(
         ctx, backbone, files, transform, precision, batch_size, params.loader_workers, "extracting features"
     )

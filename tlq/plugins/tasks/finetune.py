@@ -63,7 +63,9 @@ class FinetuneParams(TaskParams):
     early_stop: int | None = Field(
         None, ge=1, description="Stop after this many epochs without a better val_acc; keep the best epoch."
     )
-    precision: Precision = Field("auto", description="auto: bf16 where the device runs it fast, else fp32.")
+    precision: Precision = Field(
+        "auto", description="auto: bf16 where it measured faster than fp32 on this machine, else fp32."
+    )
     seed: int = Field(0, ge=0, le=2**31, description="Seed of the split, initialization and data order.")
     image_size: int | None = Field(None, ge=8, le=2048, description="Input size (default: the model's own).")
     loader_workers: int | None = Field(None, ge=0, le=64, description="Image-decoding processes.")
@@ -156,6 +158,7 @@ def build_transforms(data_config: dict, augment: str):
 
 def run(ctx, params: FinetuneParams) -> None:
 
+    from tlq.plugins.calibration import Workload
     from tlq.plugins.features import pooled_features_of, scan_images
     from tlq.plugins.precision import prepare_model, resolve_precision
     from tlq.plugins.training import (
@@ -176,7 +179,12 @@ def run(ctx, params: FinetuneParams) -> None:
     data_config = dict(backbone.data_config)
     if params.image_size:
         data_config["input_size"] = (3, params.image_size, params.image_size)
-    precision = resolve_precision(params.precision, ctx.device)
+    kind = "inference" if params.strategy == "linear-probe" else "training"
+    passes = 1 if kind == "inference" else params.epochs
+    images = passes * (len(train_files) + len(val_files))
+    shape = tuple(data_config["input_size"])
+    workload = Workload(kind, model, shape, params.batch_size, backbone.arch, images=images)
+    precision = resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home, ctx.log)
     prepare_model(model, ctx.device, precision)
     eval_tf, train_tf = build_transforms(data_config, params.augment)
     ctx.log.info(

@@ -73,6 +73,7 @@ def run(ctx, params: IdealImageParams) -> None:
     import torch
     from PIL import Image
 
+    from tlq.plugins.calibration import Workload
     from tlq.plugins.precision import autocast, resolve_precision
     from tlq.plugins.reports import pyplot
 
@@ -82,8 +83,9 @@ def run(ctx, params: IdealImageParams) -> None:
         p.requires_grad_(False)
     names = backbone.class_names or [str(i) for i in range(model.num_classes)]
     target = resolve_class(params.target, backbone.class_names, model.num_classes)
-    precision = resolve_precision(params.precision, ctx.device)
     size = params.size or backbone.data_config["input_size"][-1]
+    workload = Workload("input-gradient", model, (3, size, size), 1, backbone.arch, images=params.steps)
+    precision = resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home, ctx.log)
     mean = torch.tensor(backbone.data_config["mean"]).view(1, 3, 1, 1).to(ctx.device)
     std = torch.tensor(backbone.data_config["std"]).view(1, 3, 1, 1).to(ctx.device)
     generator = torch.Generator().manual_seed(params.seed)

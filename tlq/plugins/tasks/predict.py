@@ -22,7 +22,9 @@ class PredictParams(TaskParams):
     batch_size: BatchSize | None = Field(
         None, description="Images per forward pass (default: 16 on a CPU, 64 on a GPU)."
     )
-    precision: Precision = Field("auto", description="auto: bf16 where the device runs it fast, else fp32.")
+    precision: Precision = Field(
+        "auto", description="auto: bf16 where it measured faster than fp32 on this machine, else fp32."
+    )
     loader_workers: int | None = Field(None, ge=0, le=64, description="Image-decoding processes.")
 
 
@@ -36,6 +38,7 @@ def run(ctx, params: PredictParams) -> None:
     import timm.data
     import torch
 
+    from tlq.plugins.calibration import Workload
     from tlq.plugins.features import inference_batch_size, pooled_features_of
     from tlq.plugins.precision import resolve_precision
     from tlq.plugins.reports import confusion_csv, confusion_figure, confusion_matrix, per_class_csv
@@ -49,9 +52,11 @@ def run(ctx, params: PredictParams) -> None:
             f"{ctx.backbone.name} has no classifier to predict with; fine-tune it first (tlq submit finetune)"
         )
     classes = backbone.class_names or [f"class_{i}" for i in range(num_classes)]
-    precision = resolve_precision(params.precision, ctx.device)
-    transform = timm.data.create_transform(**backbone.data_config, is_training=False)
     batch_size = inference_batch_size(params.batch_size, ctx.device)
+    shape = tuple(backbone.data_config["input_size"])
+    workload = Workload("inference", backbone.model, shape, batch_size, backbone.arch, images=len(files))
+    precision = resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home, ctx.log)
+    transform = timm.data.create_transform(**backbone.data_config, is_training=False)
     result = pooled_features_of(
         ctx, backbone, files, transform, precision, batch_size, params.loader_workers, "predicting"
     )

@@ -1,0 +1,119 @@
+"""`--precision auto` chooses by measurement on this machine, caches the choice per machine, and the
+measurement leaves the job's model exactly as it found it."""
+
+import json
+
+import pytest
+import timm
+import torch
+
+from tlq.plugins import calibration
+from tlq.plugins.calibration import Workload, choose_precision
+from tlq.plugins.precision import resolve_precision
+
+
+def tiny(**kwargs):
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", pretrained=False, num_classes=3, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("fp32_s", "bf16_s", "chosen"),
+    [(1.0, 0.4, "bf16"), (1.0, 0.98, "fp32"), (1.0, 1.9, "fp32")],
+    ids=["bf16 much faster (AMX)", "a tie keeps fp32", "bf16 slower (AVX512-BF16 without AMX)"],
+)
+def test_bf16_only_where_it_measured_clearly_faster(tmp_path, monkeypatch, fp32_s, bf16_s, chosen):
+    monkeypatch.setattr(calibration, "bf16_possible", lambda device: True)
+    monkeypatch.setattr(calibration, "measure", lambda workload, device: (fp32_s, bf16_s))
+    choice = choose_precision(Workload("inference", tiny(), (3, 32, 32), 8, "test_resnet"), "cpu", tmp_path)
+    assert choice.precision == chosen and not choice.cached
+    assert f"{fp32_s / bf16_s:.2f}x" in choice.describe()
+
+
+def test_the_choice_is_measured_once_per_machine_and_again_on_another(tmp_path, monkeypatch):
+    monkeypatch.setattr(calibration, "bf16_possible", lambda device: True)
+    measured = []
+
+    def measure(workload, device):
+        measured.append(workload.kind)
+        return (1.0, 0.5)
+
+    monkeypatch.setattr(calibration, "measure", measure)
+    model = tiny()
+    workload = Workload("training", model, (3, 32, 32), 16, "test_resnet")
+    first = choose_precision(workload, "cpu", tmp_path)
+    again = choose_precision(workload, "cpu", tmp_path)
+    assert (first.precision, first.cached, again.precision, again.cached) == ("bf16", False, "bf16", True)
+    assert measured == ["training"]
+    choose_precision(Workload("inference", model, (3, 32, 32), 16, "test_resnet"), "cpu", tmp_path)
+    choose_precision(Workload("training", model, (3, 64, 64), 16, "test_resnet"), "cpu", tmp_path)
+    assert measured == ["training", "inference", "training"]  # another kind of step, another image size
+    monkeypatch.setattr(calibration, "machine_fingerprint", lambda: "torch 9.9 | another CPU | | threads 2")
+    assert not choose_precision(workload, "cpu", tmp_path).cached  # a new torch or CPU measures again
+    assert len(json.loads((tmp_path / "calibration.json").read_text())) == 4
+
+
+def test_a_damaged_cache_is_measured_again_not_trusted(tmp_path, monkeypatch):
+    monkeypatch.setattr(calibration, "bf16_possible", lambda device: True)
+    monkeypatch.setattr(calibration, "measure", lambda workload, device: (1.0, 2.0))
+    (tmp_path / "calibration.json").write_text("{not json")
+    workload = Workload("inference", tiny(), (3, 32, 32), 8, "test_resnet")
+    assert choose_precision(workload, "cpu", tmp_path).precision == "fp32"
+    assert choose_precision(workload, "cpu", tmp_path).cached
+
+
+@pytest.mark.parametrize("kind", ["inference", "training", "input-gradient"])
+def test_measuring_leaves_the_model_exactly_as_it_was(kind):
+    model = tiny()
+    model.train(kind == "training")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fp32_s, bf16_s = calibration.measure(Workload(kind, model, (3, 32, 32), 4, "test_resnet"), "cpu")
+    assert fp32_s > 0 and bf16_s > 0
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and norm statistics untouched
+    assert all(p.grad is None for p in model.parameters()) and model.training == (kind == "training")
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_a_cast_model_is_measured_on_a_copy():
+    model = tiny().eval()
+    calibration.measure(Workload("input-gradient", model, (3, 32, 32), 1, "test_resnet", cast=True), "cpu")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_explicit_precisions_are_kept_and_auto_without_a_workload_stays_fp32_on_cpu():
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_a_job_too_short_to_gain_runs_fp32_without_measuring(tmp_path, monkeypatch):
+    monkeypatch.setattr(calibration, "bf16_possible", lambda device: True)
+    monkeypatch.setattr(calibration, "measure", lambda workload, device: pytest.fail("measured a short job"))
+    short = Workload("inference", tiny(), (3, 32, 32), 8, "test_resnet", images=calibration.MIN_IMAGES - 1)
+    choice = choose_precision(short, "cpu", tmp_path)
+    assert choice.precision == "fp32" and "too few" in choice.describe()
+
+
+def test_auto_in_a_job_measures_on_the_jobs_model_and_says_what_it_chose(tmp_path, digits_dir, caplog, monkeypatch):
+    monkeypatch.setattr(calibration, "MIN_IMAGES", 100)  # the 120 digits count as a long job
+    from tests.support import run_job_here
+    from tlq.config import Settings
+    from tlq.plugins.base import Environment
+    from tlq.plugins.spec import JobSpec
+
+    env = Environment(Settings.load(home=tmp_path, environ={}))
+    caplog.set_level("INFO")
+    spec = JobSpec(
+        task="feature-extract",
+        backbone="test_resnet",
+        pretrained=False,
+        params={"data": str(digits_dir), "precision": "auto"},
+    )
+    job = run_job_here(env, spec)
+    assert job["status"] == "succeeded", job["error"]
+    entries = json.loads((tmp_path / "calibration.json").read_text())
+    (entry,) = entries.values()
+    assert entry["key"].split(" || ")[1].startswith("inference | test_resnet")
+    assert entry["precision"] == ("bf16" if entry["bf16_s"] * calibration.MARGIN < entry["fp32_s"] else "fp32")
+    assert f"precision auto for test_resnet (inference): {entry['precision']}" in caplog.text
