@@ -91,6 +91,34 @@ def test_tlq_config_never_shows_a_password(tmp_path):
         assert piece not in result.output, piece
 
 
+@pytest.mark.parametrize("password", ["Xk3@9fQz/7Lm", "hun:ter#2z9@xq7"])
+def test_a_password_with_a_raw_at_or_slash_reaches_the_server_whole(tmp_path, pg_url, password):
+    """SQLAlchemy ends a password at its first "@" and kombu at its first "/": they connected to a host named
+    after the rest of it, and the error quoted that piece ("failed to resolve host '9fQz'")."""
+    from click.testing import CliRunner
+    from kombu import Connection
+    from sqlalchemy.engine import make_url
+
+    from tlq.cli.main import cli
+
+    database_url = pg_url.replace("postgres@", f"postgres:{password}@", 1)
+    broker_url = f"redis://:{password}@127.0.0.1:6379/0"
+    settings = Settings.load(home=tmp_path, database_url=database_url, broker_url=broker_url, environ={})
+    assert make_url(settings.database_url).password == password
+    assert (make_url(settings.database_url).host, make_url(settings.database_url).database) == (
+        "127.0.0.1",
+        pg_url.rsplit("/", 1)[1],
+    )
+    assert Connection(settings.broker_url).password == password
+    assert Connection(settings.broker_url).hostname == "127.0.0.1"
+    env = {"TLQ_HOME": str(tmp_path), "TLQ_DATABASE_URL": database_url, "TLQ_BROKER_URL": broker_url}
+    result = CliRunner().invoke(cli, ["jobs"], env=env)
+    assert result.exit_code == 0, result.output  # it reached the database
+    result = CliRunner().invoke(cli, ["config"], env=env)
+    for piece in password.replace("#", "@").replace(":", "@").replace("/", "@").split("@"):
+        assert piece not in result.output, piece
+
+
 def test_urls_inside_error_text_are_masked():
     text = (
         "OperationalError: connection to 'postgresql://tlq:s3cr/et@db:5432/tlq' failed (dsn: host=db "

@@ -102,18 +102,37 @@ def _render_without_password(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def encode_password(url: str) -> str:
+    """Percent-encodes a password that holds a raw ``@``, ``/`` or ``#``, so that drivers end it where
+    ``mask_url`` does: at the last ``@`` before the query.
+
+    SQLAlchemy ends a password at its first ``@`` and kombu at the first ``/``; either then connects to a host
+    or database made of the rest of the password, and its error message quotes that piece, unmasked. Escapes
+    already in the password are kept. A URL whose password holds none of these characters is returned as written.
+    """
+    scheme, sep, rest = url.partition("://")
+    location, question, query = rest.partition("?")
+    userinfo, at, host = location.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (sep and at and colon) or "/" in user or not any(c in password for c in "@/#"):
+        return url
+    return f"{scheme}://{user}:{quote(password, safe='%')}@{host}{question}{query}"
+
+
 def normalize_database_url(url: str) -> str:
-    """Maps a plain ``postgresql://`` (or ``postgres://``) URL to the psycopg driver tlq ships."""
-    return _DRIVERLESS_POSTGRES.sub("postgresql+psycopg://", url)
+    """Maps a plain ``postgresql://`` (or ``postgres://``) URL to the psycopg driver tlq ships, its password
+    encoded as ``encode_password`` says."""
+    return encode_password(_DRIVERLESS_POSTGRES.sub("postgresql+psycopg://", url))
 
 
 def normalize_broker_url(url: str) -> str:
-    """Accepts ``sqlite:///file`` as a broker URL by routing it through kombu's SQLAlchemy transport."""
+    """Accepts ``sqlite:///file`` as a broker URL by routing it through kombu's SQLAlchemy transport; passwords
+    are encoded as ``encode_password`` says."""
     if url.startswith("sqlite:"):
         return "sqla+" + url
     if url.startswith(("sqla+postgres://", "sqla+postgresql://")):
         return "sqla+" + normalize_database_url(url[len("sqla+") :])
-    return url
+    return ";".join(encode_password(part) for part in _NEXT_URL.split(url))
 
 
 @dataclass(frozen=True)

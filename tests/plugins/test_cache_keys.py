@@ -2,6 +2,7 @@
 that reads it, and every setting that changes features (image size, precision, weights) is part of the key."""
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.support import run_job_here
 from tlq.config import Settings
-from tlq.plugins.base import Environment
+from tlq.plugins.base import BackboneRef, Environment
 from tlq.plugins.spec import JobSpec
 
 
@@ -107,3 +108,43 @@ def test_features_of_other_weights_are_never_served(tmp_path, digits_dir, monkey
     np.testing.assert_array_equal(
         np.load(second["files"]["features"]), np.load(uncached(env, specs[1], monkeypatch)["files"]["features"])
     )
+
+
+def test_weights_rewritten_under_their_old_size_and_mtime_are_new_weights(tmp_path, digits_dir, monkeypatch):
+    """Same-architecture weights have the same size, and `cp -p`, `rsync -t` or unpacking an archive give new
+    bytes an old mtime: neither the feature cache nor a worker's model cache may take them for the old ones."""
+    from tlq.plugins.backbones import provider_for
+    from tlq.plugins.model_cache import ModelCache
+
+    env = Environment(Settings.load(home=tmp_path / "home", environ={}))
+    weights = tmp_path / "w.safetensors"
+
+    def write_weights(seed: int) -> None:
+        torch.manual_seed(seed)
+        save_file(timm.create_model("test_resnet", num_classes=10).state_dict(), str(weights))
+
+    write_weights(0)
+    before = os.stat(weights)
+    spec = JobSpec(
+        task="feature-extract",
+        backbone="test_resnet",
+        weights=weights,
+        params={"data": str(digits_dir), "precision": "fp32"},
+    )
+    ref = BackboneRef("test_resnet", weights)
+    models = ModelCache(capacity=2)
+    provider = provider_for(ref.name, env.backbones)
+    models.get(ref, 0, lambda: provider.load(ref, env, 0))
+    run_job_here(env, spec)  # fills the feature cache
+    write_weights(1)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(weights).st_size == before.st_size and os.stat(weights).st_mtime_ns == before.st_mtime_ns
+    second = run_job_here(env, spec)
+    assert second["metrics"]["cached_images"] == 0
+    np.testing.assert_array_equal(
+        np.load(second["files"]["features"]), np.load(uncached(env, spec, monkeypatch)["files"]["features"])
+    )
+    served = models.get(ref, 0, lambda: provider.load(ref, env, 0)).model.state_dict()
+    written = load_file(str(weights))
+    common = [k for k in written if k in served]
+    assert len(common) > 10 and all(torch.equal(served[k], written[k]) for k in common)  # the new weights

@@ -50,6 +50,23 @@ def test_a_recreated_database_never_resumes_from_the_old_ones_files(tmp_path, da
     assert "held files it did not write; moved to" in caplog.text
 
 
+@pytest.mark.parametrize("planted", ["a link to an empty folder", "a link to nothing"])
+def test_a_first_attempt_never_writes_through_a_link_in_place_of_its_folder(tmp_path, data, caplog, planted):
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    outside = tmp_path / "outside"
+    if planted == "a link to an empty folder":
+        outside.mkdir()
+    (artifacts / "1").symlink_to(outside)
+    env = Environment(Settings.load(home=tmp_path / "home", artifacts_dir=artifacts, environ={}))
+    spec = JobSpec(task="feature-extract", backbone="test_resnet", pretrained=False, params={"data": str(data)})
+    job = run_job_here(env, spec)  # succeeds: no "File exists" failure on a dangling link
+    assert not outside.exists() or not any(outside.iterdir())  # nothing written outside the artifacts directory
+    assert not (artifacts / "1").is_symlink() and (artifacts / "1" / "features.npy").is_file()
+    assert job["files"]["features"] == str(artifacts / "1" / "features.npy")
+    assert "moved to" in caplog.text
+
+
 @pytest.mark.parametrize(
     "origin",
     [

@@ -93,10 +93,16 @@ class ArtifactStore:
 
     def set_aside(self) -> Path | None:
         """Moves a non-empty job folder aside (to ``<job id>.set-aside-<UTC time>``) and returns where; None when
-        there was nothing to move."""
+        there was nothing to move.
+
+        A symbolic link (or a file) in the folder's place goes aside too, even a link to an empty or missing
+        folder: the job would otherwise write through it, outside the artifacts directory, or fail.
+        """
         import datetime as dt
 
-        if not self.dir.is_dir() or not any(self.dir.iterdir()):
+        if not os.path.lexists(self.dir):
+            return None
+        if self.dir.is_dir() and not self.dir.is_symlink() and not any(self.dir.iterdir()):
             return None
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         target = self.dir.with_name(f"{self.dir.name}.set-aside-{stamp}")

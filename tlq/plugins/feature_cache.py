@@ -28,6 +28,20 @@ def file_digest(path: Path) -> str | None:
     return digest.hexdigest()
 
 
+def file_version(path: Path) -> str | None:
+    """What tells one version of a file from another without reading it; None when it cannot be stat'ed.
+
+    Size and modification time are not enough: same-architecture weights have the same size, and ``cp -p``,
+    ``rsync -t``, ``touch -r`` or unpacking an archive give new bytes an old mtime. The change time (ctime) is
+    set by the kernel on every write, rename or utime and cannot be set back, and a new file has a new inode.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+
+
 class FeatureCache:
     """A SQLite file of feature vectors.
 
@@ -60,26 +74,22 @@ class FeatureCache:
                 "used REAL, PRIMARY KEY (model, image))"
             )
             conn.execute("CREATE INDEX IF NOT EXISTS features_used ON features (used)")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS digests (path TEXT, size INTEGER, mtime INTEGER, sha256 TEXT, "
-                "PRIMARY KEY (path, size, mtime))"
-            )
+            conn.execute("CREATE TABLE IF NOT EXISTS weight_digests (path TEXT PRIMARY KEY, version TEXT, sha256 TEXT)")
             self._conn = conn
         return self._conn
 
     def weights_digest(self, path: Path) -> str | None:
-        """sha256 of a weights file, computed once per file version."""
-        try:
-            stat = os.stat(path)
-        except OSError:
+        """sha256 of a weights file, computed once per file version (``file_version``)."""
+        version = file_version(path)
+        if version is None:
             return None
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        row = self._db().execute("SELECT sha256 FROM digests WHERE path=? AND size=? AND mtime=?", key).fetchone()
+        key = (str(path), version)
+        row = self._db().execute("SELECT sha256 FROM weight_digests WHERE path=? AND version=?", key).fetchone()
         if row:
             return row[0]
         digest = file_digest(path)
-        if digest:
-            self._db().execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", (*key, digest))
+        if digest and file_version(path) == version:  # a file changed while it was read is hashed again next time
+            self._db().execute("INSERT OR REPLACE INTO weight_digests VALUES (?, ?, ?)", (*key, digest))
         return digest
 
     @staticmethod

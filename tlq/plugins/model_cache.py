@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from tlq.plugins.base import BackboneRef, LoadedBackbone
+from tlq.plugins.feature_cache import file_version
 
 log = logging.getLogger("tlq.model_cache")
 
@@ -21,10 +22,8 @@ def cache_key(ref: BackboneRef, num_classes: int | None) -> tuple | None:
         return None
     weights = None
     if ref.weights is not None:
-        try:
-            stat = os.stat(ref.weights)
-            weights = (str(ref.weights), stat.st_size, stat.st_mtime_ns)
-        except OSError:
+        weights = (str(ref.weights), file_version(ref.weights))  # new bytes under an old size and mtime too
+        if weights[1] is None:
             return None
     return (ref.name, weights, ref.pretrained, num_classes)
 
