@@ -180,7 +180,7 @@ def execute_job(
         keeper.close(None)
         log.warning("job %s: %s; this attempt stops without an outcome", job_id, keeper.lost_reason)
         return "lost"
-    recorded = keeper.close(status, error=error and error[:4000])
+    recorded = keeper.close(status, error=error and mask_secrets_in(error)[:4000])  # masked whole, then cut
     _clear_worker_job(env, worker)
     if recorded is None:
         log.error("job %s ended (%s) but the database stayed unreachable; it will be recovered", job_id, status)
