@@ -274,3 +274,11 @@ def test_a_tampered_artifact_fails_the_copy_and_leaves_the_destination_as_it_was
     fresh = tmp_path / "new" / "deeper"
     assert invoke(home, "artifacts", filled["a"], "--copy-to", fresh).exit_code == 2
     assert not (tmp_path / "new").exists()
+
+
+def test_goal_overrides_which_end_of_the_metric_ranks_first(home, filled):
+    ids = [filled[n] for n in "abc"]
+    losses = json.loads(invoke(home, "compare", *ids, "--metric", "val_loss", "--goal", "max", "--json").stdout)
+    assert [(r["job"], r["best"]) for r in losses] == [(filled["b"], 1.0), (filled["a"], 0.9), (filled["c"], 0.2)]
+    accs = json.loads(invoke(home, "compare", *ids, "--goal", "min", "--json").stdout)
+    assert [(r["job"], r["best"]) for r in accs] == [(filled["b"], 0.6), (filled["a"], 0.7), (filled["c"], 0.93)]

@@ -46,7 +46,7 @@ def _common_options(mode: str) -> list[click.Option]:
     ]
     if sweep:
         options += [
-            click.Option(["--priority"], type=int, default=0, show_default=True, help="0 (default) to 9 (first)."),
+            click.Option(["--priority"], type=int, default=0, show_default=True, help="0 to 9 (first; on Redis)."),
             click.Option(
                 ["--json", "json_out"], is_flag=True, help='Print {"group": ID, "jobs": [IDS]} (and the leaderboard).'
             ),
@@ -62,7 +62,7 @@ def _common_options(mode: str) -> list[click.Option]:
     options.append(click.Option(["--json", "json_out"], is_flag=True, help="Print the job as JSON."))
     if mode == "submit":
         options += [
-            click.Option(["--priority"], type=int, default=0, show_default=True, help="0 (default) to 9 (first)."),
+            click.Option(["--priority"], type=int, default=0, show_default=True, help="0 to 9 (first; on Redis)."),
             click.Option(
                 ["--wait"], is_flag=True, help="Wait for the job, with a progress bar; exit 1 unless it succeeds."
             ),
