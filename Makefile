@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tlq-installed
 
-.PHONY: venv demo test test-fast services lint bench clean
+.PHONY: venv demo test test-fast services lint bench mutation clean
 
 venv: $(STAMP)
 
@@ -38,5 +38,10 @@ lint: $(STAMP)
 bench: $(STAMP) services
 	$(PY) bench/run.py
 
+# Mutation testing of the core with mutmut (mutation/run.py; survivors that need no test: mutation/equivalent.md).
+# Niced: it keeps both cores busy for about half an hour. Its last line is the score.
+mutation: $(STAMP) services
+	nice -n 10 $(PY) mutation/run.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info mutants

@@ -65,6 +65,59 @@ def run_job(env, task: str, backbone: str | None, device: str, **params) -> dict
     return job
 
 
+_PEAKS: dict[tuple[str, str], float] = {}
+
+
+def matmul_peak(device: str, dtype: str, n: int = 2048, tries: int = 6) -> float:
+    """The machine's matmul GFLOP/s in ``dtype`` (fp32 or bf16): the best of ``tries`` n x n products."""
+    import torch
+
+    key = (device, dtype)
+    if key not in _PEAKS:
+        kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        a = torch.randn(n, n, device=device).to(kind)
+        b = torch.randn(n, n, device=device).to(kind)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(tries):
+            sync(device)
+            start = time.perf_counter()
+            a @ b
+            sync(device)
+            best = min(best, time.perf_counter() - start)
+        _PEAKS[key] = 2 * n**3 / best / 1e9
+    return _PEAKS[key]
+
+
+def best_peak(device: str) -> tuple[float, str]:
+    """The better of the fp32 and bf16 matmul peaks, and which it is."""
+    return max((matmul_peak(device, d), d) for d in ("fp32", "bf16"))
+
+
+def gflop_per_image(arch: str, size: int = 224, training: bool = False) -> float:
+    """A model's GFLOP for one image (forward; forward and backward when ``training``), by torch's counter."""
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = timm.create_model(arch, pretrained=False)
+    x = torch.randn(1, 3, size, size)
+    with FlopCounterMode(display=False) as counter:
+        if training:
+            model(x).sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def share_of_peak(arch: str, images_per_s: float, device: str, training: bool = False) -> str:
+    """'N GFLOP/s, P% of the <dtype> peak' for a model row."""
+    peak, dtype = best_peak(device)
+    rate = gflop_per_image(arch, training=training) * images_per_s
+    return f"{rate:.0f} GFLOP/s, {100 * rate / peak:.0f}% of the {dtype} matmul peak"
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         import torch
@@ -113,7 +166,8 @@ def feature_extract_rows(work: Path, device: str, counts: dict[str, int]) -> lis
                 "img/s",
                 target,
                 rate / baseline >= 2.5 if target != "-" else None,
-                note=f"tlq {job['params']['precision']} -> ran {job['ran_on']}",
+                note=f"tlq {job['params']['precision']} -> ran {job['ran_on']}; "
+                + share_of_peak(arch, rate, device),
             )
         )
     return rows
@@ -289,7 +343,8 @@ def full_finetune_row(work: Path, device: str, per_class: int) -> Row:
         "img/s",
         "1.8x",
         rate / baseline >= 1.8,
-        note="training images/s in the last epoch (tlq: of 3; plain: of 2)",
+        note="training images/s in the last epoch (tlq: of 3; plain: of 2); "
+        + share_of_peak("resnet18", rate, device, training=True),
     )
 
 
@@ -665,6 +720,8 @@ def machine_info(device: str) -> dict:
         "celery": celery.__version__,
         "device": device,
         "torch threads": torch.get_num_threads(),
+        "fp32 matmul GFLOP/s": round(matmul_peak(device, "fp32")),
+        "bf16 matmul GFLOP/s": round(matmul_peak(device, "bf16")),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -116,9 +116,24 @@ def test_every_tlq_command_parses_with_tlqs_own_cli(compose):
     assert re.search(r"^USER tlq$", dockerfile, re.M)  # never root
 
 
-def test_a_renamed_flag_would_be_caught():
-    with pytest.raises(click.UsageError, match="No such option"):
-        parse_tlq(["worker", "--queue", "cpu"])
+def worker_params(service: dict) -> dict:
+    """The parameters tlq's own `worker` command reads from a service's command line."""
+    ctx = cli.make_context("tlq", tlq_args(service))
+    name, command, rest = ctx.command.resolve_command(ctx, [*getattr(ctx, "_protected_args", []), *ctx.args])
+    return command.make_context(name, rest, parent=ctx).params
+
+
+@pytest.mark.parametrize(("name", "queue"), [("cpu-worker", "cpu"), ("gpu-worker", "gpu")])
+def test_each_worker_service_consumes_only_its_own_queue_one_job_at_a_time(compose, name, queue):
+    from tlq.cli.workers import parse_queues
+    from tlq.plugins.errors import BadInput
+
+    params = worker_params(compose["services"][name])
+    assert parse_queues(params["queues"], has_gpu=True) == [queue]  # never both: a GPU job on the CPU worker
+    assert params["concurrency"] == 1 and params["events"]  # one job in memory; Flower sees the tasks
+    if queue == "gpu":  # started on a host without a GPU, it stops at once, saying why
+        with pytest.raises(BadInput, match="this machine has no CUDA GPU"):
+            parse_queues(params["queues"], has_gpu=False)
 
 
 def test_no_secret_is_written_in_the_compose_file():

@@ -236,3 +236,266 @@ def test_worker_names_cannot_be_shared_by_two_live_workers(db):
     with db.read_session() as session:
         assert session.scalar(select(queries.WorkerRecord.instance)) == "life-3"
         assert session.scalars(select(Attempt)).all() == []
+
+
+def test_progress_and_the_device_are_recorded_only_for_the_job_and_lease_that_hold(db):
+    job_id, other = new_job(db), new_job(db)
+    lease, other_lease = claim(db, job_id), claim(db, other)
+    with db.session() as session:
+        claims.update_progress(session, job_id, lease, 3, 10, "epoch 1")
+        claims.set_ran_on(session, job_id, lease, "cpu (2 threads)")
+        claims.update_progress(session, job_id, other_lease, 9, 9, "another job's lease")
+        claims.set_ran_on(session, job_id, other_lease, "cuda:0")
+    job, untouched = row(db, job_id), row(db, other)
+    assert (job.progress_current, job.progress_total, job.progress_stage) == (3, 10, "epoch 1")
+    assert job.ran_on == "cpu (2 threads)"
+    assert (untouched.progress_current, untouched.progress_stage, untouched.ran_on) == (None, None, None)
+
+
+def test_running_jobs_are_timed_by_the_database_and_filtered_by_worker_and_silence(db):
+    quiet, busy, elsewhere, waiting = new_job(db, timeout_s=30.0), new_job(db), new_job(db), new_job(db)
+    leases = {job_id: claim(db, job_id, "w1") for job_id in (quiet, busy)}
+    claim(db, elsewhere, "w2")
+    with db.session() as session:  # quiet: claimed 100 s ago, last progress 50 s ago, last beat 40 s ago
+        session.execute(
+            update(Job)
+            .where(Job.id == quiet)
+            .values(claimed_at=db_now(-100), progress_at=db_now(-50), heartbeat_at=db_now(-40))
+        )
+        session.execute(update(Job).where(Job.id == busy).values(progress_at=None, claimed_at=db_now(-20)))
+        claims.request_cancel(session, busy)
+        session.execute(update(Job).where(Job.id == busy).values(cancel_requested_at=db_now(-5)))
+    with db.read_session() as session:
+        mine = {held.id: held for held in claims.running_jobs(session, worker="w1")}
+        silent = [held.id for held in claims.running_jobs(session, stale_after_s=30)]
+        everyone = {held.id for held in claims.running_jobs(session)}
+    assert set(mine) == {quiet, busy} and everyone == {quiet, busy, elsewhere} and waiting not in everyone
+    assert silent == [quiet]
+    held = mine[quiet]
+    assert (held.lease, held.worker, held.process_id, held.timeout_s) == (leases[quiet], "w1", 4242, 30.0)
+    assert 99 < held.seconds_running < 110 and 49 < held.seconds_since_progress < 60
+    assert 39 < held.seconds_since_heartbeat < 50 and held.seconds_since_cancel is None
+    cancelled = mine[busy]
+    assert 19 < cancelled.seconds_since_progress < 30  # no progress yet: counted from the claim
+    assert 4 < cancelled.seconds_since_cancel < 15
+    with db.session() as session:  # a beat never written counts as silent, and as endlessly long ago
+        session.execute(update(Job).where(Job.id == busy).values(heartbeat_at=None))
+    with db.read_session() as session:
+        [never] = [h for h in claims.running_jobs(session, stale_after_s=30) if h.id == busy]
+    assert never.seconds_since_heartbeat == float("inf")
+
+
+def test_silence_means_a_heartbeat_older_than_the_window(db):
+    job_id = new_job(db)
+    claim(db, job_id)
+    age_heartbeat(db, job_id, 29)
+    with db.read_session() as session:
+        assert claims.running_jobs(session, stale_after_s=30) == []
+        assert [h.id for h in claims.running_jobs(session, stale_after_s=28)] == [job_id]
+
+
+def test_a_failed_publish_or_send_touches_only_its_own_queued_job(db):
+    failing, bystander, other = new_job(db), new_job(db), new_job(db)
+    running = new_job(db)
+    claim(db, running)
+    with db.session() as session:
+        session.execute(update(Job).values(sending_since=db_now()))
+    with db.session() as session:
+        claims.fail_queued(session, failing, "the broker refused it: postgresql://tlq:hunter2@db/tlq")
+        claims.fail_queued(session, running, "too late: it runs")
+        claims.release_send(session, bystander)
+        claims.release_send(session, running)
+    job = row(db, failing)
+    assert job.status == "failed" and job.finished_at is not None and job.sending_since is None
+    assert "hunter2" not in job.error and job.error.startswith("the broker refused it")
+    assert row(db, running).status == "running" and row(db, running).sending_since is not None
+    assert row(db, bystander).status == "queued" and row(db, bystander).sending_since is None
+    assert row(db, other).status == "queued" and row(db, other).sending_since is not None  # its sender still holds it
+
+
+def attempts_of(db, job_id) -> list[Attempt]:
+    with db.read_session() as session:
+        return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)))
+
+
+def test_a_claim_records_when_the_job_started_and_clears_what_the_last_attempt_left(db):
+    job_id = new_job(db)
+    with db.session() as session:  # what an earlier attempt or sender left on the row
+        session.execute(update(Job).where(Job.id == job_id).values(error="old error", sending_since=db_now()))
+    first = claim(db, job_id)
+    job = row(db, job_id)
+    assert job.started_at and job.claimed_at and job.heartbeat_at and job.progress_at
+    assert job.error is None and job.sending_since is None
+    started = job.started_at
+    with db.session() as session:
+        claims.recover(session, job_id, first, "frozen")
+        session.execute(update(Job).where(Job.id == job_id).values(claimed_at=db_now(-50), progress_at=db_now(-50)))
+    claim(db, job_id)
+    again = row(db, job_id)
+    assert again.started_at == started  # when it first started, not when this attempt did
+    with db.read_session() as session:
+        [held] = claims.running_jobs(session)
+    assert held.seconds_running < 40 and held.seconds_since_progress < 40  # this attempt's clock starts anew
+
+
+def test_a_claim_without_a_process_id_records_none(db):
+    job_id = new_job(db)
+    with db.session() as session:
+        assert claims.claim(session, job_id, "w")
+    assert row(db, job_id).process_id is None  # never a pid the deadline scan could end by mistake
+    [attempt] = attempts_of(db, job_id)
+    assert (attempt.hostname, attempt.worker) == ("", "w")
+
+
+def test_only_the_stopping_worker_itself_is_refused_jobs(db):
+    fields = dict(hostname="h", pid=1, queues="cpu", device="cpu", concurrency=1)
+    with db.session() as session:
+        queries.register_worker(session, name="leaving", instance="i1", **fields)
+        queries.register_worker(session, name="staying", instance="i2", **fields)
+    with db.session() as session:
+        assert queries.touch_worker(session, "leaving", "i1", status="stopping")
+    first, second = new_job(db), new_job(db)
+    assert claim(db, first, "leaving") is None
+    assert row(db, first).status == "queued" and not row(db, first).cancel_requested  # left for another worker
+    assert claim(db, first, "staying") and claim(db, second, "unregistered")
+
+
+def test_a_retried_claim_is_recognized_only_by_its_own_job_and_lease(db):
+    first, second, done = new_job(db), new_job(db), new_job(db)
+    lease = claim(db, first)
+    with db.session() as session:
+        assert claims.claim(session, first, "w", lease=lease) == lease  # its reply was lost: still ours
+        assert claims.claim(session, second, "w2") is not None
+    with db.session() as session:
+        assert claims.claim(session, second, "w", lease=lease) is None  # another job's lease is no claim of this
+    done_lease = claim(db, done)
+    with db.session() as session:
+        claims.finish(session, done, done_lease, JobStatus.SUCCEEDED)
+    with db.session() as session:
+        assert claims.claim(session, done, "w", lease=done_lease) is None  # an ended job is nobody's any more
+
+
+def test_a_cancel_flag_ends_only_its_own_queued_job_at_a_claim(db):
+    flagged, other_flagged, running = new_job(db), new_job(db), new_job(db)
+    claim(db, running)
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id.in_((flagged, other_flagged, running))).values(cancel_requested=True))
+    assert claim(db, flagged) is None
+    job = row(db, flagged)
+    assert (job.status, job.error) == ("cancelled", "cancelled on request") and job.finished_at is not None
+    assert row(db, other_flagged).status == "queued"  # ended when its own message comes
+    assert claim(db, running) is None and row(db, running).status == "running"  # its worker stops it
+
+
+def test_every_ending_records_when_and_why_on_the_job_and_its_attempt(db):
+    failed, cancelled, local = new_job(db, max_attempts=1), new_job(db), new_job(db, queue="local")
+    spent = new_job(db, max_attempts=1)
+    leases = {job_id: claim(db, job_id) for job_id in (failed, cancelled, local, spent)}
+    long_reason = "x" * 5000
+    with db.session() as session:
+        claims.request_cancel(session, cancelled)
+        assert claims.recover(session, cancelled, leases[cancelled], "frozen") == "cancelled"
+        assert claims.recover(session, local, leases[local], "its process died") == "failed"
+        assert claims.finish(session, failed, leases[failed], JobStatus.FAILED, long_reason)
+        assert claims.recover(session, spent, leases[spent], "frozen") == "failed"  # its one attempt is spent
+    for job_id in (failed, cancelled, local, spent):
+        assert row(db, job_id).finished_at is not None, job_id
+    assert row(db, local).error == "its process died; it ran in `tlq run`, which no worker can resume: run it again"
+    [attempt] = attempts_of(db, failed)
+    assert attempt.outcome == "failed" and len(attempt.reason) == 4000 and attempt.ended_at is not None
+    other = new_job(db)
+    other_lease = claim(db, other)
+    with db.session() as session:
+        claims.finish(session, other, other_lease, JobStatus.SUCCEEDED)
+    assert attempts_of(db, failed)[0].outcome == "failed"  # one attempt's ending never rewrites another's
+
+
+def test_a_requeued_job_is_nobodys_and_a_handed_back_attempt_is_recorded_as_released(db):
+    requeued, released = new_job(db), new_job(db)
+    leases = {job_id: claim(db, job_id, "w1") for job_id in (requeued, released)}
+    long_reason = "r" * 300
+    with db.session() as session:
+        assert claims.recover(session, requeued, leases[requeued], long_reason) == "requeued"
+        assert claims.recover(session, released, leases[released], "released by w1", spend_attempt=False) == "requeued"
+    job = row(db, requeued)
+    assert (job.worker, job.lease, job.process_id, job.dispatched_at) == (None, None, None, None)
+    assert len(job.progress_stage) == 255 and job.attempts == 1
+    assert [a.outcome for a in attempts_of(db, requeued)] == ["requeued"]
+    assert [a.outcome for a in attempts_of(db, released)] == ["released"]
+
+
+def test_a_local_job_is_never_sent_and_each_send_hold_is_taken_job_by_job(db):
+    with db.session() as session:
+        local = queries.create_job(session, task="feature-extract", params={}, queue="local").id
+        first = queries.create_job(session, task="feature-extract", params={}).id
+        second = queries.create_job(session, task="feature-extract", params={}).id
+    with db.session() as session:
+        session.execute(update(Job).values(sending_since=db_now(-claims.SEND_HOLD_S - 1)))  # their senders died
+    with db.session() as session:
+        assert sorted(job for job, _, _ in claims.claim_sends(session)) == [first, second]
+    assert row(db, local).sending_since is not None and row(db, local).dispatched_at is None
+
+
+def test_a_message_handed_back_is_sent_again_and_only_that_jobs(db):
+    handed, kept, running = new_job(db), new_job(db), new_job(db)
+    claim(db, running)
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == handed).values(sending_since=db_now()))  # a send in flight
+    with db.session() as session:
+        claims.hand_back_message(session, handed)
+        claims.hand_back_message(session, running)
+    assert row(db, handed).dispatched_at is None and row(db, handed).sending_since is None
+    assert row(db, kept).dispatched_at is not None
+    assert row(db, running).dispatched_at is not None
+    with db.session() as session:
+        assert [job for job, _, _ in claims.claim_sends(session)] == [handed]
+
+
+def test_a_heartbeat_moves_the_progress_time_only_when_the_task_moved(db):
+    job_id = new_job(db)
+    lease = claim(db, job_id)
+    with db.session() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(claimed_at=db_now(-100), progress_at=db_now(-100), heartbeat_at=db_now(-100))
+        )
+    with db.session() as session:
+        assert claims.hold(session, job_id, lease)
+    with db.read_session() as session:
+        [held] = claims.running_jobs(session)
+    assert held.seconds_since_heartbeat < 50 and held.seconds_since_progress > 90
+    with db.session() as session:
+        assert claims.hold(session, job_id, lease, progressed=True)
+    with db.read_session() as session:
+        [held] = claims.running_jobs(session)
+    assert held.seconds_since_progress < 50
+
+
+def test_the_lease_state_of_a_job_that_is_gone_is_not_ours_and_not_cancelled(db):
+    with db.read_session() as session:
+        assert claims.lease_state(session, 10_000, "0" * 32) == claims.LeaseState(False, False)
+
+
+def test_a_cancel_is_timed_once_and_never_touches_an_ended_job(db):
+    running, done = new_job(db), new_job(db)
+    claim(db, running)
+    done_lease = claim(db, done)
+    with db.session() as session:
+        claims.finish(session, done, done_lease, JobStatus.SUCCEEDED)
+    with db.session() as session:
+        assert claims.request_cancel(session, running) == "requested"
+    assert row(db, running).cancel_requested_at is not None
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == running).values(cancel_requested_at=db_now(-20)))
+    with db.session() as session:
+        assert claims.request_cancel(session, running) == "requested"  # asked again: the first time counts
+        assert claims.request_cancel(session, done) == "succeeded"
+    with db.read_session() as session:
+        [held] = claims.running_jobs(session)
+    assert held.seconds_since_cancel > 15
+    assert not row(db, done).cancel_requested and row(db, done).cancel_requested_at is None
+
+
+def test_recovery_spends_an_attempt_unless_told_otherwise():
+    assert claims.decide_recovery(False, 3, 3) == "failed"

@@ -152,30 +152,39 @@ def test_filters_at_the_limits_still_run(db, where, expected):
     assert set(names(db, where)) == expected
 
 
+EVIL = "x'; DROP TABLE jobs; --"  # a backbone name that is also SQL
+
+
 @pytest.mark.parametrize(
-    "where",
+    ("where", "outcome"),
     [
-        "backbone = 'x''; DROP TABLE jobs; --'",
-        "backbone = 'x' or 1=1",
-        "name = '' or ''=''",
-        'backbone = "vgg16\\" or 1=1 --"',
-        "params.lr) or (1=1 > 0",
-        "tags.x'); drop table jobs; -- = 'a'",
-        "val_acc > 0 union select * from jobs",
-        "metrics.value > 0",
+        # SQL inside a quoted value is a value: it matches the job with that name, and only it
+        ("backbone = 'x''; DROP TABLE jobs; --'", {"evil"}),
+        ("backbone like '%DROP TABLE%'", {"evil"}),
+        # SQL outside quotes is refused, with the one-line error that points at it
+        ("backbone = 'x' or 1=1", "expected a name"),
+        ("name = '' or ''=''", "expected a name"),
+        ('backbone = "vgg16\\" or 1=1 --"', "unexpected '-'"),
+        ("params.lr) or (1=1 > 0", "expected a comparison"),
+        ("tags.x'); drop table jobs; -- = 'a'", "never closed"),
+        ("val_acc > 0 union select * from jobs", "unexpected '*'"),
+        ("metrics.value > 0", "unknown name 'metrics.value'"),
     ],
 )
-def test_filters_cannot_inject_sql(db, where):
+def test_filters_cannot_inject_sql(db, where, outcome):
     database, ids = db
-    try:
-        matched = names(db, where)
-    except FilterError:
-        matched = []
-    assert matched == [] or set(matched) <= set(RUNS)
-    assert "or 1=1" not in where or matched == []
     with database.session() as session:
-        assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == len(RUNS)
-        assert session.scalar(sa.text("SELECT COUNT(*) FROM metrics")) > 0
+        queries.create_job(session, task="finetune", backbone=EVIL, params={}, tags={}, queue="cpu", name="evil")
+        metric_rows = session.scalar(sa.text("SELECT COUNT(*) FROM metrics"))
+    if isinstance(outcome, set):
+        assert set(names(db, where)) == outcome
+    else:
+        with pytest.raises(FilterError) as caught:
+            names(db, where)
+        assert outcome in str(caught.value) and "\n" not in str(caught.value)
+    with database.session() as session:  # nothing ran but the one SELECT: both tables are whole
+        assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == len(RUNS) + 1
+        assert session.scalar(sa.text("SELECT COUNT(*) FROM metrics")) == metric_rows > 0
 
 
 def test_order_by_errors(db):

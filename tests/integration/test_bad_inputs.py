@@ -202,9 +202,8 @@ def test_an_artifact_path_cannot_escape_and_services_that_are_down_get_one_line(
     assert not (home / "escaped.txt").exists() and not (home.parent / "escaped.txt").exists()
 
     down = tlq_env(home, broker_url="redis://127.0.0.1:1/0", PYTHONPATH=str(plugin_site))
-    start = time.monotonic()
-    result = run_tlq(["submit", "sleep", "--steps", "1"], down, check=False)
-    assert result.returncode == 1 and time.monotonic() - start < 30
+    result = run_tlq(["submit", "sleep", "--steps", "1"], down, check=False, timeout=120)  # gives up, never hangs
+    assert result.returncode == 1
     line = result.stderr.strip()
     assert "\n" not in line and "cannot reach the broker at redis://127.0.0.1:1/0" in line and "TLQ_BROKER_URL" in line
     recorded = tlq_json(["jobs", "--status", "failed", "--task", "sleep"], down)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -137,9 +138,10 @@ def wait_all(database_url: str, ids: list[int], timeout: float) -> dict[int, dic
 def test_redis_restart_loses_no_job_and_the_worker_keeps_consuming(tmp_path, home, pg_url, private_redis, plugin_site):
     env = tlq_env(home, database_url=pg_url, broker_url=private_redis.url, PYTHONPATH=str(plugin_site))
     with WorkerProcess(env, tmp_path / "worker.log", "--name", "survivor") as worker:
-        running = tlq_json(["submit", "sleep", "--steps", "16", "--step-seconds", "0.5"], env)
-        queued = [tlq_json(["submit", "sleep", "--steps", "2", "--step-seconds", "0.1"], env)["id"] for _ in range(3)]
+        running = tlq_json(["submit", "sleep", "--steps", "30", "--step-seconds", "0.5"], env)
         wait_for_status(env, running["id"], ("running",), timeout=60)
+        # Queued behind it (one process, so a slow machine still has them queued before the long job ends)
+        queued = submit_many(env, 3, steps=2, step_seconds=0.1)
         private_redis.stop()  # no persistence: the queued messages die with it
         time.sleep(1.0)
         private_redis.start()
@@ -147,10 +149,14 @@ def test_redis_restart_loses_no_job_and_the_worker_keeps_consuming(tmp_path, hom
         rows = wait_all(pg_url, [running["id"], *queued], timeout=120)
         figure("redis restart", jobs=len(rows), restart_to_all_done_s=time.monotonic() - restarted)
         assert {r["status"] for r in rows.values()} == {"succeeded"}, (rows, worker.log()[-3000:])
-        assert all(r["attempts"] == 1 and r["step_rows"] in (2, 16) for r in rows.values())
+        assert all(r["attempts"] == 1 and r["step_rows"] in (2, 30) for r in rows.values())
         after = json.loads(run_tlq(["submit", "sleep", "--steps", "1", "--wait", "--json"], env, timeout=120).stdout)
         assert after["status"] == "succeeded" and after["worker"] == "survivor"
-        assert "sent 3 queued job(s) again" in worker.log() or "again" in worker.log()
+        # The first report after the restart sent all three lost jobs again. (Reports within CLOCK_MARGIN of the
+        # broker's start send them once more, as a message then may predate it; the duplicates were dropped, as
+        # attempts and step rows above show.)
+        resent = [int(n) for n in re.findall(r"sent (\d+) queued job\(s\) again", worker.log())]
+        assert resent[:1] == [3], worker.log()[-3000:]
 
 
 # 3 ---------------------------------------------------------------------------------------------------------------
@@ -254,10 +260,13 @@ def test_sigterm_puts_the_running_job_back_and_it_finishes_elsewhere(tmp_path, h
     wait_for_status(env, job["id"], ("running",), timeout=60)
     time.sleep(1.0)
     took = first.stop(timeout=30)
-    assert took < 10, first.log()[-2000:]
     figure("SIGTERM with a running job", stop_took_s=took)
+    # It left on its own (a worker still there after 30 s is killed, and exits -9), having handed the job back
+    # first: the job is queued again before any other worker exists to touch it.
+    assert first.proc.returncode == 0, (first.proc.returncode, first.log()[-2000:])
     back = job_json(env, job["id"])
     assert back["status"] == "queued" and back["attempts"] == 0 and "released" in back["progress"]["stage"]
+    assert back["metrics"]["step_done"] < 24  # handed back mid-run, not after finishing it
     with WorkerProcess(env, tmp_path / "w2.log", "--name", "staying"):
         done = wait_for_status(env, job["id"], FINAL, timeout=60)
     assert done["status"] == "succeeded" and done["worker"] == "staying" and done["attempts"] == 1

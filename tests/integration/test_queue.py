@@ -2,12 +2,11 @@
 
 import csv
 import json
-import time
 
 import numpy as np
 import pytest
 
-from tests.support import WorkerProcess, run_tlq, tlq_env, tlq_json, wait_for_status
+from tests.support import WorkerProcess, job_json, run_tlq, tlq_env, tlq_json, wait_for_status, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -76,15 +75,15 @@ def test_cancel_retry_and_routing(tmp_path, home, digits_dir, plugin_site):
     assert run_tlq(["cancel", early["id"]], env).stdout.strip() == f"job {early['id']} cancelled"
     gpu_job = tlq_json(["submit", "sleep", "--steps", "1", "--device", "cuda"], env)
     assert gpu_job["queue"] == "gpu"
-    with WorkerProcess(env, tmp_path / "worker.log"):
+    with WorkerProcess(env, tmp_path / "worker.log", "--name", "cpu-1"):
         long = tlq_json(["submit", "sleep", "--steps", "200", "--step-seconds", "0.2"], env)
         running = wait_for_status(env, long["id"], ("running",), timeout=60)
-        assert running["status"] == "running"
-        time.sleep(1.0)
+        assert running["worker"] == "cpu-1" and running["attempts"] == 1 and running["started_at"]
+        wait_until(lambda: job_json(env, long["id"])["metrics"].get("step_done", 0) >= 3, 60, "three steps")
         assert "stops at its next step" in run_tlq(["cancel", long["id"]], env).stdout
         cancelled = wait_for_status(env, long["id"], ("cancelled", "succeeded", "failed"), timeout=30)
-        assert cancelled["status"] == "cancelled"
-        assert cancelled["metrics"]["step_done"] < 200
+        assert (cancelled["status"], cancelled["error"]) == ("cancelled", "cancelled on request")
+        assert 3 <= cancelled["metrics"]["step_done"] < 200  # stopped mid-run, not before it began or at its end
         retried = json.loads(run_tlq(["retry", early["id"], "--wait", "--json"], env).stdout)
         assert retried["status"] == "succeeded" and retried["parent_id"] == early["id"]
         assert retried["params"] == early["params"]

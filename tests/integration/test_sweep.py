@@ -10,7 +10,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.support import WorkerProcess, figure, run_tlq, tlq_env, tlq_json
+from tests.support import WorkerProcess, figure, make_digits, run_tlq, tlq_env, tlq_json
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,8 @@ SWEEP = [
     "16",
     "--augment",
     "none",
+    "--precision",
+    "fp32",
     "--tag",
     "study=sweep-test",
 ]
@@ -54,11 +56,15 @@ def test_sweep_compare_results_plot_and_artifacts(tmp_path, home, digits_dir):
         for job_id in ids:
             assert run_tlq(["wait", job_id, "--timeout", "240"], env, check=False).returncode == 0
         # From Python: the sweep's best model predicts the digits, through the same queue.
+        # It is judged on 10 other digits per class, which no run trained or validated on.
+        held_out = make_digits(tmp_path / "held-out", per_class=10, offset=12)
         best = client.compare(group=sweep["group"], home=home)[0]
-        predict = client.submit("predict", backbone=f"job:{best['job']}", data=str(digits_dir), home=home)
+        predict = client.submit("predict", backbone=f"job:{best['job']}", data=str(held_out), home=home)
         done = client.wait(predict, timeout=120, home=home)
         assert done["status"] == "succeeded", done["error"]
-        assert done["metrics"]["accuracy"] > 0.2 and done["metrics"]["labelled_images"] == 120
+        # Chance is 0.1; the best run's held-out accuracy over seeds 0-4 (the sweep's seed param): 0.46, 0.63,
+        # 0.58, 0.62, 0.38 (0.74, 0.78, 0.81, 0.76, 0.47 on the --data folder it trained on).
+        assert done["metrics"]["accuracy"] >= 0.25 and done["metrics"]["labelled_images"] == 100
         assert client.get(predict, home=home)["backbone"] == f"job:{best['job']}"
         assert [j["id"] for j in client.list(task="predict", home=home)] == [predict]
 
@@ -77,7 +83,9 @@ def test_sweep_compare_results_plot_and_artifacts(tmp_path, home, digits_dir):
         assert row["best"] == max(history) and row["final"] == history[-1]
         assert set(row["params"]) == {"lr"} and row["seconds"] > 0
     assert [r["best"] for r in board] == sorted((r["best"] for r in board), reverse=True)
-    assert board[0]["best"] > 0.2  # real learning: chance on 10 digit classes is 0.1
+    # Real learning: chance on 10 digit classes is 0.1; the best run's best val_acc (on the held-back 20%) over
+    # seeds 0-4: 0.80, 0.50, 0.65, 0.45, 0.45.
+    assert board[0]["best"] >= 0.3
     figure("sweep", jobs=4, best_val_acc=board[0]["best"], backbone=board[0]["backbone"])
     as_csv = list(csv.DictReader(io.StringIO(run_tlq(["compare", sweep["group"], "--csv"], env).stdout)))
     assert [(int(r["job"]), float(r["best"]), float(r["final"])) for r in as_csv] == [

@@ -21,19 +21,23 @@ def run_job(trained, task, **params):
 
 
 def least_likely_class_of_noise(trained) -> str:
-    """The class the model finds least likely in the starting noise (seed 0), so the run starts below chance."""
+    """The class the model finds least likely in ideal-image's starting image (seed 0: pixels the sigmoid of
+    normal noise, normalized as the model expects), so every run starts below chance, whatever the model."""
     from tlq.plugins.backbones import provider_for
     from tlq.plugins.base import BackboneRef
     from tlq.plugins.registry import backbone_providers
 
     ref = BackboneRef(trained.backbone)
-    model = provider_for(ref.name, backbone_providers()).load(ref, trained.env, None).model.eval()
-    noise = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    loaded = provider_for(ref.name, backbone_providers()).load(ref, trained.env, None)
+    mean, std = (torch.tensor(loaded.data_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    pixels = torch.sigmoid(torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(0)))
     with torch.no_grad():
-        return str(int(model(noise).argmin()))
+        return str(int(loaded.model.eval()((pixels - mean) / std).argmin()))
 
 
 def test_ideal_image_raises_the_target_from_chance_to_certainty(trained):
+    # Over model seeds 0-4 (the `trained` fixture's seed): target_prob 0.976, 0.984, 0.991, 0.992, 0.986 (the PNG's
+    # the same to 0.001).
     target = least_likely_class_of_noise(trained)
     job = run_job(trained, "ideal-image", target=target, steps=150, snapshots=4)
     start = job["history"]["target_prob"][0]
@@ -46,6 +50,7 @@ def test_ideal_image_raises_the_target_from_chance_to_certainty(trained):
 
 
 def test_total_variation_is_lower_with_the_tv_term(trained):
+    # Over model seeds 0-4: tv with the term / without 0.419, 0.445, 0.413, 0.367, 0.376; target_prob >= 0.976.
     target = least_likely_class_of_noise(trained)
     plain = run_job(trained, "ideal-image", target=target, steps=150, tv_weight=0, snapshots=0)
     smooth = run_job(trained, "ideal-image", target=target, steps=150, tv_weight=0.005, snapshots=0)
@@ -53,11 +58,14 @@ def test_total_variation_is_lower_with_the_tv_term(trained):
     assert smooth["metrics"]["target_prob"] >= 0.9
 
 
-def test_targeted_pgd_fools_most_correctly_classified_images_within_eps(trained):
-    job = run_job(trained, "adversarial", data=str(trained.val), method="pgd", target="3", eps="8/255")
+# success_rate at 8/255 towards class 3 over model seeds 0-4: pgd 1.0 on each; fgsm 0.512, 0.873, 0.975, 1.0, 0.988
+# (0.0 when fgsm steps away from the target).
+@pytest.mark.parametrize(("method", "least"), [("pgd", 0.8), ("fgsm", 0.3)])
+def test_targeted_attacks_fool_most_correctly_classified_images_within_eps(trained, method, least):
+    job = run_job(trained, "adversarial", data=str(trained.val), method=method, target="3", eps="8/255")
     metrics = job["metrics"]
     assert metrics["clean_acc"] >= 0.9
-    assert metrics["success_rate"] >= 0.8  # counted over correctly classified images not already of class 3
+    assert metrics["success_rate"] >= least  # counted over correctly classified images not already of class 3
     assert metrics["linf"] <= 8 / 255 + 1e-6
     with open(job["files"]["per_image"]) as fh:
         rows = list(csv.DictReader(fh))
@@ -70,7 +78,12 @@ def test_an_eps_list_draws_a_robustness_curve(trained):
     with open(job["files"]["robustness"]) as fh:
         curve = list(csv.DictReader(fh))
     assert [round(float(p["eps"]) * 255) for p in curve] == [1, 4]
-    assert float(curve[0]["robust_acc"]) >= float(curve[1]["robust_acc"])  # a larger budget fools more
+    clean, small, large = job["metrics"]["clean_acc"], float(curve[0]["robust_acc"]), float(curve[1]["robust_acc"])
+    # Over model seeds 0-4: clean 1.0, 0.99, 1.0, 0.98, 1.0; robust at 1/255 0.61, 0.58, 0.68, 0.56, 0.62; at 4/255
+    # 0.0 on each. One level of 255 already costs a third of the accuracy; four leave almost nothing.
+    assert clean >= 0.9 and all(float(p["clean_acc"]) == clean for p in curve)
+    assert small <= clean - 0.1
+    assert large <= min(small, 0.2)  # a larger budget fools more
     assert open(job["files"]["robustness_png"], "rb").read(8) == PNG
 
 
@@ -90,16 +103,24 @@ def test_single_image_attack_reports_sizes_and_keeps_pixels_valid(trained, metho
     assert metrics["linf"] == pytest.approx(delta, abs=1e-6) and metrics["l2"] > 0
     if method != "gd":
         assert delta <= 8 / 255 + 1e-6  # never beyond eps, in the saved PNG too
-    if method in ("pgd", "gd"):
-        assert metrics["success"] == 1 and metrics["target_prob"] > 0.5
     predictions = json.loads(open(job["files"]["predictions"]).read())
     assert predictions["top5_before"][0]["class"] == "0" and len(predictions["top5_after_png"]) == 5
+    # Every method moves the image to the target. Over model seeds 0-4 class 3 starts at p 0.002-0.006 and ends at
+    # p >= 0.9998 with pgd and gd; with fgsm's single step at 0.812, 0.980, 0.990, 0.998, 0.963 (0.00006 when it
+    # steps away from the target).
+    before = next(p["prob"] for p in predictions["top5_before"] if p["class"] == "3")
+    assert before < 0.05
+    assert metrics["success"] == 1 and metrics["target_prob"] >= 0.5
     for kind in ("adversarial", "perturbation", "comparison"):
         assert open(job["files"][kind], "rb").read(8) == PNG
 
 
-@pytest.mark.parametrize("targeted, eps", [(False, 2 / 255), (True, 1 / 255)])
-def test_pgd_succeeds_at_least_as_often_as_torchattacks(trained, targeted, eps):
+# All 500 digits (training and validation), eps 1/255, 10 steps. Success rates (tlq, torchattacks) over model
+# seeds 0-4, untargeted: (0.400, 0.390), (0.445, 0.427), (0.254, 0.246), (0.492, 0.474), (0.364, 0.344); targeted:
+# (0.262, 0.252), (0.401, 0.391), (0.085, 0.075), (0.445, 0.432), (0.233, 0.220). tlq was ahead by 0.008-0.02 on
+# each, and by 0.005-0.033 in 30 runs of other models (random starts 0-2); one point below that is allowed as noise.
+@pytest.mark.parametrize("targeted", [False, True])
+def test_pgd_succeeds_at_least_as_often_as_torchattacks(trained, targeted):
     import torchattacks
 
     from tlq.plugins.attacks import PixelModel, attack, pixel_transform
@@ -114,7 +135,8 @@ def test_pgd_succeeds_at_least_as_often_as_torchattacks(trained, targeted, eps):
     for p in model.parameters():
         p.requires_grad_(False)
     transform = pixel_transform(loaded.data_config)
-    files = discover_files(trained.val)
+    eps = 1 / 255
+    files = discover_files(trained.data) + discover_files(trained.val)
     x = torch.stack([transform(load_rgb(f.path)) for f in files])
     y = torch.tensor([int(f.label) for f in files])
     labels = torch.full_like(y, 3) if targeted else y
@@ -141,7 +163,7 @@ def test_pgd_succeeds_at_least_as_often_as_torchattacks(trained, targeted, eps):
     our_rate = hit(model(ours.quantized).argmax(1)).float().mean().item()
     assert torch.equal(hit(ours.predictions), ours.success_quantized.cpu())
     their_rate = hit(model(theirs).argmax(1)).float().mean().item()
-    assert our_rate >= their_rate, (our_rate, their_rate)
+    assert our_rate >= their_rate - 0.01, (our_rate, their_rate)
     assert 0 < their_rate < 1  # the comparison is not saturated either way
     assert (ours.quantized - x[keep]).abs().max() <= eps + 1e-6
 
@@ -191,18 +213,19 @@ def test_unknown_imagenet_name_lists_the_closest(tmp_path):
 
 
 def test_fourier_parameterization_also_reaches_the_target(trained):
+    # Over model seeds 0-4: target_prob_png 0.954, 1.0, 1.0, 0.973, 1.0.
     target = least_likely_class_of_noise(trained)
     job = run_job(trained, "ideal-image", target=target, snapshots=0, param="fft", steps=150)
     assert job["metrics"]["target_prob_png"] >= 0.9
 
 
 def test_jitter_raises_the_target_from_below_chance(trained):
-    # Jitter optimizes the class over random shifts; this digits model never saw shifted digits, so the unshifted
-    # image ends lower than without jitter (0.68 here; 0.9+ on another machine), far above its start.
+    # Jitter optimizes the class over random shifts of the image. Over model seeds 0-4 the target starts at
+    # p <= 0.002 and the saved PNG ends at 0.903, 0.969, 0.977, 0.973, 0.959.
     target = least_likely_class_of_noise(trained)
     job = run_job(trained, "ideal-image", target=target, snapshots=0, jitter=2, steps=300, lr=0.3)
     assert job["history"]["target_prob"][0][1] < 0.05
-    assert job["metrics"]["target_prob_png"] >= 0.4
+    assert job["metrics"]["target_prob_png"] >= 0.8
 
 
 def test_imagenet_class_names_resolve_at_submit(tmp_path):

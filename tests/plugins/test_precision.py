@@ -117,3 +117,81 @@ def test_auto_in_a_job_measures_on_the_jobs_model_and_says_what_it_chose(tmp_pat
     assert entry["key"].split(" || ")[1].startswith("inference | test_resnet")
     assert entry["precision"] == ("bf16" if entry["bf16_s"] * calibration.MARGIN < entry["fp32_s"] else "fp32")
     assert f"precision auto for test_resnet (inference): {entry['precision']}" in caplog.text
+
+
+def test_bf16_autocast_runs_the_model_in_bf16_and_fp32_leaves_it_alone():
+    """The planted bug this catches: bf16 autocast silently made a no-op, so bf16 jobs ran fp32."""
+    from tlq.plugins.precision import autocast
+
+    layer, x = torch.nn.Linear(8, 4), torch.randn(2, 8)
+    for device in ("cpu", "cpu:0"):
+        with autocast(device, "bf16"):
+            assert layer(x).dtype == torch.bfloat16
+    with autocast("cpu", "fp32"):
+        assert layer(x).dtype == torch.float32
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_bf16_on_a_gpu_is_bf16_autocast_on_its_device_type_not_fp16():
+    from tlq.plugins.precision import autocast
+
+    context = autocast("cuda:1", "bf16")  # built without a GPU here: torch disables it, but keeps what it was asked
+    assert (context.device, context.fast_dtype) == ("cuda", torch.bfloat16)
+
+
+def test_bf16_moves_models_and_image_batches_to_channels_last_and_fp32_does_not():
+    from tlq.plugins.precision import prepare_batch, prepare_model
+
+    channels_last = torch.channels_last
+    bf16 = prepare_model(torch.nn.Conv2d(3, 4, 3), "cpu", "bf16")
+    assert bf16.weight.is_contiguous(memory_format=channels_last) and not bf16.weight.is_contiguous()
+    assert prepare_model(torch.nn.Conv2d(3, 4, 3), "cpu", "fp32").weight.is_contiguous()
+    batch = torch.rand((2, 3, 5, 5))
+    assert prepare_batch(batch, "cpu", "bf16").is_contiguous(memory_format=channels_last)
+    assert not prepare_batch(batch, "cpu", "bf16").is_contiguous()
+    assert torch.equal(prepare_batch(batch, "cpu", "bf16"), batch)  # the same values, another layout
+    assert prepare_batch(batch, "cpu", "fp32").is_contiguous()
+    features = torch.rand((2, 7))
+    assert prepare_batch(features, "cpu", "bf16").is_contiguous()  # not an image batch: left as it is
+    assert prepare_model(torch.nn.Linear(2, 2).to(torch.float64), "cpu", "fp32").weight.dtype == torch.float64
+
+
+def test_auto_without_a_workload_takes_bf16_on_a_gpu_only_where_it_has_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", "cuda:0") == "bf16"
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("fp32", "cuda:0") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", "cuda:0") == "fp32"
+
+
+def test_auto_with_a_workload_takes_the_measured_choice_and_says_so(tmp_path, monkeypatch, caplog):
+    import logging
+
+    asked = []
+
+    def choose(workload, device, home):
+        asked.append((workload.label, device, home))
+        return calibration.Choice("bf16", 1.0, 0.5)
+
+    monkeypatch.setattr(calibration, "choose_precision", choose)
+    workload = Workload("training", tiny(), (3, 32, 32), 8, "test_resnet")
+    logger = logging.getLogger("tlq.test.precision")
+    caplog.set_level("INFO", logger="tlq.test.precision")
+    assert resolve_precision("auto", "cpu", workload, tmp_path, logger) == "bf16"
+    assert asked == [("test_resnet", "cpu", tmp_path)]
+    said = f"precision auto for test_resnet (training): {calibration.Choice('bf16', 1.0, 0.5).describe()}"
+    assert [r.getMessage() for r in caplog.records if r.name == "tlq.test.precision"] == [said]
+    caplog.set_level("INFO", logger="tlq.precision")
+    resolve_precision("auto", "cpu", workload, tmp_path)  # a job without a logger of its own: tlq's
+    assert [r.getMessage() for r in caplog.records if r.name == "tlq.precision"] == [said]
+    assert resolve_precision("fp32", "cpu", workload, tmp_path, logger) == "fp32" and len(asked) == 2
+
+
+def test_models_and_batches_move_to_the_jobs_device():
+    from tlq.plugins.precision import prepare_batch, prepare_model
+
+    # "meta" stands in for a second device: a CPU-only machine has no other
+    for precision in ("fp32", "bf16"):
+        assert prepare_batch(torch.rand((2, 3, 4, 4)), "meta", precision).device.type == "meta"
+        assert prepare_model(torch.nn.Conv2d(3, 4, 3), "meta", precision).weight.device.type == "meta"

@@ -58,15 +58,22 @@ def test_a_record_the_database_refuses_fails_the_job_and_keeps_the_other_results
         assert job["status"] == "succeeded" and job["artifacts"][0]["kind"] == "k" * 80
 
 
-@pytest.mark.parametrize(("name", "value"), [("loss", float("nan")), ("x" * 65, 1.0), ("loss", float("inf"))])
-def test_metrics_the_database_cannot_hold_fail_the_job_with_a_clear_reason(env, name, value):
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("loss", float("nan"), "finite numbers only"),
+        ("x" * 65, 1.0, "1 to 64 characters"),
+        ("loss", float("inf"), "finite numbers only"),
+    ],
+)
+def test_metrics_the_database_cannot_hold_fail_the_job_with_a_clear_reason(env, name, value, reason):
     def run(ctx, params):
         ctx.metric(name, value, step=3)
 
     job_id = new_job(env)
     assert execute_job(env, job_id, "w", tasks=registry_with(run)) == "failed"
     error = job_of(env, job_id)["error"]
-    assert error.startswith("ValueError: metric") and ("finite numbers only" in error or "1 to 64 characters" in error)
+    assert error.startswith("ValueError: metric") and reason in error
 
 
 def test_an_interrupted_run_does_not_stay_running(env):

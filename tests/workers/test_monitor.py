@@ -87,3 +87,44 @@ def test_what_the_deadline_scan_ends_and_what_it_leaves_alone():
     assert reason(held(seconds_since_progress=61.0), check_stall=False) is None
     assert reason(held(seconds_since_cancel=CANCEL_GRACE_S - 1)) is None  # it may still stop by itself
     assert "did not stop within 10 s of its cancel" in reason(held(seconds_since_cancel=CANCEL_GRACE_S + 1))
+
+
+def test_each_deadline_is_passed_only_once_it_is_exceeded():
+    from tlq.workers.lifecycle import TIMEOUT_GRACE_S
+
+    def reason(job):
+        return overdue_reason(job, stall_after_s=60.0, beat_every=5.0, check_stall=True)
+
+    assert reason(held(seconds_since_cancel=CANCEL_GRACE_S)) is None
+    assert reason(held(timeout_s=5.0, seconds_running=5.0 + TIMEOUT_GRACE_S)) is None
+    assert reason(held(seconds_since_progress=60.0)) is None
+    # the heartbeat counts as beating for under three intervals: at 15 s it is the stale scan's job
+    assert reason(held(seconds_since_progress=61.0, seconds_since_heartbeat=14.9)) is not None
+    assert reason(held(seconds_since_progress=61.0, seconds_since_heartbeat=15.0)) is None
+    assert reason(held(seconds_since_progress=61.0, seconds_since_heartbeat=17.5)) is None
+    # a cancel that was not obeyed wins over a timeout, and a timeout over a stall: the reason names the first
+    both = held(timeout_s=1.0, seconds_since_cancel=CANCEL_GRACE_S + 1, seconds_since_progress=61.0)
+    assert "cancel" in reason(both)
+    assert "timeout" in reason(held(timeout_s=1.0, seconds_since_progress=61.0))
+    assert reason(held(timeout_s=2.5, seconds_running=10.0)).endswith(
+        "ran past its timeout of 2.5 s, stuck inside one step; the worker ended its process (raise --timeout if it "
+        "needs longer)"
+    )
+    assert reason(held(seconds_since_progress=61.0)) == (
+        "made no progress for 61 s (TLQ_STALL_AFTER=60) while its heartbeat still beat; the worker ended it"
+    )
+
+
+def test_a_checker_that_was_frozen_trusts_nothing_it_saw_before():
+    clock = FakeClock()
+    health = DatabaseHealth(clock=clock)
+    with health.timed():
+        pass
+    clock.now = 100.0
+    assert health.trusted_for() == 100.0
+    health.distrust()
+    assert health.trusted_for() == 0.0
+    with health.timed():
+        clock.now += 1.0
+    clock.now += 2.0
+    assert health.trusted_for() == 2.0

@@ -18,6 +18,7 @@ values (each is a bound parameter, and PostgreSQL takes at most 65535 in one que
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -258,6 +259,18 @@ class FieldResolver:
 # --- parser -----------------------------------------------------------------------------------------------------
 
 
+COMPARISONS: dict[str, Callable[[Any, Any], ColumnElement]] = {
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<>": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
 def _value_kind(value: Any) -> str:
     if value is None:
         return "null"
@@ -384,16 +397,9 @@ class WhereParser:
             name_token.text, _value_kind(value_token.value), lambda m: self.fail(m, name_token)
         )
         value = self._coerce(name_token, kind, value_token)
-        return {
-            "=": column == value,
-            "==": column == value,
-            "!=": column != value,
-            "<>": column != value,
-            "<": column < value,
-            "<=": column <= value,
-            ">": column > value,
-            ">=": column >= value,
-        }[op.text]
+        if kind == "bool" and op.text not in ("=", "==", "!=", "<>"):
+            raise self.fail(f"true and false compare only with = or !=, not {op.text}", op)
+        return COMPARISONS[op.text](column, value)  # only the one asked for: SQLAlchemy refuses `< true`
 
     def _membership(self, name_token: Token, negate: bool) -> ColumnElement:
         if self.token.text != "(":
