@@ -166,8 +166,7 @@ def feature_extract_rows(work: Path, device: str, counts: dict[str, int]) -> lis
                 "img/s",
                 target,
                 rate / baseline >= 2.5 if target != "-" else None,
-                note=f"tlq {job['params']['precision']} -> ran {job['ran_on']}; "
-                + share_of_peak(arch, rate, device),
+                note=f"tlq {job['params']['precision']} -> ran {job['ran_on']}; " + share_of_peak(arch, rate, device),
             )
         )
     return rows
