@@ -696,17 +696,9 @@ def machine_info(device: str) -> dict:
     import timm
     import torch
 
-    from tlq.plugins.precision import cpu_flags
+    from tlq.plugins.precision import cpu_flags, cpu_info
 
-    cpu = "unknown"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_info()[0]
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu,

@@ -74,15 +74,11 @@ def machine_fingerprint() -> str:
     """What a measurement depends on besides the model: torch, the CPU model and its flags, the threads."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    flags = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = " ".join(sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("amx", "avx512"))))
-                break
+    from tlq.plugins.precision import cpu_info
+
+    model, all_flags = cpu_info()
+    cpu = (platform.processor() or platform.machine()) if model == "unknown" else model
+    flags = " ".join(sorted(f for f in all_flags if f.startswith(("amx", "avx512"))))
     return f"torch {torch.__version__} | {cpu} | {flags} | threads {torch.get_num_threads()}"
 
 
@@ -227,6 +223,7 @@ def _read(path: Path) -> dict:
 
 def _update(path: Path, digest: str, entry: dict) -> None:
     """Adds one entry, keeping the others; written whole and renamed, so a reader never sees half a file."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read(path)
@@ -236,5 +233,6 @@ def _update(path: Path, digest: str, entry: dict) -> None:
             json.dump(data, handle, indent=1, sort_keys=True)
         os.replace(tmp, path)
     except OSError:  # a read-only home: measure again next time
-        with contextlib.suppress(OSError, UnboundLocalError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

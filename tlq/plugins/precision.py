@@ -17,16 +17,26 @@ log = logging.getLogger("tlq.precision")
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's flags from /proc/cpuinfo (empty where there is none)."""
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and flags from /proc/cpuinfo ("unknown" and none where there is no such file)."""
+    model, flags = "unknown", frozenset()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return model, flags
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = frozenset(value.split())
+            break  # the first CPU's block says it for all
+    return model, flags
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags from /proc/cpuinfo (empty where there is none)."""
+    return cpu_info()[1]
 
 
 def resolve_precision(
