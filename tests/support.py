@@ -177,6 +177,15 @@ def job_json(env: dict, job_id: int) -> dict:
         db.engine.dispose()
 
 
+def tree(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder`` (links not followed): files by content, links by target, folders as '/'."""
+    listing = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        listing[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "/" if path.is_dir() else path.read_text()
+    return listing
+
+
 def run_job_here(env, spec) -> dict:
     """Runs a job in this process (as `tlq run` does) and returns it as `tlq show --json` prints it, asserting
     that it succeeded; ``files`` maps each artifact kind to its path and ``history`` each metric to its

@@ -6,24 +6,15 @@ the CLI."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.support import tree
 from tlq.client import Client, _NewFiles
 from tlq.config import Settings
 from tlq.db import queries
 from tlq.plugins.errors import BadInput
-
-
-def tree(folder: Path) -> dict[str, str]:
-    """Every entry under ``folder`` (links not followed): files by content, links by target, folders as '/'."""
-    listing = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        listing[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "/" if path.is_dir() else path.read_text()
-    return listing
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.cli.test_commands import invoke
-from tests.support import populate_results
+from tests.support import populate_results, tree
 from tlq.config import Settings
 from tlq.db import Database
 
@@ -205,15 +204,6 @@ def record_artifacts(home, job: int, files: dict[str, str]) -> Path:
             queries.record_artifact(session, job, "note", f"{job}/{rel}", len(text), digest)
     database.dispose()
     return settings.artifacts_dir / str(job)
-
-
-def tree(folder: Path) -> dict[str, str]:
-    """Every entry under ``folder`` (links not followed): files by content, links by target, folders as '/'."""
-    listing = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        listing[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "/" if path.is_dir() else path.read_text()
-    return listing
 
 
 def test_artifacts_copy_never_writes_through_a_symlink(home, filled, tmp_path):
