@@ -24,16 +24,19 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 # Two test processes share the 2 cores (integration tests mostly wait on workers and timers); tests that
-# disturb shared services run alone afterwards. The 15 slowest tests are listed at the end.
+# disturb shared services run alone afterwards. One math thread per process (OMP_NUM_THREADS=1, inherited by
+# the workers the tests start): two processes of two spinning threads each on two cores made the model tests
+# ten times slower. The 15 slowest tests are listed at the end.
 test: $(STAMP) services
-	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not serial" --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not serial" --durations=15
 	$(PY) -m pytest -q -ra -m serial
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not integration"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check tlq tests examples
+	$(VENV)/bin/ruff check tlq tests examples bench mutation
+	$(VENV)/bin/ruff format --check tlq tests examples bench mutation
 
 bench: $(STAMP) services
 	$(PY) bench/run.py

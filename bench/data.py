@@ -56,3 +56,22 @@ def write_digits(root: Path, per_class: int, size: int = 224, classes=range(10))
                 array = (digits.images[i] / 16.0 * 255).astype(np.uint8)
                 Image.fromarray(array).resize((size, size), Image.BILINEAR).convert("RGB").save(path, quality=90)
     return root
+
+
+def write_small_pngs(root: Path, count: int, size: int = 32) -> Path:
+    """``count`` small PNG files of scikit-learn's digits in ten class folders (a digit repeats every 1,797
+    files, each copy shifted by a pixel so no two files are the same)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    marker = root / f".complete-{count}"
+    if marker.exists():
+        return root
+    for i in range(count):
+        d = i % len(digits.images)
+        folder = root / str(digits.target[d])
+        folder.mkdir(parents=True, exist_ok=True)
+        array = np.roll((digits.images[d] / 16.0 * 255).astype(np.uint8), i // len(digits.images) % 8, axis=1)
+        Image.fromarray(array).resize((size, size), Image.NEAREST).save(folder / f"{i:06d}.png")
+    marker.touch()
+    return root

@@ -65,6 +65,21 @@ def run_job(env, task: str, backbone: str | None, device: str, **params) -> dict
     return job
 
 
+def auto_choice(home: Path, kind: str) -> str:
+    """What ``--precision auto`` chose for a ``kind`` step in this home, with the speeds it measured against plain
+    fp32: 'bf16 (bf16 3.05x, fp32-cl 1.41x)', or 'fp32 (not measured)'."""
+    try:
+        entries = json.loads((home / "calibration.json").read_text()).values()
+    except (OSError, ValueError):
+        return "fp32 (not measured)"
+    for entry in entries:
+        if entry["key"].split(" || ")[1].startswith(kind):
+            seconds = entry["seconds"]
+            speeds = ", ".join(f"{w} {seconds['fp32'] / s:.2f}x" for w, s in seconds.items() if w != "fp32")
+            return f"{entry['precision']} ({speeds})"
+    return "fp32 (not measured)"
+
+
 _PEAKS: dict[tuple[str, str], float] = {}
 
 
@@ -166,7 +181,8 @@ def feature_extract_rows(work: Path, device: str, counts: dict[str, int]) -> lis
                 "img/s",
                 target,
                 rate / baseline >= 2.5 if target != "-" else None,
-                note=f"tlq {job['params']['precision']} -> ran {job['ran_on']}; " + share_of_peak(arch, rate, device),
+                note=f"tlq auto chose {auto_choice(home, 'inference')} on {job['ran_on']}; "
+                + share_of_peak(arch, rate, device),
             )
         )
     return rows
@@ -333,7 +349,7 @@ def full_finetune_row(work: Path, device: str, per_class: int) -> Row:
     train_idx, _ = stratified_split(labelled.labels, 0.2, seed=0)
     items = [(labelled.files[i].path, labelled.files[i].label) for i in train_idx]
     baseline = plain_training_rate("resnet18", items, device, epochs=2, batch_size=16)
-    _, job = digits_backbone(work, device, per_class)
+    env, job = digits_backbone(work, device, per_class)
     rate = job["history"]["images_per_second"][-1][1]
     return Row(
         f"full finetune resnet18 at 224, {len(items)} train images",
@@ -342,7 +358,9 @@ def full_finetune_row(work: Path, device: str, per_class: int) -> Row:
         "img/s",
         "1.8x",
         rate / baseline >= 1.8,
-        note="training images/s in the last epoch (tlq: of 3; plain: of 2); "
+        note="training images/s in the last epoch (tlq: of 3; plain: of 2); tlq auto chose "
+        + auto_choice(env.settings.home, "training")
+        + "; "
         + share_of_peak("resnet18", rate, device, training=True),
     )
 
@@ -687,6 +705,52 @@ def pgd_row(work: Path, device: str, eps: float = 1 / 255, steps: int = 10) -> l
             note="share of correctly classified images fooled",
         ),
     ]
+
+
+# 6 --------------------------------------------------------------------------------------------------------------
+def streaming_row(work: Path, counts: tuple[int, ...] = (1_000, 10_000, 100_000)) -> Row:
+    """`tlq run feature-extract` over 1,000, 10,000 and 100,000 small PNG files, each in a process of its own:
+    its peak resident memory (from the kernel's accounting of the finished process) and seconds per 1,000
+    images. Features stream to features.npy, so memory should not grow with the count."""
+    import shutil
+
+    from data import write_small_pngs
+
+    rss, per_thousand, sizes = {}, {}, {}
+    for count in counts:
+        folder = write_small_pngs(work / f"small-{count}", count)
+        home = work / f"home-stream-{count}"
+        shutil.rmtree(home, ignore_errors=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TLQ_")}
+        env.update(TLQ_HOME=str(home), TLQ_FEATURE_CACHE_MB="0", HF_HUB_OFFLINE="1")
+        command = [sys.executable, "-m", "tlq", "run", "feature-extract", "--backbone", "test_resnet"]
+        command += ["--no-pretrained", "--data", str(folder), "--json"]
+        start = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        if status != 0:
+            raise RuntimeError(f"feature-extract over {count} files failed: {output[-500:]!r}")
+        job = json.loads(output)
+        rss[count] = usage.ru_maxrss / 1024  # KiB on Linux
+        per_thousand[count] = 1000 * seconds / count
+        sizes[count] = next(a["bytes"] for a in job["artifacts"] if a["kind"] == "features") / 2**20
+    small, large = counts[0], counts[-1]
+    note = "; ".join(
+        f"{c:,} images: {rss[c]:.0f} MB peak, {per_thousand[c]:.2f} s per 1,000, features.npy {sizes[c]:.0f} MB"
+        for c in counts
+    )
+    return Row(
+        f"feature-extract test_resnet over {large:,} small PNGs: peak RSS (baseline: {small:,})",
+        rss[large],
+        rss[small],
+        "MB",
+        "<= 1.1x",
+        rss[large] <= 1.1 * rss[small],
+        note=note + " (the whole process: Python, torch, the model)",
+        higher_is_better=False,
+    )
 
 
 def machine_info(device: str) -> dict:

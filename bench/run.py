@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 import rows as bench  # noqa: E402
 
 SIZES = {
-    "cpu": {"extract": {"resnet18": 128, "resnet50": 128, "vgg16": 64}, "probe_per_class": 100, "full_per_class": 50},
+    "cpu": {"extract": {"resnet18": 128, "resnet50": 128, "vgg16": 96}, "probe_per_class": 100, "full_per_class": 50},
     "cuda": {"extract": {"resnet18": 512, "resnet50": 512, "vgg16": 256}, "probe_per_class": 60, "full_per_class": 60},
 }
 
@@ -63,7 +63,7 @@ def table(rows: list[bench.Row]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--rows", default="1,2,3,4,5", help="Which rows to run (1-5).")
+    parser.add_argument("--rows", default="1,2,3,4,5,6", help="Which rows to run (1-6).")
     parser.add_argument("--work", default=str(HERE / "work"), help="Scratch folder for images and homes.")
     parser.add_argument("--out", default=str(HERE / "results"), help="Where the table is saved.")
     args = parser.parse_args()
@@ -102,6 +102,8 @@ def main() -> int:
         run("4 warm worker", lambda: bench.warm_worker_row(work))
     if 5 in chosen:
         run("5 PGD", lambda: bench.pgd_row(work, args.device))
+    if 6 in chosen and args.device == "cpu":
+        run("6 streaming features", lambda: bench.streaming_row(work))
 
     info = bench.machine_info(args.device)
     report = "\n".join(

@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.support import PG_ADMIN_URL, REDIS_URL, make_digits, run_job_here
+from tests.support import REDIS_URL, make_digits, postgres_database, run_job_here
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -46,19 +45,8 @@ def services() -> None:
 @pytest.fixture
 def pg_url(services) -> str:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    import sqlalchemy as sa
-
-    from tlq.config import normalize_database_url
-
-    name = f"tlq_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(normalize_database_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    admin.dispose()  # its pooled connection may not have lived through a test that restarts PostgreSQL
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,28 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@contextlib.contextmanager
+def postgres_database():
+    """A fresh, empty PostgreSQL database (its URL), dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from tlq.config import normalize_database_url
+
+    name = f"tlq_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalize_database_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.dispose()  # its pooled connection may not have lived through a test that restarts PostgreSQL
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def make_digits(

@@ -1,13 +1,15 @@
-"""The `--where` / `--order-by` compiler on one small database built once (SQLite; the same filters run on
-PostgreSQL in tests/db/test_results.py): each filter selects exactly the jobs it names, values of every JSON type
-are compared as their type, and a bad filter is refused with a message that points at the spot."""
+"""The `--where` / `--order-by` compiler on one small database built once on SQLite and once on PostgreSQL (so
+`make mutation` judges both dialects' branches): each filter selects exactly the jobs it names, values of every
+JSON type are compared as their type, and a bad filter is refused with a message that points at the spot."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 import pytest
 
+from tests.support import postgres_database
 from tlq.db import Database, queries, results
 from tlq.db.filters import FieldResolver, FilterError, compile_where, field_names, tokenize
 
@@ -29,9 +31,18 @@ JOBS = {
 ACC = {"p": [(1, 0.5), (2, 0.7)], "q": [(1, 0.9), (3, 0.6)], "r": [(2, 0.4), (1, 0.3)], "s": [(1, 0.8)]}
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    database = Database(f"sqlite:///{tmp_path_factory.mktemp('filters') / 'tlq.sqlite'}")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request, tmp_path_factory):
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('filters') / 'tlq.sqlite'}"
+        else:
+            request.getfixturevalue("services")
+            url = stack.enter_context(postgres_database())
+        yield from _filled(Database(url))
+
+
+def _filled(database):
     database.ensure_schema()
     day = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
     with database.session() as session:

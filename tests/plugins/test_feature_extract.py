@@ -91,3 +91,44 @@ def test_unreadable_files_are_skipped_counted_and_listed(env, tmp_path, digits_d
     with open(skipped) as fh:
         rows = {r["path"]: r["reason"] for r in csv.DictReader(fh)}
     assert rows == {"3/notes.txt": "not an image", "3/empty.png": "empty file"}
+
+
+def test_features_stream_to_disk_in_chunks_the_same_as_in_one_piece(env, tmp_path, digits_dir, weights, monkeypatch):
+    import shutil
+
+    from tlq.plugins import features as features_module
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    (data / "3" / "broken.png").write_bytes(b"\x89PNG not really")  # a skipped file inside a chunk
+    whole, whole_features, whole_index = run_extract(env, data, weights, "fp32")
+    monkeypatch.setattr(features_module, "CHUNK_FILES", 7)  # 121 files: 17 chunks plus 2 files, one skipped
+    chunked, chunked_features, chunked_index = run_extract(env, data, weights, "fp32")
+    assert chunked["metrics"]["cached_images"] == 120  # chunk by chunk from the feature cache...
+    monkeypatch.setenv("TLQ_FEATURE_CACHE_MB", "0")
+    computed, computed_features, _ = run_extract(env, data, weights, "fp32")
+    assert computed["metrics"]["cached_images"] == 0  # ...and computed chunk by chunk
+    np.testing.assert_array_equal(whole_features, computed_features)
+    assert whole_features.shape == chunked_features.shape == (120, 96) and chunked["metrics"]["skipped"] == 1
+    np.testing.assert_array_equal(whole_features, chunked_features)  # the same rows, in the same order
+    assert whole_index == chunked_index and chunked["metrics"]["feature_dim"] == 96
+    mapped = np.load(chunked["files"]["features"], mmap_mode="r")  # a real .npy that maps without reading it
+    assert isinstance(mapped, np.memmap) and mapped.shape == (120, 96)
+
+
+def test_the_npy_writer_keeps_exactly_the_rows_written(tmp_path):
+    from tlq.plugins.features import NpyWriter
+
+    rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+    writer = NpyWriter(tmp_path / "f.npy", capacity=100_000)  # room for far more than it gets
+    for start in range(0, 10, 3):
+        writer.append(rows[start : start + 3])
+    writer.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), rows)
+    assert (tmp_path / "f.npy").stat().st_size == 128 + rows.nbytes  # the header, then the rows and no more
+    full = NpyWriter(tmp_path / "g.npy", capacity=2)
+    full.append(rows[:2])
+    with pytest.raises(ValueError, match="more than the 2 rows"):
+        full.append(rows[2:3])
+    full.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), rows[:2])

@@ -112,6 +112,24 @@ def image_loader(
     )
 
 
+class WaitClock:
+    """Iterates ``batches`` and adds up, in ``seconds``, the time spent waiting for the next one: the time the
+    model sat idle for want of data."""
+
+    def __init__(self, batches) -> None:
+        self.batches, self.seconds = batches, 0.0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        asked = time.perf_counter()
+        for batch in self.batches:
+            self.seconds += time.perf_counter() - asked
+            yield batch
+            asked = time.perf_counter()
+
+
 @dataclass
 class FeatureResult:
     """Features of the readable files, in file order, and the files skipped with their reasons."""
@@ -121,10 +139,15 @@ class FeatureResult:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
     cached: int = 0
+    wait_seconds: float = 0.0  # of ``seconds``, spent waiting for decoded images
 
     @property
     def images_per_second(self) -> float:
         return len(self.kept) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def data_wait_share(self) -> float:
+        return self.wait_seconds / self.seconds if self.seconds > 0 else 0.0
 
 
 @torch.inference_mode()
@@ -155,7 +178,8 @@ def extract_features(
     skipped: list[tuple[int, str]] = []
     start = time.perf_counter()
     done = 0
-    for images, indices, bad in image_loader(files, transform, batch_size, workers, device=device):
+    batches = WaitClock(image_loader(files, transform, batch_size, workers, device=device))
+    for images, indices, bad in batches:
         skipped.extend(bad)
         if images is not None:
             if on_first_batch is not None and not kept:
@@ -169,7 +193,8 @@ def extract_features(
             on_batch(done, len(files))
     width = chunks[0].shape[1] if chunks else 0
     features = np.concatenate(chunks) if chunks else np.zeros((0, width), dtype=np.float32)
-    return FeatureResult(features.astype(np.float32, copy=False), kept, skipped, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return FeatureResult(features.astype(np.float32, copy=False), kept, skipped, seconds, 0, batches.seconds)
 
 
 def pooled_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -225,6 +250,46 @@ def describe_transform(transform) -> str:
     )
 
 
+CHUNK_FILES = 4096  # files per pass: a job holds at most this many files' features in memory while streaming
+
+
+class NpyWriter:
+    """float32 rows appended in order to a ``.npy`` file that ``np.load(path, mmap_mode="r")`` maps. Rows go
+    straight to the file, so memory does not grow with their number; the header, written for ``capacity`` rows
+    up front, is rewritten in place for the rows actually written when the writer closes (numpy leaves room in
+    the header for the first axis to change)."""
+
+    def __init__(self, path, capacity: int) -> None:
+        self.path, self.capacity, self.rows, self.width = path, capacity, 0, None
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._offset = 0
+
+    def _header(self, rows: int) -> None:
+        descr = np.lib.format.dtype_to_descr(np.dtype("<f4"))
+        np.lib.format.write_array_header_1_0(
+            self._fh, {"descr": descr, "fortran_order": False, "shape": (rows, self.width)}
+        )
+
+    def append(self, rows: np.ndarray) -> None:
+        if self.width is None:
+            self.width = rows.shape[1]
+            self._header(self.capacity)
+            self._offset = self._fh.tell()
+        if self.rows + len(rows) > self.capacity:
+            raise ValueError(f"more than the {self.capacity} rows this writer was opened for")
+        self._fh.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        if self.width is not None:
+            self._fh.seek(0)
+            self._header(self.rows)
+            if self._fh.tell() != self._offset:  # cannot happen with numpy's padded headers; never write a bad file
+                raise RuntimeError("the .npy header changed length when rewritten")
+            self._fh.truncate(self._offset + self.rows * self.width * 4)
+        self._fh.close()
+
+
 def pooled_features_of(
     ctx,
     backbone,
@@ -234,15 +299,70 @@ def pooled_features_of(
     batch_size: int,
     workers: int | None,
     stage: str,
+    into: NpyWriter | None = None,
 ) -> FeatureResult:
     """Pooled pre-logits features of ``files`` for a job, served from the feature cache where they are there.
 
     Only the files the cache lacks go through the model; what they yield is stored for next time. Random
-    initializations (no weights file) are never cached.
+    initializations (no weights file) are never cached. The files go through in chunks of ``CHUNK_FILES``; with
+    ``into`` each chunk's rows are written there, in file order, and the result holds no rows (an empty array
+    of the features' width), so memory stays flat however many files there are.
     """
+    cache = ctx.feature_cache if backbone.weights_file is not None else None
+    weights = cache.weights_digest(backbone.weights_file) if cache is not None else None
+    key = None
+    if cache is not None and weights is not None:
+        key = cache.model_key(
+            code=FEATURE_CODE_VERSION,
+            arch=backbone.arch,
+            weights=weights,
+            # The transform the job actually applies (size, crop, interpolation, mean/std), not the backbone's
+            # defaults: a job at --image-size 32 must never serve features to one at the default size.
+            transform=describe_transform(transform),
+            precision=precision,
+            device=ctx.device.split(":")[0],
+            output="pooled",
+        )
+    start = time.perf_counter()
+    kept: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    parts: list[np.ndarray] = []
+    wait, cached, width = 0.0, 0, 0
+    for first in range(0, len(files), CHUNK_FILES):
+        chunk = files[first : first + CHUNK_FILES]
+        part = _chunk_features(
+            ctx,
+            backbone,
+            chunk,
+            first,
+            len(files),
+            transform,
+            precision,
+            batch_size,
+            workers,
+            stage,
+            cache if key else None,
+            key,
+        )
+        kept.extend(first + i for i in part.kept)
+        skipped.extend((first + i, reason) for i, reason in part.skipped)
+        wait, cached = wait + part.wait_seconds, cached + part.cached
+        width = part.features.shape[1] if len(part.features) else width
+        if into is not None:
+            if len(part.features):
+                into.append(part.features)
+        else:
+            parts.append(part.features)
+    rows = [p for p in parts if len(p)]
+    features = np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
+    return FeatureResult(features, kept, skipped, time.perf_counter() - start, cached, wait)
+
+
+def _chunk_features(ctx, backbone, files, first, total, transform, precision, batch_size, workers, stage, cache, key):
+    """One chunk of ``pooled_features_of``: indices in the result are positions in ``files``."""
     model = backbone.model
 
-    def compute(subset: Sequence[ImageFile], done_before: int, total: int) -> FeatureResult:
+    def compute(subset: Sequence[ImageFile], done_before: int) -> FeatureResult:
         return extract_features(
             model,
             subset,
@@ -256,28 +376,14 @@ def pooled_features_of(
             on_first_batch=ctx.mark_first_batch,
         )
 
-    cache = ctx.feature_cache if backbone.weights_file is not None else None
-    weights = cache.weights_digest(backbone.weights_file) if cache is not None else None
-    if cache is None or weights is None:
-        return compute(files, 0, len(files))
+    if cache is None:
+        return compute(files, first)
     from tlq.plugins.feature_cache import file_digest
 
-    key = cache.model_key(
-        code=FEATURE_CODE_VERSION,
-        arch=backbone.arch,
-        weights=weights,
-        # The transform the job actually applies (size, crop, interpolation, mean/std), not the backbone's
-        # defaults: a job at --image-size 32 must never serve features to one at the default size.
-        transform=describe_transform(transform),
-        precision=precision,
-        device=ctx.device.split(":")[0],
-        output="pooled",
-    )
-    start = time.perf_counter()
     digests = [file_digest(f.path) for f in files]
     found = cache.lookup(key, [d for d in digests if d])
     missing = [i for i, d in enumerate(digests) if d not in found]
-    computed = compute([files[i] for i in missing], len(files) - len(missing), len(files))
+    computed = compute([files[i] for i in missing], first + len(files) - len(missing))
     fresh = {digests[missing[j]]: computed.features[row] for row, j in enumerate(computed.kept) if digests[missing[j]]}
     cache.store(key, fresh)
     rows: dict[int, np.ndarray] = {i: found[d] for i, d in enumerate(digests) if d in found}
@@ -286,4 +392,4 @@ def pooled_features_of(
     width = next(iter(rows.values())).shape[0] if rows else 0
     features = np.stack([rows[i] for i in kept]).astype(np.float32) if rows else np.zeros((0, width), np.float32)
     skipped = sorted((missing[j], reason) for j, reason in computed.skipped)
-    return FeatureResult(features, kept, skipped, time.perf_counter() - start, cached=len(files) - len(missing))
+    return FeatureResult(features, kept, skipped, 0.0, len(files) - len(missing), computed.wait_seconds)

@@ -1,5 +1,6 @@
-"""Choosing the numeric precision and memory layout: bf16 autocast (and channels_last) where it measured faster
-than fp32 on this machine (``tlq.plugins.calibration``), fp32 elsewhere."""
+"""Choosing the numeric precision and memory layout of a job's steps: for ``--precision auto`` the fastest of plain
+fp32, fp32 in channels_last memory and bf16 autocast in channels_last memory, as measured on this machine
+(``tlq.plugins.calibration``); what the user asked for otherwise."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from tlq.plugins.calibration import Workload
 
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]  # what a job asks for
+# How a job runs: plain fp32 (the default memory layout), fp32 with models and batches in channels_last memory,
+# or bf16 autocast in channels_last memory. Only ``auto`` chooses fp32-cl.
+Resolved = Literal["fp32", "fp32-cl", "bf16"]
 log = logging.getLogger("tlq.precision")
 
 
@@ -45,9 +49,9 @@ def resolve_precision(
     workload: Workload | None = None,
     home=None,
     logger: logging.Logger | None = None,
-) -> Literal["fp32", "bf16"]:
-    """The precision to run in. ``auto`` measures ``workload`` both ways on this machine (once; the choice is
-    cached in ``home``) and takes bf16 only where it is clearly faster; with no workload to measure it keeps
+) -> Resolved:
+    """How to run. ``auto`` measures ``workload`` each way on this machine (once; the choice is cached in
+    ``home``) and leaves plain fp32 only for a way that is clearly faster; with no workload to measure it keeps
     fp32 on a CPU and takes bf16 on a CUDA device that supports it."""
     if requested != "auto":
         return requested
@@ -73,21 +77,26 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 
 
+def channels_last(precision: str) -> bool:
+    """Whether ``precision`` (a Resolved way) keeps models and image batches in channels_last memory."""
+    return precision in ("fp32-cl", "bf16")
+
+
 def prepare_model(model, device: str, precision: str):
-    """Moves a model to ``device`` and, with bf16, to channels_last memory (which the bf16 kernels prefer)."""
+    """Moves a model to ``device`` and, for fp32-cl and bf16, to channels_last memory."""
     import torch
 
     model = model.to(device)
-    if precision == "bf16":
+    if channels_last(precision):
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
 def prepare_batch(batch, device: str, precision: str):
-    """Moves an image batch to ``device``, channels_last when running bf16."""
+    """Moves an image batch to ``device``, in channels_last memory for fp32-cl and bf16."""
     import torch
 
     batch = batch.to(device, non_blocking=True)
-    if precision == "bf16" and batch.ndim == 4:
+    if channels_last(precision) and batch.ndim == 4:
         batch = batch.contiguous(memory_format=torch.channels_last)
     return batch

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlq.plugins.features import EpochSampler, image_loader, pooled_features
+from tlq.plugins.features import EpochSampler, WaitClock, image_loader, pooled_features
 from tlq.plugins.images import ImageFile
 from tlq.plugins.precision import autocast, prepare_batch
 
@@ -31,10 +31,15 @@ class EpochResult:
     top5: float | None = None
     predictions: list[int] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
+    wait_seconds: float = 0.0  # of ``seconds``, spent waiting for decoded images
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def data_wait_share(self) -> float:
+        return self.wait_seconds / self.seconds if self.seconds > 0 else 0.0
 
 
 def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -152,7 +157,8 @@ def train_epoch(
     label_of = torch.as_tensor(list(targets), dtype=torch.long)
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    for step, (images, indices, _bad) in enumerate(loader, 1):
+    batches = WaitClock(loader)
+    for step, (images, indices, _bad) in enumerate(batches, 1):
         if images is None:
             continue
         labels = label_of[indices].to(device)
@@ -175,7 +181,7 @@ def train_epoch(
         if on_step is not None:
             on_step(step, len(loader))
     seconds = time.perf_counter() - start
-    return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, seconds)
+    return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, seconds, wait_seconds=batches.seconds)
 
 
 @torch.inference_mode()

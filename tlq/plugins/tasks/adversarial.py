@@ -101,13 +101,15 @@ def run(ctx, params: AdversarialParams) -> None:
         p.requires_grad_(False)
     if params.precision != "fp32":
         from tlq.plugins.calibration import Workload
-        from tlq.plugins.precision import resolve_precision
+        from tlq.plugins.precision import prepare_model, resolve_precision
 
         shape = tuple(backbone.data_config["input_size"])
         batch = 1 if params.image is not None else params.batch_size
         images = params.n_steps if params.image is not None else None
         workload = Workload("input-gradient", model, shape, batch, backbone.arch, cast=True, images=images)
-        if resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home, ctx.log) == "bf16":
+        precision = resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home, ctx.log)
+        model = prepare_model(model, ctx.device, precision)
+        if precision == "bf16":
             model = model.to(torch.bfloat16)
     wrapped = PixelModel(model, backbone.data_config["mean"], backbone.data_config["std"]).to(ctx.device)
     if params.precision != "fp32" and next(model.parameters()).dtype == torch.bfloat16:

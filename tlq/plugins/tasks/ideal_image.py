@@ -74,7 +74,7 @@ def run(ctx, params: IdealImageParams) -> None:
     from PIL import Image
 
     from tlq.plugins.calibration import Workload
-    from tlq.plugins.precision import autocast, resolve_precision
+    from tlq.plugins.precision import autocast, prepare_model, resolve_precision
     from tlq.plugins.reports import pyplot
 
     backbone = ctx.load_backbone(num_classes=None)
@@ -86,6 +86,7 @@ def run(ctx, params: IdealImageParams) -> None:
     size = params.size or backbone.data_config["input_size"][-1]
     workload = Workload("input-gradient", model, (3, size, size), 1, backbone.arch, images=params.steps)
     precision = resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home, ctx.log)
+    model = prepare_model(model, ctx.device, precision)
     mean = torch.tensor(backbone.data_config["mean"]).view(1, 3, 1, 1).to(ctx.device)
     std = torch.tensor(backbone.data_config["std"]).view(1, 3, 1, 1).to(ctx.device)
     generator = torch.Generator().manual_seed(params.seed)

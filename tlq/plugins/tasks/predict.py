@@ -23,7 +23,7 @@ class PredictParams(TaskParams):
         None, description="Images per forward pass (default: 16 on a CPU, 64 on a GPU)."
     )
     precision: Precision = Field(
-        "auto", description="auto: bf16 where it measured faster than fp32 on this machine, else fp32."
+        "auto", description="auto: the fastest of fp32, fp32 in channels_last memory and bf16, measured here."
     )
     loader_workers: int | None = Field(None, ge=0, le=64, description="Image-decoding processes.")
 
@@ -86,6 +86,7 @@ def run(ctx, params: PredictParams) -> None:
         "images": len(result.kept),
         "skipped": len(result.skipped),
         "images_per_second": result.images_per_second,
+        "data_wait_share": result.data_wait_share,
         "cached_images": result.cached,
     }
     index = {name: i for i, name in enumerate(classes)}
