@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,8 +39,6 @@ class Row:
 
 def tlq_env(home: Path, device: str):
     """A tlq Environment in a fresh home of its own; the feature cache off, so every row measures real work."""
-    import shutil
-
     from tlq.config import Settings
     from tlq.plugins.base import Environment
 
@@ -712,8 +711,6 @@ def streaming_row(work: Path, counts: tuple[int, ...] = (1_000, 10_000, 100_000)
     """`tlq run feature-extract` over 1,000, 10,000 and 100,000 small PNG files, each in a process of its own:
     its peak resident memory (from the kernel's accounting of the finished process) and seconds per 1,000
     images. Features stream to features.npy, so memory should not grow with the count."""
-    import shutil
-
     from data import write_small_pngs
 
     rss, per_thousand, sizes = {}, {}, {}
@@ -751,6 +748,118 @@ def streaming_row(work: Path, counts: tuple[int, ...] = (1_000, 10_000, 100_000)
         note=note + " (the whole process: Python, torch, the model)",
         higher_is_better=False,
     )
+
+
+# 7 --------------------------------------------------------------------------------------------------------------
+def populate_at_scale(database, jobs: int, metrics_per_job: int) -> int:
+    """``jobs`` finished finetune jobs in groups of 100, each with ``metrics_per_job`` metric rows (val_acc and
+    train_loss per epoch), written in bulk. Returns the id of the last group."""
+    import datetime as dt
+    import random
+
+    from sqlalchemy import insert
+
+    from tlq.db.models import Job, JobGroup, Metric
+
+    rng = random.Random(0)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    epochs = metrics_per_job // 2
+    backbones = ["resnet18", "resnet50", "vgg16", "convnext_tiny", "vit_small_patch16_224"]
+    with database.session() as session:
+        session.execute(insert(JobGroup), [{"name": f"sweep {g}"} for g in range(jobs // 100)])
+        for first in range(0, jobs, 10_000):
+            rows = []
+            for i in range(first, min(jobs, first + 10_000)):
+                when = start + dt.timedelta(seconds=60 * i)
+                rows.append(
+                    {
+                        "id": i + 1,
+                        "task": "finetune",
+                        "backbone": backbones[i % len(backbones)],
+                        "params": {"lr": rng.choice([1e-4, 3e-4, 1e-3, 3e-3]), "epochs": epochs, "data": "/data"},
+                        "status": "succeeded" if i % 20 else "failed",
+                        "tags": {"team": rng.choice(["a", "b", "c"])},
+                        "group_id": i // 100 + 1,
+                        "created_at": when,
+                        "started_at": when,
+                        "finished_at": when + dt.timedelta(seconds=rng.randint(30, 3000)),
+                        "attempts": 1,
+                    }
+                )
+            session.execute(insert(Job), rows)
+        for first in range(0, jobs, 5_000):
+            rows = []
+            for job in range(first + 1, min(jobs, first + 5_000) + 1):
+                for epoch in range(1, epochs + 1):
+                    rows.append(
+                        {"job_id": job, "name": "val_acc", "step": epoch, "epoch": epoch, "value": rng.random()}
+                    )
+                    rows.append(
+                        {"job_id": job, "name": "train_loss", "step": epoch, "epoch": epoch, "value": rng.random()}
+                    )
+            session.execute(insert(Metric), rows)
+    return jobs // 100
+
+
+def database_scale_rows(work: Path, backend: str, database_url: str | None, jobs: int = 100_000) -> list[Row]:
+    """`tlq jobs`, `tlq results --where` and `tlq compare` on a database of ``jobs`` jobs and 10 metric rows each
+    (1,000,000 for 100,000 jobs): the client call (best of 3) and the whole command, as a user runs it."""
+    from tlq.client import Client
+    from tlq.config import Settings
+    from tlq.db import Database
+
+    home = work / f"home-scale-{backend}"
+    shutil.rmtree(home, ignore_errors=True)
+    settings = Settings.load(home=home, database_url=database_url, environ={})
+    database = Database(settings.database_url)
+    database.ensure_schema()
+    started = time.perf_counter()
+    group = populate_at_scale(database, jobs, 10)
+    fill_s = time.perf_counter() - started
+    database.dispose()
+    client = Client(settings=settings)
+    where = "val_acc > 0.99 and params.lr <= 0.0003 and backbone = 'resnet50'"
+    calls = {
+        "tlq jobs": (lambda: client.list(limit=50), ["jobs"]),
+        f'tlq results --where "{where}"': (
+            lambda: client.results(where, "-val_acc", limit=20),
+            ["results", "--where", where],
+        ),
+        f"tlq compare --group {group} (100 jobs)": (
+            lambda: client.compare(group=group),
+            ["compare", "--group", str(group)],
+        ),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TLQ_")}
+    env.update(TLQ_HOME=str(home), HF_HUB_OFFLINE="1")
+    if database_url:
+        env["TLQ_DATABASE_URL"] = database_url
+    rows = []
+    for label, (call, args) in calls.items():
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            answer = call()
+            best = min(best, time.perf_counter() - start)
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "tlq", *args], env=env, capture_output=True, text=True)
+        command_s = time.perf_counter() - start
+        if done.returncode != 0 or not answer:
+            raise RuntimeError(f"{label} failed on {backend}: {done.stderr[-500:]}")
+        rows.append(
+            Row(
+                f"{backend}, {jobs:,} jobs and {jobs * 10:,} metric rows: {label}",
+                best,
+                1.0,
+                "s",
+                "< 1 s",
+                best < 1.0,
+                note=f"the client call, best of 3; the whole command (Python start included) {command_s:.2f} s; "
+                f"filling the database took {fill_s:.0f} s",
+                higher_is_better=False,
+            )
+        )
+    return rows
 
 
 def machine_info(device: str) -> dict:

@@ -63,7 +63,7 @@ def table(rows: list[bench.Row]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--rows", default="1,2,3,4,5,6", help="Which rows to run (1-6).")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7", help="Which rows to run (1-7).")
     parser.add_argument("--work", default=str(HERE / "work"), help="Scratch folder for images and homes.")
     parser.add_argument("--out", default=str(HERE / "results"), help="Where the table is saved.")
     args = parser.parse_args()
@@ -104,6 +104,13 @@ def main() -> int:
         run("5 PGD", lambda: bench.pgd_row(work, args.device))
     if 6 in chosen and args.device == "cpu":
         run("6 streaming features", lambda: bench.streaming_row(work))
+    if 7 in chosen and args.device == "cpu":
+        run("7 database at scale, SQLite", lambda: bench.database_scale_rows(work, "sqlite", None))
+        if reachable(5432):
+            run(
+                "7 database at scale, PostgreSQL",
+                lambda: bench.database_scale_rows(work, "postgresql", fresh_pg_database("tlq_bench_scale")),
+            )
 
     info = bench.machine_info(args.device)
     report = "\n".join(

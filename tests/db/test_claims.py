@@ -499,3 +499,20 @@ def test_a_cancel_is_timed_once_and_never_touches_an_ended_job(db):
 
 def test_recovery_spends_an_attempt_unless_told_otherwise():
     assert claims.decide_recovery(False, 3, 3) == "failed"
+
+
+def test_the_database_clock_with_an_offset_is_compiled_once_per_offset_and_never_confused(db):
+    """db_now takes part in SQLAlchemy's statement cache (statements are not compiled again on every call): two
+    statements that differ only in the offset must still ask for their own times."""
+    import datetime as dt
+
+    from sqlalchemy import select as sql_select
+
+    with db.read_session() as session:
+        now = database_time(session)
+        for offset in (-60, -3600, -60):  # the first form again: served from the cache, still right
+            shifted = session.scalar(sql_select(db_now(offset)))
+            assert abs((now - shifted) - dt.timedelta(seconds=-offset)) < dt.timedelta(seconds=5)
+    statement = select(Job.id).where(Job.heartbeat_at < db_now(-5))
+    assert statement._generate_cache_key() is not None  # cacheable
+    assert statement._generate_cache_key() != select(Job.id).where(Job.heartbeat_at < db_now(-6))._generate_cache_key()

@@ -132,3 +132,19 @@ def test_the_npy_writer_keeps_exactly_the_rows_written(tmp_path):
         full.append(rows[2:3])
     full.close()
     np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), rows[:2])
+
+
+def test_the_wait_clock_counts_the_time_spent_waiting_for_batches_and_not_the_work_on_them():
+    import time
+
+    from tlq.plugins.features import WaitClock
+
+    def slow_batches():
+        for batch in range(3):
+            time.sleep(0.05)  # decoding
+            yield batch
+
+    clock = WaitClock(slow_batches())
+    for _ in clock:
+        time.sleep(0.1)  # the model's step: not waiting
+    assert 0.15 <= clock.seconds < 0.25

@@ -240,3 +240,12 @@ def test_fp32_in_channels_last_computes_what_plain_fp32_does():
         assert not moved.conv1[0].weight.is_contiguous()  # really in the other layout
         laid_out = moved(prepare_batch(images, "cpu", "fp32-cl"))
     assert torch.allclose(plain, laid_out, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_flags_are_those_proc_cpuinfo_lists():
+    from pathlib import Path
+
+    from tlq.plugins.precision import cpu_flags, cpu_info
+
+    listed = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    assert cpu_flags() == frozenset(listed.partition(":")[2].split()) == cpu_info()[1] and "fpu" in cpu_flags()

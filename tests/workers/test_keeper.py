@@ -139,3 +139,30 @@ def test_a_cancel_reaches_the_task_through_the_keeper(proxied):
         assert claims.request_cancel(session, job_id) == "requested"
     keeper.cycle()
     assert keeper.cancelled.is_set()
+
+
+def test_flush_returns_once_what_was_queued_is_written_and_never_hangs_on_a_lost_lease(proxied):
+    through, direct, proxy = proxied
+    job_id, lease = running_job(direct)
+    # A long poll: without flush the writes would wait for the next cycle (or the final status).
+    keeper = LeaseKeeper(through, job_id, lease, Timing(outage_s=60, beat_every=30, poll_every=30, max_backoff=0.2))
+    keeper.start()
+    for step in (1, 2):
+        keeper.write(metric_writer(job_id, step))
+    keeper.flush()
+    assert steps(direct, job_id) == [(1, 1.0), (2, 2.0)]  # in the database when flush returns
+    proxy.down()
+    keeper.write(metric_writer(job_id, 3))
+    flushed = threading.Thread(target=keeper.flush)
+    flushed.start()
+    flushed.join(1.0)
+    assert flushed.is_alive()  # an outage: flush waits for the write, as the file it guards must
+    proxy.up()
+    flushed.join(10)
+    assert not flushed.is_alive() and steps(direct, job_id)[-1] == (3, 3.0)
+    with direct.session() as session:  # the job is taken over: the next write can never be made
+        claims.recover(session, job_id, lease, "taken over in a test")
+    keeper.write(metric_writer(job_id, 4))
+    keeper.flush()  # returns: the attempt is lost
+    assert keeper.lost.is_set() and steps(direct, job_id)[-1] == (3, 3.0)
+    assert keeper.close(JobStatus.SUCCEEDED) is False

@@ -96,7 +96,7 @@ def claim(
     """
     lease = lease or new_lease()
     stopping = select(WorkerRecord.id).where(WorkerRecord.name == worker, WorkerRecord.status == "stopping").exists()
-    result = session.execute(
+    claimed = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.status == QUEUED, Job.cancel_requested.is_(False), ~stopping)
         .values(
@@ -112,16 +112,24 @@ def claim(
             sending_since=None,
             error=None,
         )
+        # the claimed row in the same round trip: the caller's session.get(Job, job_id) finds it loaded
+        .returning(Job)
+        .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if claimed is None:
         if session.scalar(select(Job.lease).where(Job.id == job_id, Job.status == RUNNING)) == lease:
             return lease  # an earlier try of this very claim was committed; its reply was lost
         _end_cancelled_queued(session, job_id)
         return None
-    number = session.scalar(select(Job.attempts).where(Job.id == job_id))
     session.add(
         Attempt(
-            job_id=job_id, number=number, lease=lease, worker=worker, hostname=hostname, pid=pid, claimed_at=db_now()
+            job_id=job_id,
+            number=claimed.attempts,
+            lease=lease,
+            worker=worker,
+            hostname=hostname,
+            pid=pid,
+            claimed_at=db_now(),
         )
     )
     return lease

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from tlq.db.models import UTCDateTime
 
@@ -26,7 +27,10 @@ class db_now(FunctionElement):  # noqa: N801 - reads as the SQL function it rend
     """
 
     type = UTCDateTime()
-    inherit_cache = False
+    # Cacheable, with the offset in the cache key: every statement that asks the time (claims, heartbeats,
+    # reports) is compiled once per shape, not on every call.
+    inherit_cache = True
+    _traverse_internals = [*FunctionElement._traverse_internals, ("offset_s", InternalTraversal.dp_plain_obj)]
 
     def __init__(self, offset_s: float = 0.0) -> None:
         self.offset_s = float(offset_s)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, select, update
+from sqlalchemy import Table, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from tlq.db.clock import db_now
@@ -89,11 +89,24 @@ def job_statuses(session: Session, job_ids: list[int]) -> dict[int, str]:
 
 def record_metric(session: Session, job_id: int, name: str, value: float, step: int = 0, epoch: int | None = None):
     """Stores a metric value; recording the same (name, step) again replaces it, so a resumed job never doubles."""
-    _upsert(
-        session,
-        Metric.__table__,
-        dict(job_id=job_id, name=name, step=step, epoch=epoch, value=float(value), time=utcnow()),
-        keys=("job_id", "name", "step"),
+    record_metrics(session, job_id, {name: value}, step=step, epoch=epoch)
+
+
+def record_metrics(
+    session: Session, job_id: int, values: dict[str, float], step: int = 0, epoch: int | None = None
+) -> None:
+    """Stores several metric values at one step in one statement, each replacing any recorded at (name, step)."""
+    if not values:
+        return
+    now = utcnow()
+    rows = [
+        dict(job_id=job_id, name=name, step=step, epoch=epoch, value=float(value), time=now)
+        for name, value in values.items()
+    ]
+    stmt = _insert_for(session)(Metric.__table__).values(rows)
+    keys = ("job_id", "name", "step")
+    session.execute(
+        stmt.on_conflict_do_update(index_elements=keys, set_={k: stmt.excluded[k] for k in rows[0] if k not in keys})
     )
 
 
@@ -187,6 +200,13 @@ def job_as_dict(session: Session, job: Job, artifacts_dir: Path) -> dict[str, An
             for a in job_attempts(session, job.id)
         ],
     }
+
+
+def count_attempts(session: Session, job_id: int, other_than: str) -> int:
+    """How many claims of a job came under a lease other than ``other_than``."""
+    return session.scalar(
+        select(func.count()).select_from(Attempt).where(Attempt.job_id == job_id, Attempt.lease != other_than)
+    )
 
 
 def job_attempts(session: Session, job_id: int) -> list[Attempt]:

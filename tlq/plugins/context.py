@@ -62,6 +62,7 @@ class Lease(Protocol):
     error: BaseException | None
 
     def write(self, write: Callable[[Session], None]) -> None: ...
+    def flush(self) -> None: ...
     def set_progress(self, current: float | None, total: float | None, stage: str | None) -> None: ...
     def moved(self) -> None: ...
     def verify(self) -> None: ...
@@ -176,8 +177,7 @@ class JobContext:
         job_id = self.job_id
 
         def write(session: Session) -> None:
-            for name, value in rows:
-                queries.record_metric(session, job_id, name, value, step=step, epoch=epoch)
+            queries.record_metrics(session, job_id, dict(rows), step=step, epoch=epoch)
 
         self._lease.write(write)
         self._last_metrics.update(dict(rows))
@@ -217,8 +217,10 @@ class JobContext:
         return time.monotonic() - self._started
 
     def _before_landing(self) -> None:
-        # A file must not land for an attempt that lost its job: ask the database, not a flag a frozen
-        # process may not have seen yet.
+        # What the task recorded before the file is written first (a checkpoint must not land ahead of its
+        # epoch's metrics), and a file must not land for an attempt that lost its job: ask the database, not a
+        # flag a frozen process may not have seen yet.
+        self._lease.flush()
         self.heartbeat()
 
     def _record_artifact(self, kind: str, path: str, size: int, sha256: str) -> None:

@@ -113,8 +113,9 @@ def submit(env: Environment, spec: JobSpec, app=None) -> int:
         BrokerUnavailable: The broker could not take the message; the job row is marked failed with why.
     """
     plugin, params = validate_spec(spec, env)
-    check_memory(env, plugin, params, spec, route(spec.device, env))
-    return _queue(env, spec, params.model_dump(mode="json"), app)
+    queue = route(spec.device, env)
+    check_memory(env, plugin, params, spec, queue)
+    return _queue(env, spec, params.model_dump(mode="json"), app, queue)
 
 
 def submit_group(env: Environment, specs: list[JobSpec], name: str | None, group_spec: dict, app=None):
@@ -133,17 +134,18 @@ def submit_group(env: Environment, specs: list[JobSpec], name: str | None, group
     for number, spec in enumerate(specs, start=1):
         try:
             plugin, params = validate_spec(spec, env)
-            check_memory(env, plugin, params, spec, route(spec.device, env))
-            validated.append(params.model_dump(mode="json"))
+            queue = route(spec.device, env)
+            check_memory(env, plugin, params, spec, queue)
+            validated.append((params.model_dump(mode="json"), queue))
         except BadInput as exc:
             raise BadInput(f"run {number} of {len(specs)} ({describe_run(spec)}): {exc}") from exc
     with env.db.session() as session:
         group_id = results.create_group(session, name, group_spec)
     app = app or _app(env)
     job_ids: list[int] = []
-    for spec, params in zip(specs, validated, strict=True):
+    for spec, (params, queue) in zip(specs, validated, strict=True):
         spec = spec.model_copy(update={"group_id": group_id})
-        job_ids.append(_queue(env, spec, params, app))
+        job_ids.append(_queue(env, spec, params, app, queue))
     return group_id, job_ids
 
 
@@ -159,8 +161,8 @@ def _app(env: Environment):
     return create_app(env.settings)
 
 
-def _queue(env: Environment, spec: JobSpec, params: dict, app=None) -> int:
-    queue = route(spec.device, env)
+def _queue(env: Environment, spec: JobSpec, params: dict, app=None, queue: str | None = None) -> int:
+    queue = queue or route(spec.device, env)
     job_id = create_job_row(env, spec, queue, params)
     app = app or _app(env)
     from tlq.workers.app import publish

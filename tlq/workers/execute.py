@@ -49,7 +49,8 @@ def keeper_timing(env: Environment, heartbeat_every: float | None = None) -> Tim
 
 
 def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | None, Job | str, int]:
-    """Claims ``job_id``, riding out a database outage of up to ``TLQ_DB_OUTAGE_S``.
+    """Claims ``job_id``, riding out a database outage of up to ``TLQ_DB_OUTAGE_S``. The same transaction
+    records what the job runs on and that it is the worker's current job.
 
     Returns:
         (lease, the claimed job, how many claims of it came before), or (None, the job's status when it could
@@ -67,7 +68,11 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
                 job = queries.get_job(session, job_id)
                 if claimed is not None:
                     queries.set_worker_job(session, worker, job_id)
-                    earlier = sum(1 for a in queries.job_attempts(session, job_id) if a.lease != claimed)
+                    try:
+                        claims.set_ran_on(session, job_id, claimed, device_label(choose_device(job.device)))
+                    except BadInput:
+                        pass  # a device this worker lacks: the job fails with the reason once it starts
+                    earlier = queries.count_attempts(session, job_id, other_than=claimed)
                     return claimed, job, earlier
                 if job is not None and job.status == JobStatus.QUEUED.value:
                     # This worker is stopping: leave the job to the next live worker, which sends it again.
@@ -125,8 +130,6 @@ def execute_job(
     try:
         origin = JobOrigin(job_id, env.db.instance_id, params_digest(job), job.attempts)
         device = choose_device(job.device)
-        label = device_label(device)
-        keeper.write(lambda session: claims.set_ran_on(session, job_id, lease, label))
         plugin = (tasks or env.tasks).get(job.task)
         try:
             params = plugin.params.model_validate(job.params)
@@ -180,8 +183,11 @@ def execute_job(
         keeper.close(None)
         log.warning("job %s: %s; this attempt stops without an outcome", job_id, keeper.lost_reason)
         return "lost"
+    # The worker's current job is cleared in the transaction that records the outcome (else on its own).
+    keeper.write(lambda session: queries.set_worker_job(session, worker, None))
     recorded = keeper.close(status, error=error and mask_secrets_in(error)[:4000])  # masked whole, then cut
-    _clear_worker_job(env, worker)
+    if not recorded:
+        _clear_worker_job(env, worker)
     if recorded is None:
         log.error("job %s ended (%s) but the database stayed unreachable; it will be recovered", job_id, status)
         return "lost"

@@ -74,6 +74,9 @@ class LeaseKeeper(threading.Thread):
         self.error: BaseException | None = None  # a write the database refused for good (not an outage)
         self._lock = threading.Lock()
         self._pending: list[Write] = []
+        self._queued = 0  # writes ever queued, and ever taken off the queue (written, or refused for good)
+        self._settled = 0
+        self._settled_changed = threading.Condition(threading.Lock())
         self._progress: tuple | None = None
         self._moves = 0  # task activity since the keeper last recorded it
         self._wake = threading.Event()
@@ -85,11 +88,28 @@ class LeaseKeeper(threading.Thread):
     # --- what the task thread calls (never blocks on the database) --------------------------------------------
 
     def write(self, write: Write) -> None:
-        """Queues ``write(session)``, to run after every write queued before it, while the lease holds."""
+        """Queues ``write(session)``, to run after every write queued before it, while the lease holds.
+
+        Writes wait for the next cycle (within ``poll_every``), so those of one moment share a transaction, and
+        a short job's all go with its final status.
+        """
         with self._lock:
             self._pending.append(write)
+            self._queued += 1
             self._moves += 1
-        self._wake.set()
+
+    def flush(self) -> None:
+        """Waits until every write queued before this call is written, or the attempt is over (``lost``).
+
+        A file that lands after it (a checkpoint, say) never gets ahead of the metrics recorded before it: a
+        process frozen, or killed, right after the file lands has already written them.
+        """
+        with self._lock:
+            target = self._queued
+        with self._settled_changed:
+            while self._settled < target and not self.lost.is_set() and self.is_alive():
+                self._wake.set()
+                self._settled_changed.wait(0.05)
 
     def set_progress(self, current: float | None, total: float | None, stage: str | None) -> None:
         """Records the latest progress; only the newest is written."""
@@ -161,6 +181,7 @@ class LeaseKeeper(threading.Thread):
                     if self._progress is progress:
                         self._progress = None
                     self._moves -= moves
+                self._settle(len(writes))
                 self._last_beat = self.clock()
             else:
                 with self.db.read_session() as session:
@@ -194,6 +215,7 @@ class LeaseKeeper(threading.Thread):
                 self.error = self.error or exc
             with self._lock:
                 self._pending.remove(write)
+            self._settle(1)
 
     def close(self, status: JobStatus | None, error: str | None = None) -> bool | None:
         """Stops the thread, writes what is still queued and, with ``status``, the job's final status.
@@ -246,6 +268,11 @@ class LeaseKeeper(threading.Thread):
 
     # --- internals ----------------------------------------------------------------------------------------------
 
+    def _settle(self, count: int) -> None:
+        with self._settled_changed:
+            self._settled += count
+            self._settled_changed.notify_all()
+
     def _ok(self) -> None:
         if self._failures:
             log.warning(
@@ -285,6 +312,7 @@ class LeaseKeeper(threading.Thread):
                 dropped = len(self._pending)
             log.warning("job %s: %s; this attempt stops (%d queued write(s) dropped)", self.job_id, reason, dropped)
             self.lost.set()
+            self._settle(0)  # wakes a flush waiting for writes that will never be made
 
 
 def _first_line(exc: BaseException) -> str:
