@@ -12,9 +12,9 @@ from tlq.plugins.calibration import Workload, choose_precision
 from tlq.plugins.precision import resolve_precision
 
 
-def tiny(**kwargs):
+def tiny(num_classes=3, **kwargs):
     torch.manual_seed(0)
-    return timm.create_model("test_resnet", pretrained=False, num_classes=3, **kwargs)
+    return timm.create_model("test_resnet", pretrained=False, num_classes=num_classes, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -249,3 +249,27 @@ def test_cpu_flags_are_those_proc_cpuinfo_lists():
 
     listed = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     assert cpu_flags() == frozenset(listed.partition(":")[2].split()) == cpu_info()[1] and "fpu" in cpu_flags()
+
+
+def test_feature_extract_predict_and_a_linear_probe_on_one_backbone_share_one_measurement(tmp_path, monkeypatch):
+    """Their feature caches are keyed by precision: they must choose alike to share features."""
+    monkeypatch.setattr(calibration, "bf16_possible", lambda device: True)
+    measured = []
+
+    def measure(workload, device, ways):
+        measured.append(workload.model.num_classes)
+        return {"fp32": 1.0, "fp32-cl": 0.8, "bf16": 0.5}
+
+    monkeypatch.setattr(calibration, "measure", measure)
+    for classes in (0, 10, 3):  # feature-extract, predict with the model's head, a linear probe's new head
+        choice = choose_precision(
+            Workload("inference", tiny(num_classes=classes), (3, 32, 32), 8, "t"), "cpu", tmp_path
+        )
+        assert choice.precision == "bf16"
+    assert measured == [0]  # measured once, for the first
+    frozen = tiny()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    choose_precision(Workload("training", frozen, (3, 32, 32), 8, "t"), "cpu", tmp_path)
+    choose_precision(Workload("training", tiny(), (3, 32, 32), 8, "t"), "cpu", tmp_path)
+    assert len(measured) == 3  # training a frozen body and a whole model are measured apart

@@ -30,7 +30,7 @@ Kind = Literal["inference", "training", "input-gradient"]
 # (in channels_last memory, which its kernels prefer).
 CANDIDATES = ("fp32", "fp32-cl", "bf16")
 CACHE_FILE = "calibration.json"
-VERSION = 2  # in every key: entries written by an older way of measuring are measured again
+VERSION = 3  # in every key: entries written by an older way of measuring are measured again
 MARGIN = 1.05  # another way must beat plain fp32 by this factor: a tie or noise keeps fp32, never slower
 MAX_BATCH = 8  # the calibration's batch: enough to reach the kernels' steady speed, short on big models
 ROUNDS = 3  # timed rounds per way (after one warm-up); the best of them counts
@@ -92,9 +92,15 @@ def machine_fingerprint() -> str:
 
 
 def workload_key(workload: Workload, device: str) -> str:
+    """What a measurement is for. The model counts without its classifier, so feature-extract (no head), predict
+    (the model's own head) and a linear probe (a new head) on one backbone share a choice, and with it the
+    feature cache, whose key holds the precision."""
     model = workload.model
-    parameters = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    get_classifier = getattr(model, "get_classifier", None)
+    head = {id(p) for p in get_classifier().parameters()} if callable(get_classifier) else set()
+    body = [p for p in model.parameters() if id(p) not in head]
+    parameters = sum(p.numel() for p in body)
+    trainable = sum(p.numel() for p in body if p.requires_grad)
     shape = "x".join(map(str, workload.input_shape))
     return (
         f"{workload.kind} | {workload.label} | {type(model).__name__} {parameters}/{trainable} | {shape} | "
