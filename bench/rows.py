@@ -181,7 +181,8 @@ def feature_extract_rows(work: Path, device: str, counts: dict[str, int]) -> lis
                 target,
                 rate / baseline >= 2.5 if target != "-" else None,
                 note=f"tlq auto chose {auto_choice(home, 'inference')} on {job['ran_on']}; "
-                + share_of_peak(arch, rate, device),
+                + share_of_peak(arch, rate, device)
+                + f"; the model waited for data {job['metrics']['data_wait_share']:.0%} of the time",
             )
         )
     return rows
@@ -360,7 +361,8 @@ def full_finetune_row(work: Path, device: str, per_class: int) -> Row:
         note="training images/s in the last epoch (tlq: of 3; plain: of 2); tlq auto chose "
         + auto_choice(env.settings.home, "training")
         + "; "
-        + share_of_peak("resnet18", rate, device, training=True),
+        + share_of_peak("resnet18", rate, device, training=True)
+        + f"; the model waited for data {job['history']['data_wait_share'][-1][1]:.0%} of the time",
     )
 
 
@@ -707,10 +709,22 @@ def pgd_row(work: Path, device: str, eps: float = 1 / 255, steps: int = 10) -> l
 
 
 # 6 --------------------------------------------------------------------------------------------------------------
+def _peak_rss_kib(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM, which starts afresh at exec: unlike the kernel's
+    rusage figure, it does not count the pages the child shared with this big process right after fork)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def streaming_row(work: Path, counts: tuple[int, ...] = (1_000, 10_000, 100_000)) -> Row:
     """`tlq run feature-extract` over 1,000, 10,000 and 100,000 small PNG files, each in a process of its own:
-    its peak resident memory (from the kernel's accounting of the finished process) and seconds per 1,000
-    images. Features stream to features.npy, so memory should not grow with the count."""
+    its peak resident memory (read from /proc ten times a second while it runs) and seconds per 1,000 images.
+    Features stream to features.npy, so memory should not grow with the count."""
     from data import write_small_pngs
 
     rss, per_thousand, sizes = {}, {}, {}
@@ -723,14 +737,19 @@ def streaming_row(work: Path, counts: tuple[int, ...] = (1_000, 10_000, 100_000)
         command = [sys.executable, "-m", "tlq", "run", "feature-extract", "--backbone", "test_resnet"]
         command += ["--no-pretrained", "--data", str(folder), "--json"]
         start = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        output = process.stdout.read()
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        if status != 0:
+        with open(work / f"stream-{count}.json", "w+b") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.DEVNULL)
+            peak = 0
+            while process.poll() is None:
+                peak = max(peak, _peak_rss_kib(process.pid))
+                time.sleep(0.1)
+            seconds = time.perf_counter() - start
+            out.seek(0)
+            output = out.read()
+        if process.returncode != 0:
             raise RuntimeError(f"feature-extract over {count} files failed: {output[-500:]!r}")
         job = json.loads(output)
-        rss[count] = usage.ru_maxrss / 1024  # KiB on Linux
+        rss[count] = peak / 1024
         per_thousand[count] = 1000 * seconds / count
         sizes[count] = next(a["bytes"] for a in job["artifacts"] if a["kind"] == "features") / 2**20
     small, large = counts[0], counts[-1]
