@@ -149,8 +149,9 @@ def test_flush_returns_once_what_was_queued_is_written_and_never_hangs_on_a_lost
     keeper.start()
     for step in (1, 2):
         keeper.write(metric_writer(job_id, step))
-    keeper.flush()
+    assert keeper.flush() is True  # written, by a transaction that held the lease after flush was called
     assert steps(direct, job_id) == [(1, 1.0), (2, 2.0)]  # in the database when flush returns
+    assert keeper.flush() is False  # nothing queued: nothing asked the database, the caller must
     proxy.down()
     keeper.write(metric_writer(job_id, 3))
     flushed = threading.Thread(target=keeper.flush)
@@ -163,6 +164,6 @@ def test_flush_returns_once_what_was_queued_is_written_and_never_hangs_on_a_lost
     with direct.session() as session:  # the job is taken over: the next write can never be made
         claims.recover(session, job_id, lease, "taken over in a test")
     keeper.write(metric_writer(job_id, 4))
-    keeper.flush()  # returns: the attempt is lost
+    assert keeper.flush() is False  # returns: the attempt is lost
     assert keeper.lost.is_set() and steps(direct, job_id)[-1] == (3, 3.0)
     assert keeper.close(JobStatus.SUCCEEDED) is False

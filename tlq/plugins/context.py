@@ -62,7 +62,7 @@ class Lease(Protocol):
     error: BaseException | None
 
     def write(self, write: Callable[[Session], None]) -> None: ...
-    def flush(self) -> None: ...
+    def flush(self) -> bool: ...
     def set_progress(self, current: float | None, total: float | None, stage: str | None) -> None: ...
     def moved(self) -> None: ...
     def verify(self) -> None: ...
@@ -220,8 +220,9 @@ class JobContext:
         # What the task recorded before the file is written first (a checkpoint must not land ahead of its
         # epoch's metrics), and a file must not land for an attempt that lost its job: ask the database, not a
         # flag a frozen process may not have seen yet.
-        self._lease.flush()
-        self.heartbeat()
+        if not self._lease.flush():  # a flush that held the lease in a new transaction has asked already
+            self._lease.verify()
+        self.check()
 
     def _record_artifact(self, kind: str, path: str, size: int, sha256: str) -> None:
         job_id = self.job_id

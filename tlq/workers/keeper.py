@@ -77,6 +77,8 @@ class LeaseKeeper(threading.Thread):
         self._queued = 0  # writes ever queued, and ever taken off the queue (written, or refused for good)
         self._settled = 0
         self._settled_changed = threading.Condition(threading.Lock())
+        self._cycles = 0  # write cycles begun, and the number of the latest that held the lease and committed
+        self._held_by_cycle = 0
         self._progress: tuple | None = None
         self._moves = 0  # task activity since the keeper last recorded it
         self._wake = threading.Event()
@@ -98,18 +100,23 @@ class LeaseKeeper(threading.Thread):
             self._queued += 1
             self._moves += 1
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Waits until every write queued before this call is written, or the attempt is over (``lost``).
 
         A file that lands after it (a checkpoint, say) never gets ahead of the metrics recorded before it: a
         process frozen, or killed, right after the file lands has already written them.
+
+        Returns:
+            True when a transaction begun after this call held the lease, so the database has just said that
+            the attempt still holds its job; False when nothing proves it (nothing was queued, say).
         """
         with self._lock:
-            target = self._queued
+            target, begun = self._queued, self._cycles
         with self._settled_changed:
             while self._settled < target and not self.lost.is_set() and self.is_alive():
                 self._wake.set()
                 self._settled_changed.wait(0.05)
+            return not self.lost.is_set() and self._held_by_cycle > begun
 
     def set_progress(self, current: float | None, total: float | None, stage: str | None) -> None:
         """Records the latest progress; only the newest is written."""
@@ -164,6 +171,8 @@ class LeaseKeeper(threading.Thread):
         """Writes what is queued (or beats, when due), else looks at the row; one try, errors counted."""
         with self._lock:
             writes, progress, moves = list(self._pending), self._progress, self._moves
+            self._cycles += 1
+            number = self._cycles
         due = self.clock() - self._last_beat >= self.timing.beat_every
         try:
             if writes or progress is not None or due:
@@ -181,6 +190,8 @@ class LeaseKeeper(threading.Thread):
                     if self._progress is progress:
                         self._progress = None
                     self._moves -= moves
+                with self._settled_changed:
+                    self._held_by_cycle = number
                 self._settle(len(writes))
                 self._last_beat = self.clock()
             else:
