@@ -130,8 +130,14 @@ def test_the_npy_writer_keeps_exactly_the_rows_written(tmp_path):
     full.append(rows[:2])
     with pytest.raises(ValueError, match="more than the 2 rows"):
         full.append(rows[2:3])
+    with pytest.raises(ValueError, match="do not fit a file of rows 4 wide"):
+        full.append(np.zeros((1, 5), np.float32))  # another width would shift every later row
     full.close()
+    full.close()  # twice: nothing more
     np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), rows[:2])
+    empty = NpyWriter(tmp_path / "e.npy", capacity=10)
+    empty.close()
+    assert np.load(tmp_path / "e.npy").shape == (0, 0)  # no rows: still a file numpy reads
 
 
 def test_the_wait_clock_counts_the_time_spent_waiting_for_batches_and_not_the_work_on_them():

@@ -273,3 +273,70 @@ def test_feature_extract_predict_and_a_linear_probe_on_one_backbone_share_one_me
     choose_precision(Workload("training", frozen, (3, 32, 32), 8, "t"), "cpu", tmp_path)
     choose_precision(Workload("training", tiny(), (3, 32, 32), 8, "t"), "cpu", tmp_path)
     assert len(measured) == 3  # training a frozen body and a whole model are measured apart
+
+
+class TwoHeads(torch.nn.Module):
+    """A distilled model's shape (deit, levit, efficientformer): get_classifier() returns two heads."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, 8, 3)
+        self.head, self.head_dist = torch.nn.Linear(8, classes), torch.nn.Linear(8, classes)
+
+    def get_classifier(self):
+        return self.head, self.head_dist
+
+    def forward(self, x):
+        features = self.body(x).mean((2, 3))
+        return (self.head(features) + self.head_dist(features)) / 2
+
+
+class NoHead(TwoHeads):
+    def get_classifier(self):
+        return None
+
+
+def test_models_with_two_heads_or_none_are_keyed_by_their_body(tmp_path, monkeypatch):
+    real = calibration.measure(Workload("input-gradient", TwoHeads(), (3, 16, 16), 2, "m"), "cpu")
+    assert set(real) == set(calibration.CANDIDATES)
+    monkeypatch.setattr(calibration, "bf16_possible", lambda device: True)
+    monkeypatch.setattr(calibration, "measure", lambda w, d, ways: {"fp32": 1.0, "fp32-cl": 0.8, "bf16": 0.5})
+    for model in (TwoHeads(3), TwoHeads(7), NoHead()):
+        assert choose_precision(Workload("inference", model, (3, 16, 16), 8, "m"), "cpu", tmp_path).precision == "bf16"
+    keys = [
+        calibration.workload_key(Workload("inference", m, (3, 16, 16), 8, "m"), "cpu")
+        for m in (TwoHeads(3), TwoHeads(7))
+    ]
+    assert keys[0] == keys[1] and " 224/224 " in keys[0]  # the body's 8x3x3x3 + 8 weights; both heads left out
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [["not", "a", "dict"], {"precision": "bf16", "seconds": [1, 2]}, {"precision": "bf16", "seconds": {"fp32": None}}],
+    ids=["a list", "seconds a list", "seconds with a null"],
+)
+def test_a_damaged_entry_for_this_very_key_is_measured_again(tmp_path, monkeypatch, entry):
+    monkeypatch.setattr(calibration, "bf16_possible", lambda device: True)
+    monkeypatch.setattr(calibration, "measure", lambda w, d, ways: {"fp32": 1.0, "fp32-cl": 0.8, "bf16": 0.5})
+    workload = Workload("inference", tiny(), (3, 32, 32), 8, "test_resnet")
+    key = f"{calibration.machine_fingerprint()} || {calibration.workload_key(workload, 'cpu')}"
+    digest = calibration.hashlib.sha256(key.encode()).hexdigest()[:24]
+    if isinstance(entry, dict):
+        entry = {**entry, "key": key}
+    (tmp_path / "calibration.json").write_text(json.dumps({digest: entry}))
+    choice = choose_precision(workload, "cpu", tmp_path)
+    assert (choice.precision, choice.cached) == ("bf16", False) and "bf16 2.00x" in choice.describe()
+    assert choose_precision(workload, "cpu", tmp_path).cached  # and written back whole
+
+
+def test_measuring_copies_no_model_for_inference_and_keeps_a_callers_gradients(monkeypatch):
+    model = tiny()
+    model(torch.rand(2, 3, 32, 32)).sum().backward()  # gradients the caller has, before measuring
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    real_deepcopy = calibration.copy.deepcopy
+    monkeypatch.setattr(calibration.copy, "deepcopy", lambda *a: pytest.fail("copied the model"))
+    calibration.measure(Workload("inference", model, (3, 32, 32), 4, "test_resnet"), "cpu")
+    calibration.measure(Workload("input-gradient", model, (3, 32, 32), 4, "test_resnet"), "cpu")
+    monkeypatch.setattr(calibration.copy, "deepcopy", real_deepcopy)
+    assert all(torch.equal(p.grad, grads[name]) for name, p in model.named_parameters())
+    assert all(p.is_contiguous() for p in model.parameters())  # channels_last measured in place, then undone

@@ -138,3 +138,34 @@ def test_worker_logs_mask_passwords_in_messages_and_tracebacks():
     assert SecretsFilter().filter(record)
     text = logging.Formatter().format(record)
     assert "hunter2" not in text and "p@ss" not in text and "sending to rediss://u:" in text and "OSError" in text
+
+
+def test_a_device_that_cannot_even_be_described_still_runs_or_fails_the_job_never_strands_it(env, monkeypatch):
+    import tlq.workers.execute as execute
+
+    def broken(device):
+        raise RuntimeError("CUDA driver initialization failed")
+
+    monkeypatch.setattr(execute, "device_label", broken)
+    ran = []
+    job_id = new_job(env)
+    assert execute_job(env, job_id, "w", tasks=registry_with(lambda ctx, params: ran.append(ctx.device))) == "succeeded"
+    job = job_of(env, job_id)
+    assert ran == ["cpu"] and job["status"] == "succeeded" and job["ran_on"] is None  # only the label is lost
+
+
+def test_what_a_job_runs_on_and_the_workers_current_job_are_recorded_with_the_claim(env):
+    seen = []
+
+    def run(ctx, params):
+        with env.db.read_session() as session:  # while it runs, before the keeper has written anything
+            worker = next(w for w in queries.list_workers(session) if w.name == "w")
+            seen.append((queries.get_job(session, ctx.job_id).ran_on, worker.current_job_id))
+
+    with env.db.session() as session:
+        queries.register_worker(session, "w", "instance", hostname="h", pid=1, queues="local", device="cpu")
+    job_id = new_job(env)
+    execute_job(env, job_id, "w", tasks=registry_with(run))
+    assert seen == [(f"cpu ({__import__('os').cpu_count()} cores)", job_id)]
+    with env.db.read_session() as session:  # and cleared with the outcome
+        assert next(w for w in queries.list_workers(session) if w.name == "w").current_job_id is None

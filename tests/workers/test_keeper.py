@@ -167,3 +167,26 @@ def test_flush_returns_once_what_was_queued_is_written_and_never_hangs_on_a_lost
     assert keeper.flush() is False  # returns: the attempt is lost
     assert keeper.lost.is_set() and steps(direct, job_id)[-1] == (3, 3.0)
     assert keeper.close(JobStatus.SUCCEEDED) is False
+
+
+def test_a_flush_inside_a_write_and_a_flush_during_an_outage_neither_hang_nor_hammer(proxied):
+    through, direct, proxy = proxied
+    job_id, lease = running_job(direct)
+    keeper = LeaseKeeper(through, job_id, lease, Timing(outage_s=3, beat_every=0.2, poll_every=0.05, max_backoff=1.0))
+    cycles = []
+    cycle = keeper.cycle
+    keeper.cycle = lambda: (cycles.append(time.monotonic()), cycle())[1]
+    keeper.start()
+    keeper.write(lambda session: keeper.flush())  # a write that flushes: the keeper must not wait for itself
+    keeper.write(metric_writer(job_id, 1))
+    wait_until(lambda: steps(direct, job_id) == [(1, 1.0)])
+    proxy.down()
+    keeper.write(metric_writer(job_id, 2))
+    start = time.monotonic()
+    keeper.flush()  # waits out the outage window, then gives up
+    took, during = time.monotonic() - start, len([c for c in cycles if c >= start])
+    assert keeper.lost.is_set() and 2.5 < took < 10
+    # the keeper's own backoff (0.25, 0.5, 1, 1 s ...): a handful of tries, not 20 a second
+    assert during <= 10, f"{during} tries in {took:.1f} s"
+    proxy.up()
+    assert keeper.close(None) is False

@@ -114,7 +114,8 @@ def claim(
         )
         # the claimed row in the same round trip: the caller's session.get(Job, job_id) finds it loaded
         .returning(Job)
-        .execution_options(synchronize_session=False)
+        # the row as the claim left it, even when this session had loaded the job before
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     if claimed is None:
         if session.scalar(select(Job.lease).where(Job.id == job_id, Job.status == RUNNING)) == lease:

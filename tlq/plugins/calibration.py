@@ -96,8 +96,7 @@ def workload_key(workload: Workload, device: str) -> str:
     (the model's own head) and a linear probe (a new head) on one backbone share a choice, and with it the
     feature cache, whose key holds the precision."""
     model = workload.model
-    get_classifier = getattr(model, "get_classifier", None)
-    head = {id(p) for p in get_classifier().parameters()} if callable(get_classifier) else set()
+    head = {id(p) for p in _classifier_parameters(model)}
     body = [p for p in model.parameters() if id(p) not in head]
     parameters = sum(p.numel() for p in body)
     trainable = sum(p.numel() for p in body if p.requires_grad)
@@ -106,6 +105,22 @@ def workload_key(workload: Workload, device: str) -> str:
         f"{workload.kind} | {workload.label} | {type(model).__name__} {parameters}/{trainable} | {shape} | "
         f"batch {min(workload.batch, MAX_BATCH)} | {'cast' if workload.cast else 'autocast'} | {device} | v{VERSION}"
     )
+
+
+def _classifier_parameters(model) -> list:
+    """The parameters of a timm model's classifier: ``get_classifier()`` gives a module, a tuple of them (a
+    distilled model's two heads: deit, levit, efficientformer) or something else (none then)."""
+    import torch
+
+    get_classifier = getattr(model, "get_classifier", None)
+    if not callable(get_classifier):
+        return []
+    try:
+        heads = get_classifier()
+    except Exception:  # a model that names no classifier: count the whole model
+        return []
+    heads = heads if isinstance(heads, tuple | list) else (heads,)
+    return [p for head in heads if isinstance(head, torch.nn.Module) for p in head.parameters()]
 
 
 def bf16_possible(device: str) -> bool:
@@ -137,8 +152,8 @@ def choose_precision(workload: Workload, device: str, home: str | os.PathLike | 
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     cache = Path(home) / CACHE_FILE if home is not None else None
     known = _read(cache).get(digest) if cache else None
-    if known and known.get("key") == key and known.get("precision") in ways:
-        return Choice(known["precision"], known.get("seconds"), cached=True)
+    if _trusted(known, key, ways):
+        return Choice(known["precision"], known["seconds"], cached=True)
     if workload.images is not None and workload.images < MIN_IMAGES:
         return Choice("fp32", reason=f"{workload.images} images are too few to be worth measuring the others")
     seconds = measure(workload, device, ways)
@@ -153,23 +168,22 @@ def choose_precision(workload: Workload, device: str, home: str | os.PathLike | 
 
 
 def measure(workload: Workload, device: str, ways: tuple[str, ...] = CANDIDATES) -> dict[str, float]:
-    """Seconds per image of one step of ``workload`` in each of ``ways``: the best of a few rounds each, the ways
-    taking turns so that a busy neighbour slows all alike."""
+    """Seconds per image of one step of ``workload`` in each of ``ways``: the best of a few rounds each.
+
+    One way at a time, so that at most one copy of the model exists beside the job's own (a training step, or
+    a model cast to bf16, needs one); the other ways run the job's model itself and put its memory layout back.
+    """
     import torch
 
     batch = max(1, min(workload.batch, MAX_BATCH))
-    steps = {way: _step(workload, device, way, batch) for way in ways}
     best = {}
-    for way, step in steps.items():  # warm-up: first calls allocate and pick kernels
-        best[way] = _timed(step, device)
-    rounds = 1 if max(best.values()) > SLOW_STEP_S else ROUNDS
-    best = {way: float("inf") for way in steps}
-    for _ in range(rounds):
-        for way, step in steps.items():
-            best[way] = min(best[way], _timed(step, device))
-    del steps
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
+    for way in ways:
+        with _way(workload, device, way, batch) as step:
+            warm_up = _timed(step, device)  # first calls allocate and pick kernels
+            rounds = 1 if warm_up > SLOW_STEP_S else ROUNDS
+            best[way] = min(_timed(step, device) for _ in range(rounds))
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     return {way: seconds / batch for way, seconds in best.items()}
 
 
@@ -183,41 +197,42 @@ def _timed(step, device: str) -> float:
     return time.perf_counter() - start
 
 
-def _step(workload: Workload, device: str, precision: str, batch: int):
-    """One step of the workload's kind run the ``precision`` way, on a copy of the model where the step or the
-    way would change it."""
+@contextlib.contextmanager
+def _way(workload: Workload, device: str, precision: str, batch: int):
+    """Yields one step of the workload's kind run the ``precision`` way; afterwards the job's model is as it was
+    (a step that would change its weights, norm statistics or dtype runs on a copy)."""
     import torch
 
-    from tlq.plugins.precision import autocast, prepare_batch, prepare_model
+    from tlq.plugins.precision import autocast, channels_last, prepare_batch
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn((batch, *workload.input_shape), generator=generator)
     bf16 = precision == "bf16"
-    if workload.kind == "training" or precision != "fp32":
-        # training changes weights and norm statistics; a cast changes dtype; channels_last the memory layout
-        model = copy.deepcopy(workload.model)
-    else:
-        model = workload.model
-    if bf16 and workload.cast:
-        model = model.to(torch.bfloat16)
-    model = prepare_model(model, device, precision)
-    images = prepare_batch(images, device, precision)
-    if bf16 and workload.cast:
-        images = images.to(torch.bfloat16)
-    context = contextlib.nullcontext() if workload.cast else autocast(device, precision)
+    copied = workload.kind == "training" or (bf16 and workload.cast)
+    model = copy.deepcopy(workload.model) if copied else workload.model
+    moved = False
+    try:
+        if bf16 and workload.cast:
+            model = model.to(torch.bfloat16)
+        model = model.to(device)
+        if channels_last(precision):
+            model = model.to(memory_format=torch.channels_last)
+            moved = not copied
+        images = prepare_batch(images, device, precision)
+        if bf16 and workload.cast:
+            images = images.to(torch.bfloat16)
+        context = contextlib.nullcontext() if workload.cast else autocast(device, precision)
+        yield _step_of(workload.kind, model, images, context)
+    finally:
+        if moved:  # the job's own model, back in the default layout
+            model.to(memory_format=torch.contiguous_format)
 
-    if workload.kind == "inference":
-        was_training = model.training
 
-        def step():  # in eval mode every time (a job may hand over its model in training mode), then as it was
-            model.eval()
-            try:
-                with torch.inference_mode(), context:
-                    model(images)
-            finally:
-                model.train(was_training)
+def _step_of(kind: Kind, model, images, context):
+    import torch
 
-    elif workload.kind == "training":
+    was_training = model.training
+    if kind == "training":
         model.train()
 
         def step():
@@ -227,23 +242,41 @@ def _step(workload: Workload, device: str, precision: str, batch: int):
                 loss.backward()
             model.zero_grad(set_to_none=True)
 
-    else:
-        was_training = model.training
-        clean = [p for p in model.parameters() if p.grad is None]  # tasks freeze the weights; a caller may not
+    elif kind == "inference":
 
-        def step():
+        def step():  # in eval mode every time (a job may hand over its model in training mode), then as it was
+            model.eval()
+            try:
+                with torch.inference_mode(), context:
+                    model(images)
+            finally:
+                model.train(was_training)
+
+    else:
+
+        def step():  # gradients to the input alone: the weights' own gradients stay as the job left them
             model.eval()
             try:
                 pixels = images.detach().requires_grad_(True)
                 with context:
                     score = model(pixels).float().max(dim=1).values.sum()
-                score.backward()
+                torch.autograd.grad(score, pixels)
             finally:
-                for p in clean:
-                    p.grad = None
                 model.train(was_training)
 
     return step
+
+
+def _trusted(entry, key: str, ways: tuple[str, ...]) -> bool:
+    """Whether a cached entry is one this version wrote for this key: anything else is measured again."""
+    if not isinstance(entry, dict) or entry.get("key") != key or entry.get("precision") not in ways:
+        return False
+    seconds = entry.get("seconds")
+    return (
+        isinstance(seconds, dict)
+        and "fp32" in seconds
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in seconds.values())
+    )
 
 
 def _read(path: Path) -> dict:

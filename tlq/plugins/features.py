@@ -275,13 +275,21 @@ class NpyWriter:
             self.width = rows.shape[1]
             self._header(self.capacity)
             self._offset = self._fh.tell()
+        if rows.ndim != 2 or rows.shape[1] != self.width:
+            raise ValueError(f"rows of shape {rows.shape} do not fit a file of rows {self.width} wide")
         if self.rows + len(rows) > self.capacity:
             raise ValueError(f"more than the {self.capacity} rows this writer was opened for")
         self._fh.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
         self.rows += len(rows)
 
     def close(self) -> None:
-        if self.width is not None:
+        """Rewrites the header for the rows written (none: an empty array, 0 by 0) and closes; again, nothing."""
+        if self._fh.closed:
+            return
+        if self.width is None:
+            self.width = 0
+            self._header(0)
+        else:
             self._fh.seek(0)
             self._header(self.rows)
             if self._fh.tell() != self._offset:  # cannot happen with numpy's padded headers; never write a bad file

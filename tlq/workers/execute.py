@@ -61,6 +61,7 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
     """
     start, pause = time.monotonic(), 0.25
     lease = claims.new_lease()  # the same on every try: a claim whose reply was lost is still ours
+    labels = _device_labels()  # asked before the claim's transaction: never while it holds the row (or file)
     while True:
         try:
             with env.db.session() as session:
@@ -68,10 +69,8 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
                 job = queries.get_job(session, job_id)
                 if claimed is not None:
                     queries.set_worker_job(session, worker, job_id)
-                    try:
-                        claims.set_ran_on(session, job_id, claimed, device_label(choose_device(job.device)))
-                    except BadInput:
-                        pass  # a device this worker lacks: the job fails with the reason once it starts
+                    if labels.get(job.device):  # else the job fails with the reason once it starts
+                        claims.set_ran_on(session, job_id, claimed, labels[job.device])
                     earlier = queries.count_attempts(session, job_id, other_than=claimed)
                     return claimed, job, earlier
                 if job is not None and job.status == JobStatus.QUEUED.value:
@@ -87,6 +86,18 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
             log.warning("job %s: the database is unreachable (%s); retrying the claim", job_id, exc)
             time.sleep(pause)
             pause = min(5.0, pause * 2)
+
+
+def _device_labels() -> dict[str, str]:
+    """What a job asking for each device would run on here, for its ``ran_on`` column; a device this worker
+    cannot give (or cannot even describe) is left out."""
+    labels = {}
+    for requested in ("cpu", "auto", "cuda"):
+        try:
+            labels[requested] = device_label(choose_device(requested))
+        except Exception as exc:  # no GPU, or one that fails to start: execute_job fails the job with why
+            log.debug("no ran_on label for --device %s: %s", requested, exc)
+    return labels
 
 
 def params_digest(job: Job) -> str:

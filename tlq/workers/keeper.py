@@ -110,11 +110,14 @@ class LeaseKeeper(threading.Thread):
             True when a transaction begun after this call held the lease, so the database has just said that
             the attempt still holds its job; False when nothing proves it (nothing was queued, say).
         """
+        if threading.current_thread() is self:  # a write that flushes: the keeper cannot wait for itself
+            return False
         with self._lock:
             target, begun = self._queued, self._cycles
         with self._settled_changed:
             while self._settled < target and not self.lost.is_set() and self.is_alive():
-                self._wake.set()
+                if not self._failures:  # during an outage the keeper keeps its own backoff
+                    self._wake.set()
                 self._settled_changed.wait(0.05)
             return not self.lost.is_set() and self._held_by_cycle > begun
 
