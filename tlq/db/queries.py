@@ -27,11 +27,11 @@ def _insert_for(session: Session):
     return insert
 
 
-def _upsert(session: Session, table: Table, values: dict[str, Any], keys: Iterable[str]) -> None:
-    insert = _insert_for(session)
+def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: Iterable[str]) -> None:
+    """Inserts ``rows`` (all with the same columns) in one statement; a row whose ``keys`` exist replaces it."""
     keys = list(keys)
-    stmt = insert(table).values(**values)
-    stmt = stmt.on_conflict_do_update(index_elements=keys, set_={k: stmt.excluded[k] for k in values if k not in keys})
+    stmt = _insert_for(session)(table).values(rows)
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_={k: stmt.excluded[k] for k in rows[0] if k not in keys})
     session.execute(stmt)
 
 
@@ -103,11 +103,7 @@ def record_metrics(
         dict(job_id=job_id, name=name, step=step, epoch=epoch, value=float(value), time=now)
         for name, value in values.items()
     ]
-    stmt = _insert_for(session)(Metric.__table__).values(rows)
-    keys = ("job_id", "name", "step")
-    session.execute(
-        stmt.on_conflict_do_update(index_elements=keys, set_={k: stmt.excluded[k] for k in rows[0] if k not in keys})
-    )
+    _upsert(session, Metric.__table__, rows, keys=("job_id", "name", "step"))
 
 
 def delete_metrics_after(session: Session, job_id: int, step: int) -> None:
@@ -134,7 +130,7 @@ def record_artifact(session: Session, job_id: int, kind: str, path: str, size: i
     _upsert(
         session,
         Artifact.__table__,
-        dict(job_id=job_id, kind=kind, path=path, bytes=size, sha256=sha256, created_at=utcnow()),
+        [dict(job_id=job_id, kind=kind, path=path, bytes=size, sha256=sha256, created_at=utcnow())],
         keys=("job_id", "path"),
     )
 

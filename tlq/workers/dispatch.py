@@ -161,8 +161,7 @@ def _app(env: Environment):
     return create_app(env.settings)
 
 
-def _queue(env: Environment, spec: JobSpec, params: dict, app=None, queue: str | None = None) -> int:
-    queue = queue or route(spec.device, env)
+def _queue(env: Environment, spec: JobSpec, params: dict, app, queue: str) -> int:
     job_id = create_job_row(env, spec, queue, params)
     app = app or _app(env)
     from tlq.workers.app import publish

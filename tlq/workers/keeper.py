@@ -73,10 +73,9 @@ class LeaseKeeper(threading.Thread):
         self.lost_reason: str | None = None
         self.error: BaseException | None = None  # a write the database refused for good (not an outage)
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # queued writes left the queue, or the attempt ended
         self._pending: list[Write] = []
-        self._queued = 0  # writes ever queued, and ever taken off the queue (written, or refused for good)
-        self._settled = 0
-        self._settled_changed = threading.Condition(threading.Lock())
+        self._queued = 0  # writes ever queued; those no longer pending were written or refused for good
         self._cycles = 0  # write cycles begun, and the number of the latest that held the lease and committed
         self._held_by_cycle = 0
         self._progress: tuple | None = None
@@ -112,13 +111,13 @@ class LeaseKeeper(threading.Thread):
         """
         if threading.current_thread() is self:  # a write that flushes: the keeper cannot wait for itself
             return False
-        with self._lock:
+        with self._changed:
             target, begun = self._queued, self._cycles
-        with self._settled_changed:
-            while self._settled < target and not self.lost.is_set() and self.is_alive():
+            # Writes leave the queue in order: the first ``target`` are done once fewer than that many remain.
+            while self._queued - len(self._pending) < target and not self.lost.is_set() and self.is_alive():
                 if not self._failures:  # during an outage the keeper keeps its own backoff
                     self._wake.set()
-                self._settled_changed.wait(0.05)
+                self._changed.wait(0.05)
             return not self.lost.is_set() and self._held_by_cycle > begun
 
     def set_progress(self, current: float | None, total: float | None, stage: str | None) -> None:
@@ -193,9 +192,8 @@ class LeaseKeeper(threading.Thread):
                     if self._progress is progress:
                         self._progress = None
                     self._moves -= moves
-                with self._settled_changed:
                     self._held_by_cycle = number
-                self._settle(len(writes))
+                    self._changed.notify_all()
                 self._last_beat = self.clock()
             else:
                 with self.db.read_session() as session:
@@ -229,7 +227,7 @@ class LeaseKeeper(threading.Thread):
                 self.error = self.error or exc
             with self._lock:
                 self._pending.remove(write)
-            self._settle(1)
+                self._changed.notify_all()
 
     def close(self, status: JobStatus | None, error: str | None = None) -> bool | None:
         """Stops the thread, writes what is still queued and, with ``status``, the job's final status.
@@ -282,11 +280,6 @@ class LeaseKeeper(threading.Thread):
 
     # --- internals ----------------------------------------------------------------------------------------------
 
-    def _settle(self, count: int) -> None:
-        with self._settled_changed:
-            self._settled += count
-            self._settled_changed.notify_all()
-
     def _ok(self) -> None:
         if self._failures:
             log.warning(
@@ -326,7 +319,8 @@ class LeaseKeeper(threading.Thread):
                 dropped = len(self._pending)
             log.warning("job %s: %s; this attempt stops (%d queued write(s) dropped)", self.job_id, reason, dropped)
             self.lost.set()
-            self._settle(0)  # wakes a flush waiting for writes that will never be made
+            with self._changed:
+                self._changed.notify_all()  # wakes a flush waiting for writes that will never be made
 
 
 def _first_line(exc: BaseException) -> str:
