@@ -416,17 +416,21 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def wait_done(env, job_ids: list[int], timeout: float = 300) -> list:
+    """Waits for the jobs to end, asking for all their statuses in one query every 10 ms (a query per job, or a
+    tighter loop, would take a core from the 2 the worker runs on), then returns their rows."""
     from tlq.db import queries
 
     deadline = time.monotonic() + timeout
     while True:
-        with env.db.session() as session:
-            jobs = [queries.get_job(session, j) for j in job_ids]
-        if all(j.status in ("succeeded", "failed", "cancelled") for j in jobs):
-            return jobs
+        with env.db.read_session() as session:
+            statuses = queries.job_statuses(session, job_ids)
+        if all(statuses.get(j) in ("succeeded", "failed", "cancelled") for j in job_ids):
+            break
         if time.monotonic() > deadline:
             raise RuntimeError("jobs did not finish")
-        time.sleep(0.005)
+        time.sleep(0.01)
+    with env.db.read_session() as session:
+        return [queries.get_job(session, j) for j in job_ids]
 
 
 def queue_rows(work: Path, broker: str, broker_url: str | None, database_url: str | None) -> list[Row]:

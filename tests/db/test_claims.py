@@ -82,7 +82,7 @@ def test_a_recovered_attempt_writes_nothing_even_under_the_same_worker_name(db):
     with db.session() as session:
         assert not claims.hold(session, job_id, first)
         assert not claims.lease_state(session, job_id, first).ours
-        claims.update_progress(session, job_id, first, 9, 10, "stale writer")
+        assert claims.hold_state(session, job_id, first, True, (9, 10, "stale writer")) is None
         assert not claims.finish(session, job_id, first, JobStatus.SUCCEEDED)
         assert claims.recover(session, job_id, first, "again") is None
         assert claims.hold(session, job_id, second)
@@ -239,17 +239,42 @@ def test_worker_names_cannot_be_shared_by_two_live_workers(db):
 
 
 def test_progress_and_the_device_are_recorded_only_for_the_job_and_lease_that_hold(db):
-    job_id, other = new_job(db), new_job(db)
-    lease, other_lease = claim(db, job_id), claim(db, other)
+    cpu_job, other, cuda_job = new_job(db), new_job(db), new_job(db, device="cuda")
+    ran_on = {"cpu": "cpu (2 threads)", "auto": "cpu (2 threads)"}  # a worker that cannot give cuda
     with db.session() as session:
-        claims.update_progress(session, job_id, lease, 3, 10, "epoch 1")
-        claims.set_ran_on(session, job_id, lease, "cpu (2 threads)")
-        claims.update_progress(session, job_id, other_lease, 9, 9, "another job's lease")
-        claims.set_ran_on(session, job_id, other_lease, "cuda:0")
-    job, untouched = row(db, job_id), row(db, other)
+        won = claims.claim_job(session, cpu_job, "w", ran_on=ran_on)
+        other_lease = claims.claim(session, other, "w")
+        gpu_won = claims.claim_job(session, cuda_job, "w", ran_on=ran_on)
+    assert won.job.ran_on == "cpu (2 threads)"  # the claimed row comes back as the claim left it
+    with db.session() as session:
+        assert claims.hold_state(session, cpu_job, won.lease, True, (3, 10, "epoch 1")) == claims.LeaseState(
+            True, False
+        )
+        assert claims.hold_state(session, cpu_job, other_lease, True, (9, 9, "another job's lease")) is None
+    job, untouched, cuda = row(db, cpu_job), row(db, other), row(db, cuda_job)
     assert (job.progress_current, job.progress_total, job.progress_stage) == (3, 10, "epoch 1")
     assert job.ran_on == "cpu (2 threads)"
     assert (untouched.progress_current, untouched.progress_stage, untouched.ran_on) == (None, None, None)
+    assert gpu_won is not None and cuda.ran_on is None  # the job fails with why once it starts
+
+
+def test_a_claim_counts_the_claims_before_it_and_a_hold_reports_a_cancel(db):
+    job_id = new_job(db)
+    with db.session() as session:
+        first = claims.claim_job(session, job_id, "a")
+    assert first.earlier_claims == 0 and first.job.status == "running" and first.job.lease == first.lease
+    with db.session() as session:
+        assert claims.recover(session, job_id, first.lease, "handed back", spend_attempt=False) == "requeued"
+    with db.session() as session:
+        second = claims.claim_job(session, job_id, "b")
+    assert second.earlier_claims == 1 and second.job.attempts == 1  # a hand-back spends no attempt
+    with db.session() as session:  # a claim whose reply was lost is still its own, and still counts right
+        again = claims.claim_job(session, job_id, "b", lease=second.lease)
+    assert (again.lease, again.earlier_claims) == (second.lease, 1)
+    with db.session() as session:
+        assert claims.request_cancel(session, job_id) == "requested"
+    with db.session() as session:
+        assert claims.hold_state(session, job_id, second.lease) == claims.LeaseState(True, True)
 
 
 def test_running_jobs_are_timed_by_the_database_and_filtered_by_worker_and_silence(db):

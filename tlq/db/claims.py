@@ -81,51 +81,92 @@ def new_lease() -> str:
     return secrets.token_hex(16)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A claim that won: its lease, the job's row as the claim left it, and how many claims came before."""
+
+    lease: str
+    job: Job
+    earlier_claims: int
+
+
 def claim(
     session: Session, job_id: int, worker: str, hostname: str = "", pid: int = 0, lease: str | None = None
 ) -> str | None:
-    """Moves a queued job to running under a new lease for ``worker``.
-
-    Args:
-        lease: The token to claim under; a retried claim passes the same one, so that a claim whose commit
-            reply was lost is recognized as its own.
+    """Moves a queued job to running under a new lease for ``worker`` (``claim_job``, for its lease alone).
 
     Returns:
         The lease, or None when another delivery, a cancel or a worker got the job first, or ``worker`` is
         shutting down. A queued job whose cancel was asked for is ended ``cancelled`` here.
     """
+    won = claim_job(session, job_id, worker, hostname, pid, lease)
+    return won.lease if won is not None else None
+
+
+def claim_job(
+    session: Session,
+    job_id: int,
+    worker: str,
+    hostname: str = "",
+    pid: int = 0,
+    lease: str | None = None,
+    ran_on: dict[str, str] | None = None,
+) -> Claim | None:
+    """Moves a queued job to running under a new lease for ``worker``, in one UPDATE that also returns the row
+    and the number of earlier claims, and records the claim as an attempt.
+
+    Args:
+        lease: The token to claim under; a retried claim passes the same one, so that a claim whose commit
+            reply was lost is recognized as its own.
+        ran_on: What this worker runs a job on, by the device the job asks for (``cpu``, ``auto``, ``cuda``);
+            the job's ``ran_on`` is set from it in the same statement (a device not in it leaves it as it was).
+
+    Returns:
+        The claim, or None when another delivery, a cancel or a worker got the job first, or ``worker`` is
+        shutting down. A queued job whose cancel was asked for is ended ``cancelled`` here.
+    """
     lease = lease or new_lease()
     stopping = select(WorkerRecord.id).where(WorkerRecord.name == worker, WorkerRecord.status == "stopping").exists()
-    claimed = session.scalar(
+    # This claim's own attempt row is written after the UPDATE: every attempt row it counts came before.
+    earlier = select(func.count()).select_from(Attempt).where(Attempt.job_id == Job.id).scalar_subquery()
+    values = dict(
+        status=RUNNING,
+        worker=worker,
+        lease=lease,
+        process_id=pid or None,
+        attempts=Job.attempts + 1,
+        started_at=func.coalesce(Job.started_at, db_now()),
+        claimed_at=db_now(),
+        heartbeat_at=db_now(),
+        progress_at=db_now(),
+        sending_since=None,
+        error=None,
+    )
+    if ran_on:
+        values["ran_on"] = case(*((Job.device == device, label) for device, label in ran_on.items()), else_=Job.ran_on)
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == QUEUED, Job.cancel_requested.is_(False), ~stopping)
-        .values(
-            status=RUNNING,
-            worker=worker,
-            lease=lease,
-            process_id=pid or None,
-            attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, db_now()),
-            claimed_at=db_now(),
-            heartbeat_at=db_now(),
-            progress_at=db_now(),
-            sending_since=None,
-            error=None,
-        )
-        # the claimed row in the same round trip: the caller's session.get(Job, job_id) finds it loaded
-        .returning(Job)
+        .values(**values)
+        .returning(Job, earlier)
         # the row as the claim left it, even when this session had loaded the job before
         .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    if claimed is None:
-        if session.scalar(select(Job.lease).where(Job.id == job_id, Job.status == RUNNING)) == lease:
-            return lease  # an earlier try of this very claim was committed; its reply was lost
+    ).first()
+    if row is None:
+        job = session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
+        if job is not None and job.status == RUNNING and job.lease == lease:
+            # an earlier try of this very claim was committed; its reply was lost
+            before = session.scalar(
+                select(func.count()).select_from(Attempt).where(Attempt.job_id == job_id, Attempt.lease != lease)
+            )
+            return Claim(lease, job, before)
         _end_cancelled_queued(session, job_id)
         return None
+    job, before = row
     session.add(
         Attempt(
             job_id=job_id,
-            number=claimed.attempts,
+            number=job.attempts,
             lease=lease,
             worker=worker,
             hostname=hostname,
@@ -133,7 +174,7 @@ def claim(
             claimed_at=db_now(),
         )
     )
-    return lease
+    return Claim(lease, job, before)
 
 
 def _end_cancelled_queued(session: Session, job_id: int) -> None:
@@ -154,10 +195,27 @@ def hold(session: Session, job_id: int, lease: str, progressed: bool = False) ->
     In a write transaction this also locks the row until commit, so what the transaction writes next cannot
     race a recovery. Returns False when the lease is no longer the job's.
     """
+    return hold_state(session, job_id, lease, progressed) is not None
+
+
+def hold_state(
+    session: Session, job_id: int, lease: str, progressed: bool = False, progress: tuple | None = None
+) -> LeaseState | None:
+    """``hold`` that also records ``progress`` (current, total, stage) and says, in the same statement, whether
+    a cancel was asked for; None when the lease is no longer the job's."""
     values = {"heartbeat_at": db_now()}
     if progressed:
         values["progress_at"] = db_now()
-    return session.execute(update(Job).where(*_held(job_id, lease)).values(**values)).rowcount == 1
+    if progress is not None:
+        values.update(zip(("progress_current", "progress_total", "progress_stage"), progress, strict=True))
+    row = session.execute(
+        update(Job)
+        .where(*_held(job_id, lease))
+        .values(**values)
+        .returning(Job.cancel_requested)
+        .execution_options(synchronize_session=False)
+    ).first()
+    return None if row is None else LeaseState(True, bool(row.cancel_requested))
 
 
 def lease_state(session: Session, job_id: int, lease: str) -> LeaseState:
@@ -168,34 +226,31 @@ def lease_state(session: Session, job_id: int, lease: str) -> LeaseState:
     return LeaseState(row.lease == lease and row.status == RUNNING, bool(row.cancel_requested))
 
 
-def update_progress(
-    session: Session, job_id: int, lease: str, current: float | None, total: float | None, stage: str | None
-) -> None:
-    """Records live progress of a running job, only while ``lease`` still holds it."""
-    session.execute(
-        update(Job)
-        .where(*_held(job_id, lease))
-        .values(progress_current=current, progress_total=total, progress_stage=stage)
-    )
-
-
-def set_ran_on(session: Session, job_id: int, lease: str, device: str) -> None:
-    session.execute(update(Job).where(*_held(job_id, lease)).values(ran_on=device))
-
-
 # --- ending -----------------------------------------------------------------------------------------------------
 
 
-def finish(session: Session, job_id: int, lease: str, status: JobStatus, error: str | None = None) -> bool:
-    """Records the final status of the attempt holding ``lease``.
+def finish(
+    session: Session,
+    job_id: int,
+    lease: str,
+    status: JobStatus,
+    error: str | None = None,
+    progress: tuple | None = None,
+) -> bool:
+    """Records the final status of the attempt holding ``lease`` (and its last ``progress``: current, total,
+    stage). In a write transaction the row stays locked until commit, so what the transaction writes next (the
+    attempt's last metrics and artifacts) cannot race a recovery.
 
     Returns:
         True when recorded, now or by an earlier try of the same write (a commit whose reply was lost);
         False when the lease is no longer the job's.
     """
     error = error and mask_secrets_in(error)  # a task's exception text may carry a URL with its password
+    values = dict(status=status.value, error=error, finished_at=db_now())
+    if progress is not None:
+        values.update(zip(("progress_current", "progress_total", "progress_stage"), progress, strict=True))
     result = session.execute(
-        update(Job).where(*_held(job_id, lease)).values(status=status.value, error=error, finished_at=db_now())
+        update(Job).where(*_held(job_id, lease)).values(**values).execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         row = session.execute(select(Job.lease, Job.status).where(Job.id == job_id)).first()

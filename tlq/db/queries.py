@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, func, select, update
+from sqlalchemy import Table, and_, select, update
 from sqlalchemy.orm import Session
 
 from tlq.db.clock import db_now
@@ -196,13 +196,6 @@ def job_as_dict(session: Session, job: Job, artifacts_dir: Path) -> dict[str, An
             for a in job_attempts(session, job.id)
         ],
     }
-
-
-def count_attempts(session: Session, job_id: int, other_than: str) -> int:
-    """How many claims of a job came under a lease other than ``other_than``."""
-    return session.scalar(
-        select(func.count()).select_from(Attempt).where(Attempt.job_id == job_id, Attempt.lease != other_than)
-    )
 
 
 def job_attempts(session: Session, job_id: int) -> list[Attempt]:

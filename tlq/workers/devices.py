@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 
 
+@functools.cache
 def cuda_available() -> bool:
-    """True when a CUDA GPU is usable; asks NVML, so a forked child can still initialize CUDA itself."""
+    """True when a CUDA GPU is usable; asks NVML, so a forked child can still initialize CUDA itself. Asked once
+    per process: NVML loads its library on every question, three times per job, and GPUs do not come and go
+    under a running process."""
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
 

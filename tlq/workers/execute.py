@@ -65,14 +65,12 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
     while True:
         try:
             with env.db.session() as session:
-                claimed = claims.claim(session, job_id, worker, socket.gethostname(), os.getpid(), lease=lease)
-                job = queries.get_job(session, job_id)
-                if claimed is not None:
+                # A device this worker cannot give is not in ``labels``: the job fails with why once it starts.
+                won = claims.claim_job(session, job_id, worker, socket.gethostname(), os.getpid(), lease, labels)
+                if won is not None:
                     queries.set_worker_job(session, worker, job_id)
-                    if labels.get(job.device):  # else the job fails with the reason once it starts
-                        claims.set_ran_on(session, job_id, claimed, labels[job.device])
-                    earlier = queries.count_attempts(session, job_id, other_than=claimed)
-                    return claimed, job, earlier
+                    return won.lease, won.job, won.earlier_claims
+                job = queries.get_job(session, job_id)
                 if job is not None and job.status == JobStatus.QUEUED.value:
                     # This worker is stopping: leave the job to the next live worker, which sends it again.
                     claims.hand_back_message(session, job_id)

@@ -179,14 +179,12 @@ class LeaseKeeper(threading.Thread):
         try:
             if writes or progress is not None or due:
                 with self.db.session() as session:
-                    if not claims.hold(session, self.job_id, self.lease, progressed=moves > 0):
+                    state = claims.hold_state(session, self.job_id, self.lease, moves > 0, progress)
+                    if state is None:
                         self._lose("the job was taken over by another worker")
                         return
                     for write in writes:
                         write(session)
-                    if progress is not None:
-                        claims.update_progress(session, self.job_id, self.lease, *progress)
-                    state = claims.lease_state(session, self.job_id, self.lease)
                 with self._lock:
                     del self._pending[: len(writes)]
                     if self._progress is progress:
@@ -253,17 +251,17 @@ class LeaseKeeper(threading.Thread):
                 status, error = JobStatus.FAILED, f"could not record the job's results: {_first_line(self.error)}"
             try:
                 with self.db.session() as session:
-                    if not claims.hold(session, self.job_id, self.lease, progressed=True):
-                        if status is not None and claims.finish(session, self.job_id, self.lease, status, error):
-                            return True  # an earlier try was committed; its reply was lost
+                    # The final status first: it re-asserts the lease and locks the row like a hold (or finds
+                    # that an earlier try was committed, its reply lost); the last writes then go with it.
+                    if status is not None:
+                        held = claims.finish(session, self.job_id, self.lease, status, error, progress)
+                    else:
+                        held = claims.hold_state(session, self.job_id, self.lease, True, progress) is not None
+                    if not held:
                         self._lose("the job was taken over by another worker")
                         return False
                     for write in writes:
                         write(session)
-                    if progress is not None:
-                        claims.update_progress(session, self.job_id, self.lease, *progress)
-                    if status is not None:
-                        claims.finish(session, self.job_id, self.lease, status, error)
                 with self._lock:
                     self._pending.clear()
                 self._ok()
