@@ -148,10 +148,8 @@ def choose_precision(workload: Workload, device: str, home: str | os.PathLike | 
     ways = candidates(device)
     if len(ways) == 1:
         return Choice("fp32", reason=f"{device} has nothing to measure against plain fp32")
-    key = f"{machine_fingerprint()} || {workload_key(workload, device)}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    cache = Path(home) / CACHE_FILE if home is not None else None
-    known = _read(cache).get(digest) if cache else None
+    key, digest = measurement_key(workload, device)
+    known = read_measurement(home, digest)
     if _trusted(known, key, ways):
         return Choice(known["precision"], known["seconds"], cached=True)
     if workload.images is not None and workload.images < MIN_IMAGES:
@@ -159,12 +157,37 @@ def choose_precision(workload: Workload, device: str, home: str | os.PathLike | 
     seconds = measure(workload, device, ways)
     fastest = min(seconds, key=seconds.get)
     precision = fastest if seconds[fastest] * MARGIN < seconds["fp32"] else "fp32"
-    choice = Choice(precision, seconds)
-    if cache is not None:
-        entry = {"key": key, "precision": precision, "seconds": seconds}
-        entry["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        _update(cache, digest, entry)
-    return choice
+    record_measurement(home, digest, {"key": key, "precision": precision, "seconds": seconds})
+    return Choice(precision, seconds)
+
+
+def known_seconds(workload: Workload, device: str, home: str | os.PathLike | None) -> dict[str, float] | None:
+    """Seconds per image of ``workload`` in each way, as an earlier ``--precision auto`` measured them on this
+    machine; None where none did (nothing is measured here)."""
+    key, digest = measurement_key(workload, device)
+    known = read_measurement(home, digest)
+    return dict(known["seconds"]) if _trusted(known, key, candidates(device)) else None
+
+
+def measurement_key(workload: Workload, device: str, what: str = "") -> tuple[str, str]:
+    """The key of a cached measurement of ``workload`` on ``device`` on this machine, and the digest it is filed
+    under in ``calibration.json``. ``what`` tells another measurement of the same workload (a compiled forward)
+    from the precision choice; it comes second, so the workload stays the last part of every key."""
+    parts = [machine_fingerprint(), *([what] if what else []), workload_key(workload, device)]
+    key = " || ".join(parts)
+    return key, hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def read_measurement(home: str | os.PathLike | None, digest: str):
+    """The entry filed under ``digest`` in ``home``'s calibration.json (None: none, or no home); unchecked."""
+    return _read(Path(home) / CACHE_FILE).get(digest) if home is not None else None
+
+
+def record_measurement(home: str | os.PathLike | None, digest: str, entry: dict) -> None:
+    """Files ``entry`` under ``digest`` in ``home``'s calibration.json, stamped with the time; no home: nothing."""
+    if home is not None:
+        entry = {**entry, "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        _update(Path(home) / CACHE_FILE, digest, entry)
 
 
 def measure(workload: Workload, device: str, ways: tuple[str, ...] = CANDIDATES) -> dict[str, float]:

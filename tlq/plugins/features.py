@@ -3,6 +3,7 @@ share. Files that cannot be decoded are skipped with their reason."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tlq.plugins.compiling import CompiledForward, Plan
 from tlq.plugins.images import ImageFile, UnreadableImage, load_rgb
 from tlq.plugins.precision import autocast, prepare_batch, prepare_model
 
@@ -140,6 +142,7 @@ class FeatureResult:
     seconds: float = 0.0
     cached: int = 0
     wait_seconds: float = 0.0  # of ``seconds``, spent waiting for decoded images
+    compile_metrics: dict[str, float] = field(default_factory=dict)  # CompiledForward.metrics(), where planned
 
     @property
     def images_per_second(self) -> float:
@@ -308,14 +311,20 @@ def pooled_features_of(
     workers: int | None,
     stage: str,
     into: NpyWriter | None = None,
+    compile_plan: Plan | None = None,
 ) -> FeatureResult:
     """Pooled pre-logits features of ``files`` for a job, served from the feature cache where they are there.
 
     Only the files the cache lacks go through the model; what they yield is stored for next time. Random
     initializations (no weights file) are never cached. The files go through in chunks of ``CHUNK_FILES``; with
     ``into`` each chunk's rows are written there, in file order, and the result holds no rows (an empty array
-    of the features' width), so memory stays flat however many files there are.
+    of the features' width), so memory stays flat however many files there are. A ``compile_plan`` that
+    compiles runs the forward through ``CompiledForward``, compiled once for all the chunks.
     """
+    forward = functools.partial(pooled_features, backbone.model)
+    compiled = None
+    if compile_plan is not None and compile_plan.compile:
+        forward = compiled = CompiledForward(forward, batch_size, compile_plan, ctx.env.settings.home, ctx.log)
     cache = ctx.feature_cache if backbone.weights_file is not None else None
     weights = cache.weights_digest(backbone.weights_file) if cache is not None else None
     key = None
@@ -330,43 +339,56 @@ def pooled_features_of(
             precision=precision,
             device=ctx.device.split(":")[0],
             output="pooled",
+            # Features of a job that plans to compile are kept apart from eager ones: fused, frozen kernels round
+            # differently (test_resnet in fp32: by about 1e-7), and such a job runs some batches eager (the timed
+            # ones, a short last one, all after a fallback), so its features are a mix that an eager job (--compile
+            # off, a short auto job) must not be served, nor serve. Eager jobs keep the key they always had.
+            **({"forward": "compile planned"} if compiled is not None else {}),
         )
     start = time.perf_counter()
     kept: list[int] = []
     skipped: list[tuple[int, str]] = []
     parts: list[np.ndarray] = []
     wait, cached, width = 0.0, 0, 0
-    for first in range(0, len(files), CHUNK_FILES):
-        chunk = files[first : first + CHUNK_FILES]
-        part = _chunk_features(
-            ctx,
-            backbone,
-            chunk,
-            first,
-            len(files),
-            transform,
-            precision,
-            batch_size,
-            workers,
-            stage,
-            cache if key else None,
-            key,
-        )
-        kept.extend(first + i for i in part.kept)
-        skipped.extend((first + i, reason) for i, reason in part.skipped)
-        wait, cached = wait + part.wait_seconds, cached + part.cached
-        width = part.features.shape[1] if len(part.features) else width
-        if into is not None:
-            if len(part.features):
-                into.append(part.features)
-        else:
-            parts.append(part.features)
+    try:
+        for first in range(0, len(files), CHUNK_FILES):
+            chunk = files[first : first + CHUNK_FILES]
+            part = _chunk_features(
+                ctx,
+                backbone,
+                chunk,
+                first,
+                len(files),
+                transform,
+                precision,
+                batch_size,
+                workers,
+                stage,
+                cache if key else None,
+                key,
+                forward,
+            )
+            kept.extend(first + i for i in part.kept)
+            skipped.extend((first + i, reason) for i, reason in part.skipped)
+            wait, cached = wait + part.wait_seconds, cached + part.cached
+            width = part.features.shape[1] if len(part.features) else width
+            if into is not None:
+                if len(part.features):
+                    into.append(part.features)
+            else:
+                parts.append(part.features)
+    finally:
+        if compiled is not None:
+            compiled.close()
     rows = [p for p in parts if len(p)]
     features = np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
-    return FeatureResult(features, kept, skipped, time.perf_counter() - start, cached, wait)
+    compile_metrics = compiled.metrics() if compiled is not None else {}
+    return FeatureResult(features, kept, skipped, time.perf_counter() - start, cached, wait, compile_metrics)
 
 
-def _chunk_features(ctx, backbone, files, first, total, transform, precision, batch_size, workers, stage, cache, key):
+def _chunk_features(
+    ctx, backbone, files, first, total, transform, precision, batch_size, workers, stage, cache, key, forward
+):
     """One chunk of ``pooled_features_of``: indices in the result are positions in ``files``."""
     model = backbone.model
 
@@ -380,7 +402,7 @@ def _chunk_features(ctx, backbone, files, first, total, transform, precision, ba
             batch_size,
             workers,
             on_batch=lambda done, _n: ctx.progress(done_before + done, total, stage),
-            forward=lambda x: pooled_features(model, x),
+            forward=forward,
             on_first_batch=ctx.mark_first_batch,
         )
 

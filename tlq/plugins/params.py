@@ -1,4 +1,4 @@
-"""Parameter types shared by task models: data folders, precisions, fractions such as ``8/255``."""
+"""Parameter types shared by task models: data folders, precisions, compiling, fractions such as ``8/255``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BeforeValidator, Field
 
 Precision = Literal["auto", "fp32", "bf16"]
+Compile = Literal["auto", "on", "off"]  # --compile: torch.compile the forward (tlq.plugins.compiling)
 
 
 def _existing_dir(value: Path) -> Path:

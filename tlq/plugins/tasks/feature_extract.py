@@ -1,8 +1,10 @@
 """feature-extract: the pooled pre-logits features of every image under a folder, with an index.
 
 Artifacts: ``features.npy`` (float32, one row per readable image), ``index.csv`` (row, path, label) and, when
-files were skipped, ``skipped.csv`` (path, reason). Metrics: images, skipped, images_per_second and
-data_wait_share (the share of the time the model waited for decoded images).
+files were skipped, ``skipped.csv`` (path, reason). Metrics: images, skipped, images_per_second,
+data_wait_share (the share of the time the model waited for decoded images) and compiled (1 where the compiled
+forward ran the job's full batches; where a compile ran, compile_seconds, images_per_second_after_compile
+and compile_speedup).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from tlq.plugins.base import Environment, TaskParams, TaskPlugin
 from tlq.plugins.errors import BadInput
 from tlq.plugins.images import discover_files
 from tlq.plugins.memory import inference_memory
-from tlq.plugins.params import BatchSize, DataDir, Precision
+from tlq.plugins.params import BatchSize, Compile, DataDir, Precision
 
 # Every CSV tlq writes goes through one writer that neutralizes formula cells; the tasks import it from here.
 from tlq.plugins.reports import csv_text
@@ -30,6 +32,11 @@ class FeatureExtractParams(TaskParams):
     loader_workers: int | None = Field(
         None, ge=0, le=64, description="Image-decoding processes (default: sized to the machine)."
     )
+    compile: Compile = Field(
+        "auto",
+        description="torch.compile the forward: auto on a CPU for a job long enough to pay the compile back, "
+        "kept only where measured at least 5% faster.",
+    )
 
 
 def check(params: FeatureExtractParams, env: Environment, backbone=None) -> None:
@@ -41,6 +48,7 @@ def run(ctx, params: FeatureExtractParams) -> None:
     import timm.data
 
     from tlq.plugins.calibration import Workload
+    from tlq.plugins.compiling import plan_job
     from tlq.plugins.features import NpyWriter, inference_batch_size, pooled_features_of
     from tlq.plugins.precision import resolve_precision
 
@@ -53,6 +61,8 @@ def run(ctx, params: FeatureExtractParams) -> None:
     workload = Workload("inference", backbone.model, shape, batch_size, backbone.arch, images=len(files))
     precision = resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home, ctx.log)
     ctx.log.info("extracting %s features of %d files with %s (%s)", backbone.arch, len(files), precision, ctx.device)
+    compile_plan = plan_job(params.compile, workload, ctx.device, precision, ctx.env.settings.home)
+    ctx.log.info("compile %s: %s", "planned" if compile_plan.compile else "off", compile_plan.reason)
     transform = timm.data.create_transform(**backbone.data_config, is_training=False)
     # Rows stream into features.npy as they are computed: memory stays flat however many images there are.
     with ctx.artifacts.target("features", "features.npy") as tmp:
@@ -68,6 +78,7 @@ def run(ctx, params: FeatureExtractParams) -> None:
                 params.loader_workers,
                 "extracting features",
                 into=writer,
+                compile_plan=compile_plan,
             )
         finally:
             writer.close()
@@ -93,6 +104,8 @@ def run(ctx, params: FeatureExtractParams) -> None:
             "data_wait_share": result.data_wait_share,
             "feature_dim": writer.width,
             "cached_images": result.cached,
+            "compiled": 0.0,
+            **result.compile_metrics,
         }
     )
 
