@@ -37,6 +37,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tlq tests examples bench mutation
 	$(VENV)/bin/ruff format --check tlq tests examples bench mutation
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP) services
 	$(PY) bench/run.py

@@ -40,7 +40,7 @@ class Row:
 def tlq_env(home: Path, device: str):
     """A tlq Environment in a fresh home of its own; the feature cache off, so every row measures real work."""
     from tlq.config import Settings
-    from tlq.plugins.base import Environment
+    from tlq.env import Environment
 
     shutil.rmtree(home, ignore_errors=True)
     os.environ["TLQ_FEATURE_CACHE_MB"] = "0"
@@ -49,8 +49,8 @@ def tlq_env(home: Path, device: str):
 
 def run_job(env, task: str, backbone: str | None, device: str, **params) -> dict:
     from tlq.db import queries
-    from tlq.plugins.spec import JobSpec
-    from tlq.workers.dispatch import run_here
+    from tlq.jobs.spec import JobSpec
+    from tlq.jobs.submit import run_here
 
     spec = JobSpec(task=task, backbone=backbone, pretrained=False, device=device, params=params)
     job_id = run_here(env, spec)
@@ -282,9 +282,8 @@ def linear_probe_row(work: Path, device: str, per_class: int, epochs: int = 10, 
     (row 3), probed on digits 5-9, so the features mean something and "equal accuracy" is a real check."""
     from data import write_digits
 
-    from tlq.plugins.backbones import provider_for
-    from tlq.plugins.base import BackboneRef
-    from tlq.plugins.labelled import load_labelled, stratified_split
+    from tlq.ml.labelled import load_labelled, stratified_split
+    from tlq.plugins.backbone import BackboneRef, provider_for
     from tlq.plugins.registry import backbone_providers
 
     env, source = digits_backbone(work, device)
@@ -388,7 +387,7 @@ def plain_training_rate(arch, items, device, epochs, batch_size) -> float:
 def full_finetune_row(work: Path, device: str, per_class: int) -> Row:
     from data import write_digits
 
-    from tlq.plugins.labelled import load_labelled, stratified_split
+    from tlq.ml.labelled import load_labelled, stratified_split
 
     data = write_digits(work / f"digits-source-{per_class}", per_class, classes=range(5))
     labelled = load_labelled(data)
@@ -482,10 +481,10 @@ def wait_done(env, job_ids: list[int], timeout: float = 300) -> list:
 def queue_rows(work: Path, broker: str, broker_url: str | None, database_url: str | None) -> list[Row]:
     """Submit-to-start latency and throughput of tiny jobs, tlq against bare Celery on the same broker."""
     from tlq.config import Settings
-    from tlq.plugins.base import Environment
-    from tlq.plugins.spec import JobSpec
+    from tlq.env import Environment
+    from tlq.jobs.spec import JobSpec
+    from tlq.jobs.submit import submit
     from tlq.workers.app import create_app
-    from tlq.workers.dispatch import submit
 
     site = install_example_plugin(work)
     home = work / f"home-queue-{broker}"
@@ -621,10 +620,10 @@ def warm_worker_row(work: Path) -> Row:
     from safetensors.torch import save_file
 
     from tlq.config import Settings
-    from tlq.plugins.base import Environment
-    from tlq.plugins.spec import JobSpec
+    from tlq.env import Environment
+    from tlq.jobs.spec import JobSpec
+    from tlq.jobs.submit import submit
     from tlq.workers.app import create_app
-    from tlq.workers.dispatch import submit
 
     weights = work / "resnet50.safetensors"
     if not weights.exists():
@@ -671,10 +670,9 @@ def pgd_row(work: Path, device: str, eps: float = 1 / 255, steps: int = 10) -> l
     import torchattacks
     from data import write_digits
 
-    from tlq.plugins.attacks import PixelModel, attack, pixel_transform
-    from tlq.plugins.backbones import provider_for
-    from tlq.plugins.base import BackboneRef
-    from tlq.plugins.images import discover_files, load_rgb
+    from tlq.ml.attacks import PixelModel, attack, pixel_transform
+    from tlq.ml.images import discover_files, load_rgb
+    from tlq.plugins.backbone import BackboneRef, provider_for
     from tlq.plugins.registry import backbone_providers
 
     train = write_digits(work / "digits64-train", 60, size=64)
@@ -938,7 +936,7 @@ def machine_info(device: str) -> dict:
     import timm
     import torch
 
-    from tlq.plugins.precision import cpu_flags, cpu_info
+    from tlq.ml.precision import cpu_flags, cpu_info
 
     cpu = cpu_info()[0]
     info = {

@@ -40,17 +40,17 @@ SCOPE = [
     "tlq.workers.lifecycle.xǁDatabaseHealthǁ*",
     "tlq.workers.lifecycle.x_overdue_reason*",
     # the feature cache key: what a weights file's version and digest are, and how the key is made
-    "tlq.plugins.feature_cache.x_file_digest*",
-    "tlq.plugins.feature_cache.x_file_version*",
-    "tlq.plugins.feature_cache.xǁFeatureCacheǁweights_digest*",
-    "tlq.plugins.feature_cache.xǁFeatureCacheǁmodel_key*",
-    "tlq.plugins.features.x_describe_transform*",
+    "tlq.ml.feature_cache.x_file_digest*",
+    "tlq.ml.feature_cache.x_file_version*",
+    "tlq.ml.feature_cache.xǁFeatureCacheǁweights_digest*",
+    "tlq.ml.feature_cache.xǁFeatureCacheǁmodel_key*",
+    "tlq.ml.features.x_describe_transform*",
     # precision selection
-    "tlq.plugins.precision.*",
+    "tlq.ml.precision.*",
     # attacks
-    "tlq.plugins.attacks.*",
+    "tlq.ml.attacks.*",
     # the training loops
-    "tlq.plugins.training.*",
+    "tlq.ml.training.*",
     # the filter compiler (`tlq results --where/--order-by`)
     "tlq.db.filters.*",
     # the artifact store: writing inside a job's folder, and copying out (`tlq artifacts --copy-to`)

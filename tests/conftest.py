@@ -114,8 +114,8 @@ def trained(tmp_path_factory):
     from types import SimpleNamespace
 
     from tlq.config import Settings
-    from tlq.plugins.base import Environment
-    from tlq.plugins.spec import JobSpec
+    from tlq.env import Environment
+    from tlq.jobs.spec import JobSpec
 
     root = tmp_path_factory.mktemp("trained")
     env = Environment(Settings.load(home=root / "home", environ={}))

@@ -214,7 +214,7 @@ def run_job_here(env, spec) -> dict:
     that it succeeded; ``files`` maps each artifact kind to its path and ``history`` each metric to its
     (step, value) points."""
     from tlq.db import queries
-    from tlq.workers.dispatch import run_here
+    from tlq.jobs.submit import run_here
 
     job_id = run_here(env, spec)
     with env.db.read_session() as session:

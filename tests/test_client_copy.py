@@ -14,7 +14,7 @@ from tests.support import tree
 from tlq.client import Client, _NewFiles
 from tlq.config import Settings
 from tlq.db import queries
-from tlq.plugins.errors import BadInput
+from tlq.errors import BadInput
 
 
 @pytest.fixture(scope="module")

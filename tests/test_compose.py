@@ -126,7 +126,7 @@ def worker_params(service: dict) -> dict:
 @pytest.mark.parametrize(("name", "queue"), [("cpu-worker", "cpu"), ("gpu-worker", "gpu")])
 def test_each_worker_service_consumes_only_its_own_queue_one_job_at_a_time(compose, name, queue):
     from tlq.cli.workers import parse_queues
-    from tlq.plugins.errors import BadInput
+    from tlq.errors import BadInput
 
     params = worker_params(compose["services"][name])
     assert parse_queues(params["queues"], has_gpu=True) == [queue]  # never both: a GPU job on the CPU worker

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tlq.config import Settings
-from tlq.plugins.errors import BadInput
+from tlq.errors import BadInput
 
 SPEC_FIELDS = ("backbone", "weights", "pretrained", "device", "priority", "name", "max_attempts", "timeout", "tags")
 FINAL = ("succeeded", "failed", "cancelled")
@@ -55,7 +55,7 @@ class Client:
 
     @cached_property
     def env(self):
-        from tlq.plugins.base import Environment
+        from tlq.env import Environment
 
         return Environment(self.settings)
 
@@ -66,7 +66,7 @@ class Client:
         task's parameters, mixed as on the command line."""
         from pydantic import ValidationError
 
-        from tlq.plugins.spec import JobSpec, describe_validation_error
+        from tlq.jobs.spec import JobSpec, describe_validation_error
 
         common = {k: v for k, v in options.items() if k in SPEC_FIELDS and v is not None}
         params = {k: v for k, v in options.items() if k not in SPEC_FIELDS and v is not None}
@@ -90,7 +90,7 @@ class Client:
 
     def queue(self, spec) -> int:
         """Queues a JobSpec (as the CLI builds it); returns the job id."""
-        from tlq.workers.dispatch import submit
+        from tlq.jobs.submit import submit
 
         return submit(self.env, spec)
 
@@ -108,7 +108,7 @@ class Client:
         Returns:
             ``{"group": group id, "jobs": [job ids]}``.
         """
-        from tlq.workers.dispatch import submit_group
+        from tlq.jobs.submit import submit_group
 
         axes = {key: [*values] for key, values in grid.items()}
         for key, values in axes.items():
@@ -143,13 +143,13 @@ class Client:
 
     def run_spec(self, spec, on_progress: Callable | None = None) -> int:
         """Runs a JobSpec in this process; returns the job id."""
-        from tlq.workers.dispatch import run_here
+        from tlq.jobs.submit import run_here
 
         return run_here(self.env, spec, on_progress=on_progress)
 
     def retry(self, job_id: int) -> int:
         """Queues a new job with the same spec as ``job_id``; returns the new id."""
-        from tlq.workers.dispatch import spec_of_job
+        from tlq.jobs.submit import spec_of_job
 
         with self.env.db.read_session() as session:
             spec = spec_of_job(self._job(session, job_id))

@@ -11,7 +11,7 @@ from tlq.cli.main import cli
 from tlq.config import Settings
 from tlq.db import JobStatus, claims, queries
 from tlq.db.clock import db_now
-from tlq.plugins.base import Environment
+from tlq.env import Environment
 
 
 def invoke(home, *args):
@@ -75,7 +75,7 @@ def test_workers_lists_those_that_reported_in_during_the_last_30_s(env, home):
 
 
 def test_auto_routes_to_a_gpu_worker_only_while_it_reported_in_within_30_s(env):
-    from tlq.workers.dispatch import route
+    from tlq.jobs.submit import route
 
     register(env, "gpu-35s-ago", 35, queues="gpu,cpu")
     assert route("auto", env) == "cpu"

@@ -97,7 +97,7 @@ def test_metrics_history_csv_and_json_agree(home, filled):
 
 
 def test_plot_writes_a_png_with_one_curve_per_job(home, filled, tmp_path):
-    from tlq.plots import curves_in_png
+    from tlq.ml.plots import curves_in_png
 
     out = tmp_path / "plots" / "acc.png"
     ids = [filled[n] for n in "abc"]

@@ -1,6 +1,6 @@
 """Crafted rows, crafted messages and hostile files fed to a live worker: each ends as a failed job with its
 reason (or is refused), the worker stays alive, and nothing else is lost. The command-line half of the
-battery is in tests/cli/test_errors.py, tests/plugins/test_finetune.py and tests/plugins/test_attacks.py."""
+battery is in tests/cli/test_errors.py, tests/tasks/test_finetune.py and tests/tasks/test_attacks.py."""
 
 from __future__ import annotations
 

@@ -81,10 +81,10 @@ def private_redis(tmp_path):
 SUBMIT_MANY = """
 import json, sys
 from tlq.config import Settings
-from tlq.plugins.base import Environment
-from tlq.plugins.spec import JobSpec
+from tlq.env import Environment
+from tlq.jobs.spec import JobSpec
 from tlq.workers.app import create_app
-from tlq.workers.dispatch import submit
+from tlq.jobs.submit import submit
 
 count, params = int(sys.argv[1]), json.loads(sys.argv[2])
 env = Environment(Settings.load())

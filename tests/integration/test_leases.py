@@ -101,7 +101,7 @@ def test_only_the_lease_holder_writes_when_a_job_is_requeued_under_its_first_pro
 ):
     from tlq.config import Settings
     from tlq.db import claims, queries
-    from tlq.plugins.base import Environment
+    from tlq.env import Environment
     from tlq.workers.app import create_app
     from tlq.workers.sending import send_held
 

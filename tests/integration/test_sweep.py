@@ -41,7 +41,7 @@ SWEEP = [
 
 def test_sweep_compare_results_plot_and_artifacts(tmp_path, home, digits_dir):
     from tlq import client
-    from tlq.plots import curves_in_png
+    from tlq.ml.plots import curves_in_png
 
     env = tlq_env(home)
     # Every run is checked before any is queued: one bad value queues nothing.

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
+from tlq.errors import BadInput
 from tlq.plugins.artifacts import ArtifactStore
-from tlq.plugins.errors import BadInput
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import pytest
 
 from tlq.plugins import BadInput, TaskPlugin, backbone_providers, task_registry
-from tlq.plugins.backbones import provider_for, scheme_of
+from tlq.plugins.backbone import provider_for, scheme_of
 
 
 def test_builtin_tasks_and_backbones_register_through_entry_points():

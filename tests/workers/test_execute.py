@@ -5,8 +5,8 @@ import pytest
 
 from tlq.config import Settings
 from tlq.db import claims, queries
+from tlq.env import Environment
 from tlq.plugins import TaskParams, TaskPlugin
-from tlq.plugins.base import Environment
 from tlq.plugins.registry import Registry
 from tlq.workers.execute import execute_job
 

@@ -7,7 +7,7 @@ import redis
 
 from tlq.config import Settings
 from tlq.db import claims, queries
-from tlq.plugins.base import Environment
+from tlq.env import Environment
 from tlq.workers.app import create_app
 from tlq.workers.sending import send_unsent
 

@@ -21,7 +21,7 @@ def run_with_error_handling(call: Callable[[], object]) -> int:
     from tlq.config import SettingsError
     from tlq.db.engine import DatabaseUnavailable
     from tlq.db.filters import FilterError
-    from tlq.plugins.errors import BadInput
+    from tlq.errors import BadInput
 
     try:
         result = call()
@@ -46,7 +46,7 @@ def run_with_error_handling(call: Callable[[], object]) -> int:
         click.echo("Interrupted.", err=True)
         return 130
     except Exception as exc:
-        from tlq.workers.dispatch import BrokerUnavailable
+        from tlq.jobs.submit import BrokerUnavailable
 
         if isinstance(exc, BrokerUnavailable):
             click.echo(f"Error: {exc}", err=True)

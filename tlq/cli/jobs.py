@@ -24,7 +24,7 @@ STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 @pass_state
 def jobs(state: CliState, status, task, backbone, tag, group, limit, json_out) -> None:
     """List jobs, newest first."""
-    from tlq.workers.dispatch import live_queues, waiting_reason
+    from tlq.jobs.submit import live_queues, waiting_reason
 
     data = state.client.list(
         status=status, task=task, backbone=backbone, tags=parse_tags(tag), group=group, limit=limit

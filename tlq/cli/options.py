@@ -16,7 +16,7 @@ from pydantic_core import PydanticUndefined
 
 def parse_tags(tags: tuple[str, ...]) -> dict[str, str]:
     """``--tag KEY=VALUE`` options (on submit, or as a filter) as a dict; a malformed one is a BadInput."""
-    from tlq.plugins.errors import BadInput
+    from tlq.errors import BadInput
 
     parsed = {}
     for tag in tags:

@@ -21,7 +21,7 @@ def print_csv(header: list[str], rows: list[list[Any]]) -> None:
     import csv
     import sys
 
-    from tlq.plugins.reports import csv_cell
+    from tlq.ml.reports import csv_cell
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow([csv_cell(v) for v in header])
@@ -47,7 +47,7 @@ def console():
 
 def job_dict(state: CliState, job_id: int) -> dict[str, Any]:
     """A job's JSON form, with ``waiting`` saying why it has not started when no worker takes its queue."""
-    from tlq.workers.dispatch import live_queues, waiting_reason
+    from tlq.jobs.submit import live_queues, waiting_reason
 
     data = state.client.get(job_id)
     data["waiting"] = waiting_reason(data["queue"], data["status"], live_queues(state.env))

@@ -32,7 +32,7 @@ def _number(value: Any) -> str:
 def _job_ids(state: CliState, ids: tuple[int, ...], group: int | None, command: str) -> tuple[list[int], int | None]:
     """The jobs a compare or plot is about: ``--group``, or the IDs; a lone ID that names a group is that group."""
     from tlq.db import results
-    from tlq.plugins.errors import BadInput
+    from tlq.errors import BadInput
 
     if group is not None and ids:
         raise BadInput(f"give either --group or job ids to `tlq {command}`, not both")
@@ -59,7 +59,7 @@ def _job_ids(state: CliState, ids: tuple[int, ...], group: int | None, command: 
 def results(state: CliState, where, order_by, tag, limit, json_out, csv_out) -> None:
     from tlq.cli.options import parse_tags
     from tlq.db.results import PRIMARY_METRICS
-    from tlq.workers.dispatch import live_queues, waiting_reason
+    from tlq.jobs.submit import live_queues, waiting_reason
 
     data, used = state.client.search(where, order_by, parse_tags(tag), limit)
     consumed = live_queues(state.env) if any(job["status"] == "queued" for job in data) else set()
@@ -246,8 +246,8 @@ def plot(state: CliState, ids, group, metric, output, json_out) -> None:
       tlq plot --group 3 --metric val_loss
     """
     from tlq.db import results as result_queries
-    from tlq.plots import Curve, curve_label, plot_curves
-    from tlq.plugins.errors import BadInput
+    from tlq.errors import BadInput
+    from tlq.ml.plots import Curve, curve_label, plot_curves
 
     job_ids, group = _job_ids(state, ids, group, "plot")
     metric = metric or state.client.default_metric(job_ids)

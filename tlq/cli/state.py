@@ -21,7 +21,7 @@ class CliState:
 
     @cached_property
     def env(self):
-        from tlq.plugins.base import Environment
+        from tlq.env import Environment
 
         return Environment(self.settings)
 

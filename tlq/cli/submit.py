@@ -72,8 +72,8 @@ def _common_options(mode: str) -> list[click.Option]:
 
 def build_spec(task: str, options: dict, field_names: set[str]):
     """A JobSpec from the parsed options of a task command; a bad common value raises BadInput."""
-    from tlq.plugins.errors import BadInput
-    from tlq.plugins.spec import JobSpec, describe_validation_error
+    from tlq.errors import BadInput
+    from tlq.jobs.spec import JobSpec, describe_validation_error
 
     params = {k: v for k, v in options.items() if k in field_names and v is not None}
     try:
@@ -117,7 +117,7 @@ class TaskCommands(click.Group):
         return self._registry(ctx).names()
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        from tlq.plugins.errors import BadInput
+        from tlq.errors import BadInput
 
         registry = self._registry(ctx)
         if name not in registry.names():
@@ -215,7 +215,7 @@ def _unique(values) -> list[str]:
 
 def _sweep(state: CliState, task: str, options: dict, separators: dict[str, str]) -> int:
     from tlq.cli.output import print_json
-    from tlq.plugins.errors import BadInput
+    from tlq.errors import BadInput
 
     grid, fixed = split_sweep_options(options, separators)
     fixed["tags"] = parse_tags(options.get("tag", ()))

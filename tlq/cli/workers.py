@@ -12,7 +12,7 @@ from tlq.cli.state import CliState, pass_state
 
 def parse_queues(text: str | None, has_gpu: bool) -> list[str]:
     """The queues a worker consumes: as given, else cpu plus gpu on a GPU host. A CPU host refuses gpu."""
-    from tlq.plugins.errors import BadInput
+    from tlq.errors import BadInput
     from tlq.workers.app import QUEUES
 
     if text is None:
@@ -68,8 +68,8 @@ def worker(state: CliState, queues, concurrency, name, loglevel, pool, events) -
 
 def memory_per_job(gpu: bool, concurrency: int) -> int | None:
     """What each job of this worker may use: its GPU's memory, else this machine's memory over the jobs at once."""
+    from tlq.jobs.submit import machine_memory
     from tlq.workers.devices import gpu_memory_bytes
-    from tlq.workers.dispatch import machine_memory
 
     if gpu:
         return gpu_memory_bytes()

@@ -4,9 +4,10 @@ Built-in plugins register through the very entry points third parties use, so ev
 plugin path.
 """
 
-from tlq.plugins.base import BackboneRef, LoadedBackbone, TaskParams, TaskPlugin
-from tlq.plugins.errors import BadInput
+from tlq.errors import BadInput
+from tlq.plugins.backbone import BackboneRef, LoadedBackbone
 from tlq.plugins.registry import Registry, backbone_providers, task_registry
+from tlq.plugins.task import TaskParams, TaskPlugin
 
 __all__ = [
     "BackboneRef",

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
-from tlq.plugins.errors import BadInput
+from tlq.errors import BadInput
 
 RecordArtifact = Callable[[str, str, int, str], None]
 

@@ -9,14 +9,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.orm import Session
 
 from tlq.db import queries
+from tlq.errors import BadInput, JobCancelled, JobTimedOut
 from tlq.plugins.artifacts import ArtifactStore
-from tlq.plugins.base import BackboneRef, Environment, LoadedBackbone
-from tlq.plugins.errors import BadInput, JobCancelled, JobTimedOut
+from tlq.plugins.backbone import BackboneRef, LoadedBackbone
+
+if TYPE_CHECKING:
+    from tlq.env import Environment
 
 ProgressCallback = Callable[[float | None, float | None, str | None, dict[str, float]], None]
 
@@ -103,6 +106,7 @@ class JobContext:
         model_cache=None,
         started: float | None = None,
         origin: JobOrigin | None = None,
+        feature_cache=None,
     ) -> None:
         self.job_id = job_id
         self.backbone = backbone
@@ -125,6 +129,7 @@ class JobContext:
         self._started = time.monotonic() if started is None else started
         self._last_metrics: dict[str, float] = {}
         self._model_cache = model_cache
+        self._feature_cache = feature_cache
         self._first_batch_marked = False
 
     # --- the backbone ---------------------------------------------------------------------------------------
@@ -133,7 +138,7 @@ class JobContext:
         """Builds the job's backbone; ``num_classes=0`` gives pooled features, None keeps a trained head."""
         if self.backbone is None:
             raise BadInput("this task needs a backbone; pass --backbone NAME")
-        from tlq.plugins.backbones import provider_for
+        from tlq.plugins.backbone import provider_for
 
         provider = provider_for(self.backbone.name, self.env.backbones)
         if self._model_cache is None:
@@ -144,11 +149,10 @@ class JobContext:
 
     @property
     def feature_cache(self):
-        """The on-disk feature cache of this host (``TLQ_HOME/cache``), or None when disabled."""
-        from tlq.plugins.feature_cache import FeatureCache
-
-        cache = FeatureCache.for_home(self.env.settings.home)
-        return cache if cache.enabled else None
+        """The on-disk feature cache of this host (``TLQ_HOME/cache``) the worker handed this job, or None when
+        it is disabled."""
+        cache = self._feature_cache
+        return cache if cache is not None and cache.enabled else None
 
     def mark_first_batch(self) -> None:
         """Records, once, how long the job took from its start until its first batch reached the model."""

@@ -7,10 +7,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 
 Precision = Literal["auto", "fp32", "bf16"]
-Compile = Literal["auto", "on", "off"]  # --compile: torch.compile the forward (tlq.plugins.compiling)
+Compile = Literal["auto", "on", "off"]  # --compile: torch.compile the forward (tlq.ml.compiling)
 
 
 def _existing_dir(value: Path) -> Path:
@@ -56,3 +56,20 @@ DataSource = Annotated[Path, AfterValidator(_data_source)]
 ImageFile = Annotated[Path, AfterValidator(_existing_file)]
 Number = Annotated[float, BeforeValidator(parse_number)]
 BatchSize = Annotated[int, Field(ge=1, le=4096)]
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad option as its flag (``--batch-size: ...``)."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ()) if not isinstance(p, int)]
+        flag = "--" + loc[0].replace("_", "-") if loc else "value"
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden":
+            message = "is not an option of this task (see its --help)"
+        elif error.get("type") == "missing":
+            message = "is required"
+        elif "input" in error and not isinstance(error["input"], dict | list):
+            message = f"{message} (got {error['input']!r})"
+        parts.append(f"{flag}: {message}")
+    return "; ".join(parts)

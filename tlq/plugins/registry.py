@@ -11,7 +11,7 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
-from tlq.plugins.errors import BadInput
+from tlq.errors import BadInput
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_p
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
 from tlq.config import Settings, mask_secrets_in
-from tlq.plugins.base import Environment
+from tlq.env import Environment
 
 TASK_NAME = "tlq.run_job"
 QUEUES = ("cpu", "gpu")
@@ -75,7 +75,7 @@ class WorkerRuntime:
     """What a worker process holds: its settings, database and name. Built per app, never a module global."""
 
     def __init__(self, settings: Settings) -> None:
-        from tlq.plugins.model_cache import ModelCache
+        from tlq.workers.model_cache import ModelCache
 
         self.env = Environment(settings)
         self.worker_name = default_worker_name()

@@ -49,7 +49,7 @@ def gpu_memory_bytes() -> int | None:
 
 def choose_device(requested: str) -> str:
     """The torch device for a job: ``cuda`` when asked (or ``auto`` on a GPU host), else ``cpu``."""
-    from tlq.plugins.errors import BadInput
+    from tlq.errors import BadInput
 
     if requested == "cuda":
         if not cuda_available():

@@ -21,11 +21,13 @@ from pydantic import ValidationError
 
 from tlq.config import mask_secrets_in
 from tlq.db import Job, JobStatus, claims, queries
-from tlq.plugins.base import BackboneRef, Environment
+from tlq.env import Environment
+from tlq.errors import BadInput, JobCancelled, JobTimedOut
+from tlq.ml.feature_cache import FeatureCache
+from tlq.plugins.backbone import BackboneRef
 from tlq.plugins.context import JobContext, JobLost, JobOrigin, ProgressCallback
-from tlq.plugins.errors import BadInput, JobCancelled, JobTimedOut
+from tlq.plugins.params import describe_validation_error
 from tlq.plugins.registry import Registry
-from tlq.plugins.spec import describe_validation_error
 from tlq.workers.devices import choose_device, device_label
 from tlq.workers.keeper import LeaseKeeper, Timing, is_transient
 
@@ -158,6 +160,7 @@ def execute_job(
             model_cache=model_cache,
             started=claimed,
             origin=origin,
+            feature_cache=FeatureCache.for_home(env.settings.home),
         )
         if earlier_claims == 0:
             # A first claim never reads what it did not write: files left under this job id by a database that

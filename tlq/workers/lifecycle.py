@@ -30,8 +30,8 @@ from celery.signals import task_failure, worker_ready, worker_shutdown, worker_s
 
 from tlq.db import JobStatus, claims, queries
 from tlq.db.models import Job, WorkerRecord
-from tlq.plugins.base import Environment
-from tlq.plugins.errors import BadInput
+from tlq.env import Environment
+from tlq.errors import BadInput
 from tlq.workers.execute import heartbeat_interval
 from tlq.workers.keeper import is_transient
 from tlq.workers.sending import send_held, send_unsent

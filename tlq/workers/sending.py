@@ -15,7 +15,7 @@ from celery import Celery
 
 from tlq.db import claims
 from tlq.db.clock import database_time
-from tlq.plugins.base import Environment
+from tlq.env import Environment
 from tlq.workers.app import publish
 
 log = logging.getLogger("tlq.worker")

@@ -10,8 +10,8 @@ import json
 
 from pydantic import Field
 
+from tlq.ml.images import UnreadableImage, discover_files, load_rgb
 from tlq.plugins import BadInput, TaskParams, TaskPlugin
-from tlq.plugins.images import UnreadableImage, discover_files, load_rgb
 from tlq.plugins.params import DataDir
 
 

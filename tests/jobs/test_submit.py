@@ -1,0 +1,36 @@
+"""Routing and submission against a real SQLite database."""
+
+import pytest
+
+from tlq.config import Settings
+from tlq.db import queries
+from tlq.env import Environment
+from tlq.jobs.submit import route
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Environment(Settings.load(home=tmp_path, environ={}))
+
+
+def register(env, name, queues, device):
+    with env.db.session() as session:
+        holder = queries.register_worker(
+            session, name=name, instance=name, hostname="h", pid=1, queues=queues, device=device, concurrency=1
+        )
+    assert holder is None
+
+
+def test_explicit_devices_pick_their_queue(env):
+    assert route("cuda", env) == "gpu"
+    assert route("cpu", env) == "cpu"
+
+
+def test_auto_takes_gpu_only_while_a_gpu_worker_is_live(env):
+    register(env, "cpu-1", "cpu", "cpu (2 cores)")
+    assert route("auto", env) == "cpu"
+    register(env, "gpu-1", "gpu,cpu", "cuda (NVIDIA H200)")
+    assert route("auto", env) == "gpu"
+    with env.db.session() as session:
+        queries.touch_worker(session, "gpu-1", status="offline")
+    assert route("auto", env) == "cpu"

@@ -1,0 +1,76 @@
+"""The job spec: what a user asks for, validated in full before anything is queued."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tlq.env import Environment
+from tlq.errors import BadInput
+from tlq.plugins.backbone import BackboneRef, provider_for
+from tlq.plugins.params import describe_validation_error
+from tlq.plugins.registry import Registry
+from tlq.plugins.task import TaskParams, TaskPlugin
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class JobSpec(BaseModel):
+    """A job as submitted: the task, its backbone, its parameters and how to run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    backbone: str | None = None
+    weights: Path | None = None
+    pretrained: bool = True
+    device: Device = "auto"
+    priority: int = Field(0, ge=0, le=9)
+    name: str | None = Field(None, max_length=255)
+    max_attempts: int = Field(3, ge=1, le=20)
+    timeout: float | None = Field(None, gt=0, le=30 * 24 * 3600)
+    tags: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    parent_id: int | None = None
+    group_id: int | None = None
+
+    @property
+    def backbone_ref(self) -> BackboneRef | None:
+        if self.backbone is None:
+            return None
+        return BackboneRef(self.backbone, self.weights, self.pretrained)
+
+
+def validate_params(plugin: TaskPlugin, params: dict[str, Any]) -> TaskParams:
+    try:
+        return plugin.params.model_validate(params)
+    except ValidationError as exc:
+        raise BadInput(f"{plugin.name}: {describe_validation_error(exc)}") from exc
+
+
+def validate_spec(
+    spec: JobSpec,
+    env: Environment,
+    tasks: Registry | None = None,
+    providers: Registry | None = None,
+) -> tuple[TaskPlugin, TaskParams]:
+    """Checks everything that can be checked before queueing; raises BadInput naming the fix.
+
+    Returns:
+        The task plugin and the validated parameters.
+    """
+    tasks = tasks or env.tasks
+    plugin: TaskPlugin = tasks.get(spec.task)
+    params = validate_params(plugin, spec.params)
+    if plugin.needs_backbone and not spec.backbone:
+        raise BadInput(f"{plugin.name} needs a backbone; pass --backbone NAME (`tlq backbones` lists them)")
+    if spec.weights is not None and not spec.backbone:
+        raise BadInput("--weights needs --backbone ARCH naming the architecture the weights belong to")
+    if spec.backbone:
+        provider = provider_for(spec.backbone, providers or env.backbones)
+        provider.check(spec.backbone_ref, env)
+    if plugin.check is not None:
+        plugin.check(params, env, spec.backbone_ref)
+    return plugin, params

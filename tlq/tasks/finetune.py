@@ -1,0 +1,550 @@
+"""finetune: adapt a backbone to labelled images with the lesson's strategies, resumably.
+
+Strategies: ``linear-probe`` (features once, then a linear head), ``freeze`` (frozen backbone and batch-norm
+statistics, head trained on augmented images), ``freeze-unfreeze`` (head first, then everything with the
+backbone at a lower learning rate) and ``full``. A checkpoint after every epoch lets a job whose worker died
+resume under the same id; its model (safetensors + model card) becomes ``--backbone job:ID`` for later jobs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tlq.env import Environment
+from tlq.errors import BadInput
+from tlq.ml.labelled import check_trainable, compile_pattern, load_labelled
+from tlq.plugins.params import BatchSize, DataSource, Number, Precision
+from tlq.plugins.task import TaskParams, TaskPlugin
+
+Strategy = Literal["linear-probe", "freeze", "freeze-unfreeze", "full"]
+CHECKPOINT = "checkpoint.pt"
+EPOCH_METRICS = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_top5",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+    "data_wait_share",
+)
+
+
+class FinetuneParams(TaskParams):
+    data: DataSource = Field(
+        description="Training images: class subfolders, a CSV manifest (path,label), or a flat folder with "
+        "--label-pattern."
+    )
+    val_data: DataSource | None = Field(None, description="Validation images (same layouts); else --val-split.")
+    val_split: Number = Field(0.2, gt=0, lt=1, description="Stratified, seeded share of --data for validation.")
+    label_pattern: str | None = Field(
+        None, description="Regex on file names whose first group is the label, e.g. '^(.+)_\\d+\\.jpg$'."
+    )
+    strategy: Strategy = Field(
+        "freeze-unfreeze",
+        description="linear-probe: features once + linear head; freeze: "
+        "head only; freeze-unfreeze: head, then all; full: all from the start.",
+    )
+    epochs: int = Field(10, ge=1, le=100_000, description="Epochs in all.")
+    freeze_epochs: int = Field(3, ge=0, description="freeze-unfreeze: head-only epochs before unfreezing.")
+    lr: Number = Field(1e-3, gt=0, le=10, description="Learning rate of the head.")
+    backbone_lr_mult: Number | None = Field(
+        None, ge=0, le=100, description="Backbone lr = lr x this (default 0.1 for freeze-unfreeze, 1 for full)."
+    )
+    weight_decay: Number = Field(0.01, ge=0, le=10, description="Weight decay.")
+    batch_size: BatchSize = Field(32, description="Images per step.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    schedule: Literal["cosine", "onecycle", "constant"] = Field("cosine", description="Learning-rate schedule.")
+    label_smoothing: Number = Field(0.0, ge=0, lt=1, description="Label smoothing of the loss.")
+    augment: Literal["none", "light", "strong"] = Field(
+        "light", description="none; light: crops and flips; strong: RandAugment and erasing."
+    )
+    early_stop: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without a better val_acc; keep the best epoch."
+    )
+    precision: Precision = Field(
+        "auto", description="auto: the fastest of fp32, fp32 in channels_last memory and bf16, measured here."
+    )
+    seed: int = Field(0, ge=0, le=2**31, description="Seed of the split, initialization and data order.")
+    image_size: int | None = Field(None, ge=8, le=2048, description="Input size (default: the model's own).")
+    loader_workers: int | None = Field(None, ge=0, le=64, description="Image-decoding processes.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.strategy == "freeze-unfreeze" and self.freeze_epochs >= self.epochs:
+            raise ValueError(
+                f"freeze-unfreeze needs --freeze-epochs ({self.freeze_epochs}) below --epochs ({self.epochs})"
+            )
+        if self.label_pattern is not None:
+            try:
+                compile_pattern(self.label_pattern)
+            except BadInput as exc:
+                raise ValueError(str(exc)) from exc
+        return self
+
+    @property
+    def backbone_multiplier(self) -> float:
+        if self.backbone_lr_mult is not None:
+            return self.backbone_lr_mult
+        return 0.1 if self.strategy == "freeze-unfreeze" else 1.0
+
+
+def load_sets(params: FinetuneParams):
+    """Training and validation files with class indices; validation classes must be training classes."""
+    train = load_labelled(params.data, params.label_pattern)
+    if params.label_pattern and not train.files:
+        raise BadInput(
+            f"--label-pattern {params.label_pattern!r} matches none of the {len(train.unlabelled)} files under "
+            f"{params.data}; test it on a file name, e.g. '^(.+)_\\d+\\.jpg$' for Abyssinian_12.jpg"
+        )
+    check_trainable(train, params.data)
+    val = None
+    if params.val_data is not None:
+        val = load_labelled(params.val_data, params.label_pattern)
+        if not val.files:
+            raise BadInput(f"--val-data {params.val_data} holds no labelled images; use the same layout as --data")
+        unknown = sorted(set(val.classes) - set(train.classes))
+        if unknown:
+            raise BadInput(f"--val-data has classes not in --data ({', '.join(unknown[:5])}); they cannot be learned")
+    return train, val
+
+
+def check(params: FinetuneParams, env: Environment, backbone=None) -> None:
+    load_sets(params)
+
+
+def split_sets(params: FinetuneParams, train, val):
+    """(train files, train targets, val files, val targets, classes), the split stratified and seeded."""
+    from tlq.ml.labelled import stratified_split
+
+    classes = train.classes
+    index = {name: i for i, name in enumerate(classes)}
+    if val is None:
+        train_idx, val_idx = stratified_split(train.labels, params.val_split, params.seed)
+        val_files = [train.files[i] for i in val_idx]
+        train_files = [train.files[i] for i in train_idx]
+    else:
+        train_files, val_files = train.files, val.files
+    if not val_files:
+        raise BadInput("the validation set is empty; add images, raise --val-split, or pass --val-data")
+    return (
+        train_files,
+        [index[f.label] for f in train_files],
+        val_files,
+        [index[f.label] for f in val_files],
+        classes,
+    )
+
+
+def build_transforms(data_config: dict, augment: str):
+    """Evaluation and training transforms from the model's own data config (timm's create_transform)."""
+    import timm.data
+
+    eval_tf = timm.data.create_transform(**data_config, is_training=False)
+    if augment == "none":
+        return eval_tf, eval_tf
+    config = {k: v for k, v in data_config.items() if k in ("input_size", "interpolation", "mean", "std")}
+    if augment == "light":
+        train_tf = timm.data.create_transform(
+            **config, is_training=True, scale=(0.6, 1.0), hflip=0.5, color_jitter=None, auto_augment=None
+        )
+    else:
+        train_tf = timm.data.create_transform(
+            **config, is_training=True, scale=(0.3, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5", re_prob=0.25
+        )
+    return eval_tf, train_tf
+
+
+def run(ctx, params: FinetuneParams) -> None:
+
+    from tlq.ml.calibration import Workload, resolve_precision
+    from tlq.ml.features import pooled_features_of, scan_images
+    from tlq.ml.precision import prepare_model
+    from tlq.ml.training import load_checkpoint, rng_state, seed_everything, set_rng_state
+
+    train, val = load_sets(params)
+    train_files, train_y, val_files, val_y, classes = split_sets(params, train, val)
+    seed_everything(params.seed)
+    backbone = ctx.load_backbone(num_classes=len(classes))
+    model = backbone.model
+    if backbone.class_names is not None and list(backbone.class_names) != list(classes):
+        # A job:ID model with as many classes, but other ones: its head means nothing here.
+        model.reset_classifier(len(classes))
+    data_config = dict(backbone.data_config)
+    if params.image_size:
+        data_config["input_size"] = (3, params.image_size, params.image_size)
+    kind = "inference" if params.strategy == "linear-probe" else "training"
+    passes = 1 if kind == "inference" else params.epochs
+    images = passes * (len(train_files) + len(val_files))
+    shape = tuple(data_config["input_size"])
+    workload = Workload(kind, model, shape, params.batch_size, backbone.arch, images=images)
+    precision = resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home, ctx.log)
+    prepare_model(model, ctx.device, precision)
+    eval_tf, train_tf = build_transforms(data_config, params.augment)
+    ctx.log.info(
+        "finetune %s (%s): %d train / %d val images, %d classes, %s, %s on %s",
+        backbone.arch,
+        backbone.source,
+        len(train_files),
+        len(val_files),
+        len(classes),
+        params.strategy,
+        precision,
+        ctx.device,
+    )
+
+    unlabelled = [(rel, reason) for rel, reason in train.unlabelled]
+    if params.strategy == "linear-probe":
+        # The feature pass decodes every file once, so it doubles as the check for unreadable ones.
+        def features_of(files, stage):
+            return pooled_features_of(
+                ctx, backbone, files, eval_tf, precision, params.batch_size, params.loader_workers, stage
+            )
+
+        train_feats, val_feats = features_of(train_files, "features (train)"), features_of(val_files, "features (val)")
+        skipped = [(train_files[i].rel, r) for i, r in train_feats.skipped] + [
+            (val_files[i].rel, r) for i, r in val_feats.skipped
+        ]
+        record_data_metrics(ctx, len(train_feats.kept), len(val_feats.kept), classes, skipped + unlabelled)
+        ctx.metric("cached_images", train_feats.cached + val_feats.cached)
+        fit = _LinearProbe(ctx, params, model, train_feats, train_y, val_feats, val_y)
+    else:
+        every = train_files + val_files
+        readable, bad = scan_images(
+            every, params.loader_workers, on_batch=lambda done, total: ctx.progress(done, total, "checking images")
+        )
+        ok = set(readable)
+        keep_train = [i for i in range(len(train_files)) if i in ok]
+        keep_val = [i for i in range(len(val_files)) if i + len(train_files) in ok]
+        missing = sorted(set(classes) - {classes[train_y[i]] for i in keep_train})
+        if missing:
+            raise BadInput(f"class {missing[0]!r} has no readable training image; add images or remove the class")
+        train_files, train_y = [train_files[i] for i in keep_train], [train_y[i] for i in keep_train]
+        val_files, val_y = [val_files[i] for i in keep_val], [val_y[i] for i in keep_val]
+        record_data_metrics(
+            ctx, len(train_files), len(val_files), classes, [(every[i].rel, r) for i, r in bad] + unlabelled
+        )
+        fit = _ImageTraining(ctx, params, model, precision, train_files, train_y, val_files, val_y, eval_tf, train_tf)
+
+    checkpoint_path = ctx.artifacts.path(CHECKPOINT)
+    start_epoch = 1
+    state = None
+    if checkpoint_path.exists():
+        try:
+            state = load_checkpoint(checkpoint_path)
+        except Exception as exc:  # truncated, or not a checkpoint at all: never a reason to fail the job
+            ctx.log.warning("job %s: %s is unreadable (%s); training from epoch 1", ctx.job_id, CHECKPOINT, exc)
+            state = {}
+    if state is not None and not ctx.origin.wrote(state.get("origin")):
+        # Another job's checkpoint (a recreated database reuses job ids; two databases may share the artifacts
+        # directory), or this job's under other parameters: resuming from it would invent results.
+        ctx.log.warning("job %s: %s was not written by this job; training from epoch 1", ctx.job_id, CHECKPOINT)
+        ctx.artifacts.remove(CHECKPOINT)
+        state = None
+    if state is not None:
+        fit.restore(state)
+        set_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        ctx.log.info("resuming job %s after epoch %d", ctx.job_id, state["epoch"])
+        ctx.metric("resumed_from_epoch", state["epoch"])
+        ctx.forget_metrics_after(state["epoch"])
+
+    for epoch in range(start_epoch, params.epochs + 1):
+        result = fit.epoch(epoch)
+        ctx.metrics(result, step=epoch, epoch=epoch)
+        fit.save(epoch, rng_state())
+        if fit.should_stop():
+            ctx.log.info("early stop after epoch %d (best %d)", epoch, fit.best_epoch)
+            break
+
+    final = fit.finish()
+    write_reports(ctx, params, model, backbone, data_config, classes, final, fit)
+    ctx.artifacts.remove(CHECKPOINT)
+
+
+def record_data_metrics(ctx, n_train: int, n_val: int, classes, skipped) -> None:
+    from tlq.tasks.feature_extract import csv_text
+
+    ctx.metrics({"train_images": n_train, "val_images": n_val, "classes": len(classes), "skipped": len(skipped)})
+    if skipped:
+        ctx.artifacts.write_text("skipped", "skipped.csv", csv_text(["path", "reason"], skipped))
+    if n_train == 0 or n_val == 0:
+        raise BadInput("no readable images are left to train or validate on; see skipped.csv for why")
+
+
+class _Fit:
+    """What both ways of training share: best-epoch tracking, early stopping and checkpoints."""
+
+    def __init__(self, ctx, params: FinetuneParams, model) -> None:
+        self.ctx, self.params, self.model = ctx, params, model
+        self.best_acc, self.best_epoch, self.bad_epochs = -1.0, 0, 0
+        self.best_state = None
+        self.history: dict[str, list[tuple[int, float]]] = {}
+
+    def note(self, epoch: int, trained, checked, trained_state) -> dict[str, float]:
+        """The epoch's metrics from its training and validation passes; tracks the best epoch."""
+        metrics = {
+            "train_loss": trained.loss,
+            "train_acc": trained.acc,
+            "val_loss": checked.loss,
+            "val_acc": checked.acc,
+            "val_top5": checked.top5,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": trained.seconds + checked.seconds,
+            "images_per_second": trained.images_per_second,
+            "data_wait_share": trained.data_wait_share,
+        }
+        for name in ("train_acc", "val_acc", "train_loss", "val_loss"):
+            self.history.setdefault(name, []).append((epoch, metrics[name]))
+        if metrics["val_acc"] > self.best_acc:
+            self.best_acc, self.best_epoch, self.bad_epochs = metrics["val_acc"], epoch, 0
+            if self.params.early_stop:
+                self.best_state = {k: v.detach().clone() for k, v in trained_state().items()}
+        else:
+            self.bad_epochs += 1
+        return {k: v for k, v in metrics.items() if v is not None}
+
+    def should_stop(self) -> bool:
+        return bool(self.params.early_stop) and self.bad_epochs >= self.params.early_stop
+
+    def common_state(self, epoch: int, rng: dict) -> dict:
+        return {
+            "origin": self.ctx.origin.as_dict(),
+            "epoch": epoch,
+            "rng": rng,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "best_state": self.best_state,
+            "history": {k: [list(p) for p in v] for k, v in self.history.items()},
+        }
+
+    def restore_common(self, state: dict) -> None:
+        self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
+        self.bad_epochs, self.best_state = state["bad_epochs"], state["best_state"]
+        self.history = {k: [tuple(p) for p in v] for k, v in state["history"].items()}
+
+
+class _LinearProbe(_Fit):
+    """A linear head trained on features computed once."""
+
+    def __init__(self, ctx, params, model, train_feats, train_y, val_feats, val_y) -> None:
+        import torch
+
+        from tlq.ml.training import make_optimizer, make_scheduler
+
+        super().__init__(ctx, params, model)
+        self.head = model.get_classifier().float().cpu()
+        if not isinstance(self.head, torch.nn.Linear):
+            raise BadInput(f"linear-probe needs a linear classifier; {type(self.head).__name__} is not (use freeze)")
+        self.x_train = torch.from_numpy(train_feats.features)
+        self.y_train = torch.as_tensor([train_y[i] for i in train_feats.kept])
+        self.x_val = torch.from_numpy(val_feats.features)
+        self.y_val = torch.as_tensor([val_y[i] for i in val_feats.kept])
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+        self.plain_criterion = torch.nn.CrossEntropyLoss()
+        self.optimizer = make_optimizer(
+            [{"params": list(self.head.parameters()), "lr": params.lr}], params.optimizer, params.weight_decay
+        )
+        steps = -(-len(self.y_train) // params.batch_size) * params.epochs
+        self.scheduler = make_scheduler(self.optimizer, params.schedule, steps)
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        from tlq.ml.training import evaluate_head, train_head_epoch
+
+        trained = train_head_epoch(
+            self.head,
+            self.x_train,
+            self.y_train,
+            self.optimizer,
+            self.scheduler,
+            self.criterion,
+            self.params.batch_size,
+            self.params.seed * 1000 + epoch,
+        )
+        self.ctx.progress(epoch, self.params.epochs, f"epoch {epoch}/{self.params.epochs}")
+        checked = evaluate_head(self.head, self.x_val, self.y_val, self.plain_criterion)
+        return self.note(epoch, trained, checked, self.head.state_dict)
+
+    def save(self, epoch: int, rng: dict) -> None:
+        from tlq.ml.training import save_checkpoint
+
+        state = self.common_state(epoch, rng) | {
+            "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        save_checkpoint(self.ctx.artifacts, CHECKPOINT, state)
+
+    def restore(self, state: dict) -> None:
+        self.restore_common(state)
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def finish(self):
+        from tlq.ml.training import evaluate_head
+
+        if self.best_state is not None:
+            self.head.load_state_dict(self.best_state)
+        self.model.get_classifier().load_state_dict(self.head.state_dict())
+        return evaluate_head(self.head, self.x_val, self.y_val, self.plain_criterion)
+
+
+class _ImageTraining(_Fit):
+    """Training through the backbone on (augmented) images: freeze, freeze-unfreeze or full."""
+
+    def __init__(self, ctx, params, model, precision, train_files, train_y, val_files, val_y, eval_tf, train_tf):
+        import torch
+
+        super().__init__(ctx, params, model)
+        self.precision = precision
+        self.train_files, self.train_y, self.val_y = train_files, train_y, val_y
+        from tlq.ml.features import image_loader
+        from tlq.ml.training import training_loader
+
+        workers, device = params.loader_workers, ctx.device
+        self.train_loader = training_loader(train_files, train_tf, params.batch_size, params.seed, workers, device)
+        self.val_loader = image_loader(val_files, eval_tf, params.batch_size, workers, persistent=True, device=device)
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+        self.plain_criterion = torch.nn.CrossEntropyLoss()
+        self.phase = None
+        self.optimizer = self.scheduler = None
+
+    def phase_of(self, epoch: int) -> str:
+        if self.params.strategy == "full":
+            return "unfrozen"
+        if self.params.strategy == "freeze":
+            return "frozen"
+        return "frozen" if epoch <= self.params.freeze_epochs else "unfrozen"
+
+    def _enter_phase(self, epoch: int) -> None:
+        from tlq.ml.training import make_optimizer, make_scheduler, param_groups
+
+        phase = self.phase_of(epoch)
+        if phase == self.phase:
+            return
+        self.phase = phase
+        p = self.params
+        groups = param_groups(self.model, p.lr, p.backbone_multiplier, train_backbone=phase == "unfrozen")
+        self.optimizer = make_optimizer(groups, p.optimizer, p.weight_decay)
+        phase_epochs = sum(1 for e in range(1, p.epochs + 1) if self.phase_of(e) == phase)
+        steps_per_epoch = max(1, len(self.train_files) // p.batch_size + (len(self.train_files) % p.batch_size > 1))
+        self.scheduler = make_scheduler(self.optimizer, p.schedule, steps_per_epoch * phase_epochs)
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        from tlq.ml.training import evaluate, train_epoch
+
+        self._enter_phase(epoch)
+        p = self.params
+        stage = f"epoch {epoch}/{p.epochs}"
+        trained = train_epoch(
+            self.model,
+            self.train_loader,
+            self.train_y,
+            self.optimizer,
+            self.scheduler,
+            self.criterion,
+            self.ctx.device,
+            self.precision,
+            epoch,
+            train_backbone=self.phase == "unfrozen",
+            on_step=lambda i, n: self.ctx.progress(i, n, f"{stage} train"),
+        )
+        checked = evaluate(
+            self.model,
+            self.val_loader,
+            self.val_y,
+            self.plain_criterion,
+            self.ctx.device,
+            self.precision,
+            on_step=lambda i, n: self.ctx.progress(i, n, f"{stage} val"),
+        )
+        return self.note(epoch, trained, checked, self.model.state_dict)
+
+    def save(self, epoch: int, rng: dict) -> None:
+        from tlq.ml.training import save_checkpoint
+
+        state = self.common_state(epoch, rng) | {
+            "model": self.model.state_dict(),
+            "phase": self.phase,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        save_checkpoint(self.ctx.artifacts, CHECKPOINT, state)
+
+    def restore(self, state: dict) -> None:
+        self.restore_common(state)
+        self.model.load_state_dict(state["model"])
+        next_epoch = state["epoch"] + 1
+        if next_epoch <= self.params.epochs and self.phase_of(next_epoch) == state["phase"]:
+            self._enter_phase(next_epoch)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def finish(self):
+        from tlq.ml.training import evaluate
+
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return evaluate(self.model, self.val_loader, self.val_y, self.plain_criterion, self.ctx.device, self.precision)
+
+
+def write_reports(ctx, params, model, backbone, data_config, classes, final, fit) -> None:
+    """Model and card, confusion matrix (CSV, PNG), per-class accuracy, curves, and the final metrics."""
+    from tlq.ml.model_card import save_model
+    from tlq.ml.reports import confusion_csv, confusion_figure, confusion_matrix, curves_figure, per_class_csv
+
+    matrix = confusion_matrix(final.predictions, final.targets, len(classes))
+    ctx.artifacts.write_text("confusion_matrix", "confusion_matrix.csv", confusion_csv(matrix, classes))
+    ctx.artifacts.save_figure("confusion_matrix_png", "confusion_matrix.png", confusion_figure(matrix, classes))
+    ctx.artifacts.write_text("per_class_accuracy", "per_class_accuracy.csv", per_class_csv(matrix, classes))
+    title = f"job {ctx.job_id}: {backbone.arch}, {params.strategy}"
+    ctx.artifacts.save_figure("curves", "curves.png", curves_figure(fit.history, title))
+    summary = {"final_val_acc": final.acc, "best_val_acc": fit.best_acc, "best_epoch": fit.best_epoch}
+    ctx.metrics(summary)
+    metrics = {name: values[-1][1] for name, values in fit.history.items()} | summary
+    save_model(
+        ctx.artifacts,
+        model,
+        {
+            "job_id": ctx.job_id,
+            "arch": backbone.arch,
+            "backbone": ctx.backbone.name,
+            "weights_source": backbone.source,
+            "lineage": backbone.extra.get("lineage", [ctx.backbone.name]),
+            "num_classes": len(classes),
+            "classes": classes,
+            "data_config": data_config,
+            "strategy": params.strategy,
+            "params": params.model_dump(mode="json"),
+            "metrics": metrics,
+        },
+    )
+
+
+def memory(params: FinetuneParams, env: Environment, backbone=None):
+    """The job's memory: training keeps every activation of the batch; a linear probe only runs inference."""
+    from tlq.ml.memory import backbone_profile, inference_need, training_need
+
+    found = backbone_profile(env, backbone, params.image_size)
+    if found is None:
+        return None
+    model, size = found
+    loaders = params.loader_workers or 0
+    if params.strategy == "linear-probe":
+        return inference_need(model, params.batch_size, size, params.precision, loaders)
+    return training_need(model, params.batch_size, size, params.precision, loaders, params.strategy != "freeze")
+
+
+task = TaskPlugin(
+    name="finetune",
+    summary="Fine-tune a backbone on labelled images (linear-probe, freeze, freeze-unfreeze or full), resumably.",
+    params=FinetuneParams,
+    run=run,
+    check=check,
+    memory=memory,
+)
