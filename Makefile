@@ -31,8 +31,9 @@ test: $(STAMP) services
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not serial" --durations=15
 	$(PY) -m pytest -q -ra -m serial
 
+# No services (Redis, PostgreSQL) needed: tests that use them are marked `services` by tests/conftest.py.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -m "not integration"
+	TLQ_TESTS_WITHOUT_SERVICES=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra -n 2 -m "not integration and not services"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tlq tests examples bench mutation

@@ -34,9 +34,32 @@ def _reachable(port: int) -> bool:
         return False
 
 
+TESTS = Path(__file__).resolve().parent
+SERVICE_FIXTURES = {"services", "pg_url", "redis_url"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Marks tests by where they are and what they use: everything under tests/integration is ``integration``,
+    and a test that needs Redis or PostgreSQL (a service fixture, or a database fixture run on ``postgresql``)
+    is ``services``. `make test-fast` runs neither."""
+    for item in items:
+        top = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if top == "integration":
+            item.add_marker(pytest.mark.integration)
+        if top == "integration" or SERVICE_FIXTURES & set(item.fixturenames) or "postgresql" in params.values():
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture(scope="session")
 def services() -> None:
-    """Redis and PostgreSQL must be up: a missing service fails the suite, never skips it (`make services`)."""
+    """Redis and PostgreSQL must be up: a missing service fails the suite, never skips it (`make services`).
+
+    Under `make test-fast` (``TLQ_TESTS_WITHOUT_SERVICES=1``) reaching for them fails at once: such a test lacks
+    its ``services`` mark.
+    """
+    if os.environ.get("TLQ_TESTS_WITHOUT_SERVICES"):
+        pytest.fail("this test needs Redis or PostgreSQL but is not marked `services` (tests/conftest.py marks it)")
     missing = [name for name, port in (("Redis", 6379), ("PostgreSQL", 5432)) if not _reachable(port)]
     if missing:
         pytest.fail(f"{' and '.join(missing)} not reachable on 127.0.0.1; run `make services` (make test does)")
