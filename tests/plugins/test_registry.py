@@ -41,3 +41,33 @@ def test_every_task_has_a_strict_parameter_model():
         plugin = registry.get(name)
         assert plugin.params.model_config.get("extra") == "forbid", name
         assert plugin.summary, name
+
+
+def _task(name: str, **fields) -> TaskPlugin:
+    from pydantic import create_model
+
+    from tlq.plugins import TaskParams
+
+    params = create_model("Params", __base__=TaskParams, **{k: (int, 0) for k in fields})
+    return TaskPlugin(name=name, summary="a test task", params=params, run=lambda ctx, p: None)
+
+
+@pytest.mark.parametrize(
+    ("entry_name", "plugin", "message"),
+    [
+        ("pixel-count", _task("pixel-stats"), "named 'pixel-count' but its TaskPlugin is named 'pixel-stats'"),
+        ("sizes", _task("sizes", device=1, timeout=1, scale=1), "its parameters device, timeout take names"),
+        ("odd", object(), "loads a object, not a tlq.plugins.TaskPlugin"),
+    ],
+)
+def test_a_task_that_would_be_misread_is_refused_when_it_loads(entry_name, plugin, message):
+    registry = task_registry()
+    registry.register(entry_name, lambda: plugin)
+    with pytest.raises(BadInput, match="cannot be used") as err:
+        registry.get(entry_name)
+    assert message in str(err.value) and f"the task '{entry_name}'" in str(err.value)
+
+
+def test_every_installed_task_passes_the_load_checks():
+    registry = task_registry()
+    assert all(registry.get(name).name == name for name in registry.names())

@@ -26,12 +26,15 @@ class Registry(Generic[T]):
         group: The entry-point group, such as ``tlq.tasks``.
         kind: What a plugin is called in messages ("task", "backbone provider").
         hint: The command that lists the plugins, named in errors.
+        check: ``check(name, plugin)`` raises ValueError for a plugin that must not be used (a task whose
+            name differs from its entry point's, say); the message reaches the user as BadInput.
     """
 
-    def __init__(self, group: str, kind: str, hint: str) -> None:
+    def __init__(self, group: str, kind: str, hint: str, check: Callable[[str, T], None] | None = None) -> None:
         self.group = group
         self.kind = kind
         self.hint = hint
+        self.check = check
         self._entry_points: dict[str, EntryPoint] | None = None
         self._loaded: dict[str, T] = {}
         self._extra: dict[str, Callable[[], T]] = {}
@@ -67,6 +70,11 @@ class Registry(Generic[T]):
                 ) from exc
         else:
             raise BadInput(unknown_name_message(self.kind, name, self.names(), self.hint))
+        if self.check is not None:
+            try:
+                self.check(name, plugin)
+            except ValueError as exc:
+                raise BadInput(f"the {self.kind} '{name}' cannot be used: {exc}") from exc
         self._loaded[name] = plugin
         return plugin
 
@@ -80,7 +88,9 @@ def unknown_name_message(kind: str, name: str, known: list[str], hint: str) -> s
 
 def task_registry() -> Registry:
     """A fresh registry of the installed tasks."""
-    return Registry(TASKS_GROUP, "task", "tlq tasks")
+    from tlq.plugins.task import check_task
+
+    return Registry(TASKS_GROUP, "task", "tlq tasks", check=check_task)
 
 
 def backbone_providers() -> Registry:

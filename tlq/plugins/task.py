@@ -15,6 +15,36 @@ if TYPE_CHECKING:
     from tlq.plugins.context import JobContext
 
 
+# Names a task's parameters cannot take: the submit options every task shares (and the CLI's own flags). A
+# parameter of one of these names would be shadowed by the shared option and silently dropped, so a task that
+# declares one is refused when it is loaded.
+RESERVED_PARAMS = frozenset(
+    {
+        "task", "backbone", "weights", "pretrained", "device", "priority", "name", "max_attempts", "timeout",
+        "tags", "tag", "params", "parent_id", "group_id", "wait", "json", "json_out", "max_jobs", "metric",
+    }
+)  # fmt: skip
+
+
+def check_task(entry_name: str, plugin: object) -> None:
+    """Refuses a task whose entry point loads something that is not a ``TaskPlugin``, whose ``name`` differs
+    from its entry point's name, or whose parameters take a reserved name (``RESERVED_PARAMS``).
+
+    Raises:
+        ValueError: What is wrong and how the task's author fixes it.
+    """
+    if not isinstance(plugin, TaskPlugin):
+        raise ValueError(f"its entry point loads a {type(plugin).__name__}, not a tlq.plugins.TaskPlugin")
+    if plugin.name != entry_name:
+        raise ValueError(
+            f"its entry point is named {entry_name!r} but its TaskPlugin is named {plugin.name!r}; "
+            "give both the same name"
+        )
+    clashes = sorted(RESERVED_PARAMS & set(plugin.params.model_fields))
+    if clashes:
+        raise ValueError(f"its parameters {', '.join(clashes)} take names of options every task shares; rename them")
+
+
 class TaskParams(BaseModel):
     """Base of every task's parameter model: unknown keys are errors, and values are re-checked on assignment."""
 
