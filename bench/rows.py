@@ -43,8 +43,8 @@ def tlq_env(home: Path, device: str):
     from tlq.env import Environment
 
     shutil.rmtree(home, ignore_errors=True)
-    os.environ["TLQ_FEATURE_CACHE_MB"] = "0"
-    return Environment(Settings.load(home=home, environ={}))
+    os.environ["TLQ_FEATURE_CACHE_MB"] = "0"  # and in the processes the bench starts after this
+    return Environment(Settings.load(home=home, environ={"TLQ_FEATURE_CACHE_MB": "0"}))
 
 
 def run_job(env, task: str, backbone: str | None, device: str, **params) -> dict:

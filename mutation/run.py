@@ -37,8 +37,10 @@ LOG = REPO / "mutants" / "mutmut.log"
 SCOPE = [
     # job state changes and recovery
     "tlq.db.claims.*",
-    "tlq.workers.lifecycle.xǁDatabaseHealthǁ*",
-    "tlq.workers.lifecycle.x_overdue_reason*",
+    "tlq.db.scans.*",
+    "tlq.db.sends.*",
+    "tlq.workers.recovery.xǁDatabaseHealthǁ*",
+    "tlq.workers.recovery.x_overdue_reason*",
     # the feature cache key: what a weights file's version and digest are, and how the key is made
     "tlq.ml.feature_cache.x_file_digest*",
     "tlq.ml.feature_cache.x_file_version*",
@@ -53,6 +55,7 @@ SCOPE = [
     "tlq.ml.training.*",
     # the filter compiler (`tlq results --where/--order-by`)
     "tlq.db.filters.*",
+    "tlq.db.filter_parser.*",
     # the artifact store: writing inside a job's folder, and copying out (`tlq artifacts --copy-to`)
     "tlq.plugins.artifacts.*",
     "tlq.client.xǁClientǁcopy_artifacts*",

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import tree
-from tlq.client import Client, _NewFiles
+from tlq.client import Client
+from tlq.client.copying import _NewFiles
 from tlq.config import Settings
 from tlq.db import queries
 from tlq.errors import BadInput

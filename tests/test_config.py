@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def test_tlq_config_never_shows_a_password(tmp_path):
         assert piece not in result.output, piece
 
 
-@pytest.mark.parametrize("password", ["Xk3@9fQz/7Lm", "hun:ter#2z9@xq7"])
+@pytest.mark.parametrize("password", ["Xk3@9fQz/7Lm", "hnq:tzr#2z9@xq7"])
 def test_a_password_with_a_raw_at_or_slash_reaches_the_server_whole(tmp_path, pg_url, password):
     """SQLAlchemy ends a password at its first "@" and kombu at its first "/": they connected to a host named
     after the rest of it, and the error quoted that piece ("failed to resolve host '9fQz'")."""
@@ -161,3 +162,108 @@ def test_a_bad_timing_is_one_line_and_exit_2(tmp_path):
     assert result.output.strip() == (
         "Error: TLQ_DB_OUTAGE_S='soon' is not a number of seconds above 0; set it to, say, 120"
     )
+
+
+# (variable, Settings attribute, a good value and what it reads as, bad values, the start of the message)
+WORKER_SETTINGS = [
+    (
+        "TLQ_VISIBILITY_TIMEOUT",
+        "visibility_timeout_s",
+        ("2", 2.0),
+        ("abc", "0", "-3", "nan", "inf"),
+        "is not a number of seconds above 0; set it to, say, 3600",
+    ),
+    (
+        "TLQ_MODEL_CACHE",
+        "model_cache",
+        ("5", 5),
+        ("abc", "-1", "2.5", "nan"),
+        r"is not a whole number of models, 0 or more; set it to, say, 2 \(0 keeps none\)",
+    ),
+    (
+        "TLQ_FEATURE_CACHE_MB",
+        "feature_cache_mb",
+        ("0.5", 0.5),
+        ("abc", "-1", "nan", "inf"),
+        r"is not a number of megabytes, 0 or more; set it to, say, 2048 \(0 turns the cache off\)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("variable", "name", "good", "bad", "message"), WORKER_SETTINGS, ids=lambda v: str(v))
+def test_worker_settings_come_from_the_environment_and_bad_ones_name_the_fix(variable, name, good, bad, message):
+    from tlq.config import SettingsError
+
+    settings = Settings.load(environ={variable: good[0]})
+    assert getattr(settings, name) == good[1]
+    assert settings.sources[name] == variable
+    assert Settings.load(environ=settings.as_env()) == settings  # a child process gets the same value
+    for value in bad:
+        with pytest.raises(SettingsError, match=rf"^{variable}='{value}' {message}$"):
+            Settings.load(environ={variable: value})
+
+
+def test_worker_settings_keep_their_defaults(tmp_path):
+    settings = Settings.load(home=tmp_path, environ={"TLQ_MODEL_CACHE": " ", "TLQ_FEATURE_CACHE_MB": ""})
+    assert (settings.visibility_timeout_s, settings.model_cache, settings.feature_cache_mb) == (None, 2, 2048.0)
+    child = settings.as_env()
+    assert child["TLQ_VISIBILITY_TIMEOUT"] == ""  # unset in the child too, whatever the parent's environment says
+    assert (child["TLQ_MODEL_CACHE"], child["TLQ_FEATURE_CACHE_MB"]) == ("2", "2048")
+    assert Settings.load(environ=child) == settings
+    assert Settings.load(environ={"TLQ_MODEL_CACHE": "0", "TLQ_FEATURE_CACHE_MB": "0"}).feature_cache_mb == 0
+
+
+def test_tlq_config_shows_the_worker_settings_and_their_sources(tmp_path):
+    from click.testing import CliRunner
+
+    from tlq.cli.main import cli
+
+    env = {"TLQ_HOME": str(tmp_path), "TLQ_VISIBILITY_TIMEOUT": "", "TLQ_MODEL_CACHE": "", "TLQ_FEATURE_CACHE_MB": ""}
+    defaults = json.loads(CliRunner().invoke(cli, ["config", "--json"], env=env).stdout)
+    assert defaults["visibility_timeout_s"] == {"value": "unset (Redis's 1 h)", "source": "default"}
+    assert defaults["model_cache"] == {"value": "2", "source": "default"}
+    assert defaults["feature_cache_mb"] == {"value": "2048", "source": "default"}
+    assert defaults["stale_after_s"] == {"value": "60", "source": "default"}
+    env |= {"TLQ_VISIBILITY_TIMEOUT": "2.5", "TLQ_MODEL_CACHE": "0", "TLQ_FEATURE_CACHE_MB": "512"}
+    env |= {"TLQ_STALE_AFTER": "30", "TLQ_STALL_AFTER": "120.5"}
+    result = CliRunner().invoke(cli, ["config", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.stdout)
+    assert described["visibility_timeout_s"] == {"value": "2.5", "source": "TLQ_VISIBILITY_TIMEOUT"}
+    assert described["model_cache"] == {"value": "0", "source": "TLQ_MODEL_CACHE"}
+    assert described["feature_cache_mb"] == {"value": "512", "source": "TLQ_FEATURE_CACHE_MB"}
+    assert described["stale_after_s"] == {"value": "30", "source": "TLQ_STALE_AFTER"}
+    assert described["stall_after_s"] == {"value": "120.5", "source": "TLQ_STALL_AFTER"}
+    assert described["db_outage_s"]["source"] == "default"
+    text = CliRunner().invoke(cli, ["config"], env=env).output
+    assert "feature_cache_mb     512  (TLQ_FEATURE_CACHE_MB)" in text.splitlines()
+
+
+@pytest.mark.parametrize("variable", ["TLQ_VISIBILITY_TIMEOUT", "TLQ_MODEL_CACHE", "TLQ_FEATURE_CACHE_MB"])
+def test_a_bad_worker_setting_is_one_line_and_exit_2(tmp_path, variable):
+    from click.testing import CliRunner
+
+    from tlq.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["config"], env={"TLQ_HOME": str(tmp_path), variable: "abc"})
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"Error: {variable}='abc' is not a ")
+
+
+def test_the_worker_takes_the_broker_and_cache_settings(tmp_path):
+    from tlq.workers.app import create_app, transport_options
+
+    redis = "redis://127.0.0.1:6379/0"
+    assert "visibility_timeout" not in transport_options(redis, None)
+    options = transport_options(redis, 2.0)
+    assert options["visibility_timeout"] == 2.0
+    assert (options["unacked_restore_interval"], options["unacked_restore_throttle"]) == (1, 1)
+    assert transport_options("sqla+sqlite:////x/broker.sqlite", 2.0) == {"connect_args": {"timeout": 30}}
+    settings = Settings.load(
+        home=tmp_path, broker_url=redis, environ={"TLQ_VISIBILITY_TIMEOUT": "30", "TLQ_MODEL_CACHE": "5"}
+    )
+    app = create_app(settings)
+    assert app.conf.broker_transport_options["visibility_timeout"] == 30.0
+    assert app.conf.broker_transport_options["unacked_restore_interval"] == 10
+    assert app.tlq_runtime.model_cache.capacity == 5

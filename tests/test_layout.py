@@ -53,3 +53,26 @@ def test_the_circle_finder_finds_a_circle():
             return {"a": {"b"}, "b": {"c"}, "c": {"a"}}[module]
 
     assert find_circle(Graph()) == ["a", "b", "c", "a"]
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_the_line_limit():
+    package = ROOT / "tlq"
+    migrations = package / "db" / "migrations"
+    sizes = {
+        path.relative_to(ROOT).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+        for path in sorted(package.rglob("*.py"))
+        if migrations not in path.parents
+    }
+    assert sizes, "no modules found under tlq/"
+    over = [f"{name} ({lines} lines)" for name, lines in sizes.items() if lines > MAX_MODULE_LINES]
+    assert not over, f"modules over {MAX_MODULE_LINES} lines; split them: " + ", ".join(over)
+
+
+def test_the_plugin_api_imports_without_torch():
+    modules = "task, backbone, context, params, artifacts, registry"
+    code = f"import sys; from tlq.plugins import {modules}; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

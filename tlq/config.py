@@ -18,6 +18,13 @@ ENV_HOME = "TLQ_HOME"
 ENV_DATABASE_URL = "TLQ_DATABASE_URL"
 ENV_BROKER_URL = "TLQ_BROKER_URL"
 ENV_ARTIFACTS_DIR = "TLQ_ARTIFACTS_DIR"
+ENV_VISIBILITY_TIMEOUT = "TLQ_VISIBILITY_TIMEOUT"
+ENV_MODEL_CACHE = "TLQ_MODEL_CACHE"
+ENV_FEATURE_CACHE_MB = "TLQ_FEATURE_CACHE_MB"
+
+DEFAULT_MODEL_CACHE = 2  # built models a worker process keeps
+DEFAULT_FEATURE_CACHE_MB = 2048.0  # size bound of the on-disk feature cache
+VISIBILITY_TIMEOUT_EXAMPLE = 3600.0  # Redis's own default, used when TLQ_VISIBILITY_TIMEOUT is not set
 
 # Reliability timings: (environment variable, default seconds, what it means).
 TIMINGS = {
@@ -147,6 +154,9 @@ class Settings:
         stale_after_s: A running job whose heartbeat is this old (``TLQ_STALE_AFTER``) is recovered.
         db_outage_s: How long a running job rides out an unreachable database (``TLQ_DB_OUTAGE_S``).
         stall_after_s: A running job whose task made no step for this long is ended (``TLQ_STALL_AFTER``).
+        visibility_timeout_s: Redis's visibility timeout (``TLQ_VISIBILITY_TIMEOUT``); None keeps Redis's 1 h.
+        model_cache: Built models a worker process keeps (``TLQ_MODEL_CACHE``); 0 keeps none.
+        feature_cache_mb: Size bound of the feature cache in MB (``TLQ_FEATURE_CACHE_MB``); 0 turns it off.
     """
 
     home: Path
@@ -157,6 +167,9 @@ class Settings:
     stale_after_s: float = TIMINGS["stale_after_s"][1]
     db_outage_s: float = TIMINGS["db_outage_s"][1]
     stall_after_s: float = TIMINGS["stall_after_s"][1]
+    visibility_timeout_s: float | None = None
+    model_cache: int = DEFAULT_MODEL_CACHE
+    feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB
 
     @classmethod
     def load(
@@ -185,6 +198,14 @@ class Settings:
         db = pick("database_url", database_url, ENV_DATABASE_URL, f"sqlite:///{home_path / 'tlq.sqlite'}")
         broker = pick("broker_url", broker_url, ENV_BROKER_URL, f"sqla+sqlite:///{home_path / 'broker.sqlite'}")
         artifacts = Path(pick("artifacts_dir", artifacts_dir, ENV_ARTIFACTS_DIR, home_path / "artifacts"))
+        for name, variable in (
+            *((name, variable) for name, (variable, _, _) in TIMINGS.items()),
+            ("visibility_timeout_s", ENV_VISIBILITY_TIMEOUT),
+            ("model_cache", ENV_MODEL_CACHE),
+            ("feature_cache_mb", ENV_FEATURE_CACHE_MB),
+        ):
+            if env.get(variable, "").strip():
+                sources[name] = variable
         return cls(
             home=home_path,
             database_url=normalize_database_url(str(db)),
@@ -192,6 +213,9 @@ class Settings:
             artifacts_dir=artifacts.expanduser().resolve(),
             sources=sources,
             **{name: _seconds(env, variable, default) for name, (variable, default, _) in TIMINGS.items()},
+            visibility_timeout_s=_seconds(env, ENV_VISIBILITY_TIMEOUT, None, example=VISIBILITY_TIMEOUT_EXAMPLE),
+            model_cache=_count(env, ENV_MODEL_CACHE, DEFAULT_MODEL_CACHE, "models", "0 keeps none"),
+            feature_cache_mb=_megabytes(env, ENV_FEATURE_CACHE_MB, DEFAULT_FEATURE_CACHE_MB),
         )
 
     def as_env(self) -> dict[str, str]:
@@ -202,6 +226,10 @@ class Settings:
             ENV_BROKER_URL: self.broker_url,
             ENV_ARTIFACTS_DIR: str(self.artifacts_dir),
             **{variable: f"{getattr(self, name):g}" for name, (variable, _, _) in TIMINGS.items()},
+            # Empty means unset: Redis's own timeout, even where the parent's environment sets one.
+            ENV_VISIBILITY_TIMEOUT: "" if self.visibility_timeout_s is None else _number(self.visibility_timeout_s),
+            ENV_MODEL_CACHE: str(self.model_cache),
+            ENV_FEATURE_CACHE_MB: _number(self.feature_cache_mb),
         }
 
     def describe(self) -> dict[str, dict[str, str]]:
@@ -211,6 +239,12 @@ class Settings:
             "database_url": mask_url(self.database_url),
             "broker_url": mask_url(self.broker_url),
             "artifacts_dir": str(self.artifacts_dir),
+            **{name: _number(getattr(self, name)) for name in TIMINGS},
+            "visibility_timeout_s": "unset (Redis's 1 h)"
+            if self.visibility_timeout_s is None
+            else _number(self.visibility_timeout_s),
+            "model_cache": str(self.model_cache),
+            "feature_cache_mb": _number(self.feature_cache_mb),
         }
         return {k: {"value": v, "source": self.sources.get(k, "default")} for k, v in values.items()}
 
@@ -220,14 +254,58 @@ class Settings:
         return self.broker_url.startswith(("sqla+", "sqlalchemy+"))
 
 
-def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:
+def _seconds(
+    env: Mapping[str, str], variable: str, default: float | None, example: float | None = None
+) -> float | None:
+    """A number of seconds above 0 from ``variable``; ``default`` when it is unset or empty."""
+    text = env.get(variable, "").strip()
+    if not text:
+        return default
+    value = _float(text)
+    if not value > 0 or value == float("inf"):
+        suggestion = default if example is None else example
+        raise SettingsError(f"{variable}={text!r} is not a number of seconds above 0; set it to, say, {suggestion:g}")
+    return value
+
+
+def _count(env: Mapping[str, str], variable: str, default: int, what: str, zero: str) -> int:
+    """A whole number, 0 or more, from ``variable``; ``default`` when it is unset or empty."""
     text = env.get(variable, "").strip()
     if not text:
         return default
     try:
-        value = float(text)
+        value = int(text)
     except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise SettingsError(f"{variable}={text!r} is not a number of seconds above 0; set it to, say, {default:g}")
+        value = -1
+    if value < 0:
+        raise SettingsError(
+            f"{variable}={text!r} is not a whole number of {what}, 0 or more; set it to, say, {default} ({zero})"
+        )
     return value
+
+
+def _megabytes(env: Mapping[str, str], variable: str, default: float) -> float:
+    """A number of megabytes, 0 or more, from ``variable``; ``default`` when it is unset or empty."""
+    text = env.get(variable, "").strip()
+    if not text:
+        return default
+    value = _float(text)
+    if not value >= 0 or value == float("inf"):
+        raise SettingsError(
+            f"{variable}={text!r} is not a number of megabytes, 0 or more; set it to, say, {default:g} "
+            "(0 turns the cache off)"
+        )
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+def _number(value: float) -> str:
+    """``value`` as text that reads back exactly: 2048, not 2048.0."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)

@@ -101,7 +101,24 @@ def test_third_party_plugin_appears_and_runs_with_no_change_to_tlq(tmp_path, hom
     assert "pixel-stats" not in {t["name"] for t in tlq_json(["tasks"], tlq_env(home))}
     with WorkerProcess(env, tmp_path / "worker.log"):
         job = json.loads(run_tlq(["submit", "pixel-stats", "--data", digits_dir, "--wait", "--json"], env).stdout)
+        sweep = json.loads(
+            run_tlq(
+                ["sweep", "pixel-stats", "--data", digits_dir, "--max-images", "1,12", "--wait", "--json"], env
+            ).stdout
+        )
     assert job["status"] == "succeeded", job["error"]
+    # A sweep of it, ranked by the headline metric the task declares (contrast), with no --metric and no edit to tlq.
+    board = tlq_json(["compare", sweep["group"]], env)
+    contrasts = [job_json(env, row["job"])["metrics"]["contrast"] for row in board]
+    assert len(board) == 2 and [row["best"] for row in board] == contrasts == sorted(contrasts, reverse=True)
+    assert "contrast leaderboard" in run_tlq(["compare", sweep["group"]], env).stdout
+    import sqlite3
+
+    with sqlite3.connect(home / "tlq.sqlite") as db:  # the plain-SQL view holds it like any built-in metric
+        summary = db.execute(
+            "SELECT final_value FROM metric_summary WHERE job_id = ? AND name = 'contrast'", (job["id"],)
+        )
+        assert summary.fetchone()[0] == pytest.approx(job["metrics"]["contrast"])
     from PIL import Image
 
     pixels = np.concatenate(

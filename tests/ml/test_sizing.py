@@ -3,6 +3,7 @@ models a worker keeps (pure functions of the machine, checked on made-up machine
 
 import pytest
 
+from tlq.config import Settings
 from tlq.ml.features import inference_batch_size, loader_workers
 from tlq.workers.model_cache import ModelCache
 
@@ -23,8 +24,6 @@ def test_inference_batches_default_to_16_on_a_cpu_and_64_on_a_gpu():
     assert inference_batch_size(8, "cuda") == 8
 
 
-def test_a_worker_keeps_two_models_unless_told(monkeypatch):
-    monkeypatch.delenv("TLQ_MODEL_CACHE", raising=False)
-    assert ModelCache().capacity == 2
-    monkeypatch.setenv("TLQ_MODEL_CACHE", "5")
-    assert ModelCache().capacity == 5
+def test_a_worker_keeps_two_models_unless_told():
+    assert ModelCache(Settings.load(environ={}).model_cache).capacity == 2
+    assert ModelCache(Settings.load(environ={"TLQ_MODEL_CACHE": "5"}).model_cache).capacity == 5

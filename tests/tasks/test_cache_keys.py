@@ -3,6 +3,7 @@ that reads it, and every setting that changes features (image size, precision, w
 
 import hashlib
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -35,11 +36,9 @@ def digest(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def uncached(env, spec, monkeypatch):
+def uncached(env, spec):
     """The same job with the feature cache turned off."""
-    with monkeypatch.context() as patch:
-        patch.setenv("TLQ_FEATURE_CACHE_MB", "0")
-        job = run_job_here(env, spec)
+    job = run_job_here(Environment(replace(env.settings, feature_cache_mb=0)), spec)
     assert job["metrics"]["cached_images"] == 0
     return job
 
@@ -52,7 +51,7 @@ def probe(backbone, data, **params):
     )
 
 
-def test_features_of_another_image_size_are_never_served(env, trained, monkeypatch):
+def test_features_of_another_image_size_are_never_served(env, trained):
     """The reproduction: a linear probe at --image-size 32 stored 32-px features that a later feature-extract at
     the model's own size read back, off by up to 0.27."""
     run_job_here(env, probe(trained.backbone, trained.val, image_size=32))
@@ -62,12 +61,12 @@ def test_features_of_another_image_size_are_never_served(env, trained, monkeypat
     served = run_job_here(env, extract)
     assert served["metrics"]["cached_images"] == 0
     np.testing.assert_array_equal(
-        np.load(served["files"]["features"]), np.load(uncached(env, extract, monkeypatch)["files"]["features"])
+        np.load(served["files"]["features"]), np.load(uncached(env, extract)["files"]["features"])
     )
 
 
 @pytest.mark.parametrize("task", ["feature-extract", "predict", "linear-probe"])
-def test_every_task_that_reads_the_cache_gets_exactly_what_it_would_compute(env, trained, monkeypatch, task):
+def test_every_task_that_reads_the_cache_gets_exactly_what_it_would_compute(env, trained, task):
     if task == "linear-probe":
         spec = probe(trained.backbone, trained.val, image_size=48)
     else:
@@ -75,7 +74,7 @@ def test_every_task_that_reads_the_cache_gets_exactly_what_it_would_compute(env,
     run_job_here(env, spec)  # fills the cache
     served = run_job_here(env, spec)
     assert served["metrics"]["cached_images"] == 100
-    fresh = uncached(env, spec, monkeypatch)
+    fresh = uncached(env, spec)
     if task == "linear-probe":  # the head trained on served features is the one trained on fresh ones
         a, b = load_file(served["files"]["model"]), load_file(fresh["files"]["model"])
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -87,7 +86,7 @@ def test_every_task_that_reads_the_cache_gets_exactly_what_it_would_compute(env,
     assert run_job_here(env, other)["metrics"]["cached_images"] == 0  # another precision is another key
 
 
-def test_features_of_other_weights_are_never_served(tmp_path, digits_dir, monkeypatch):
+def test_features_of_other_weights_are_never_served(tmp_path, digits_dir):
     env = Environment(Settings.load(home=tmp_path / "other", environ={}))
     files = []
     for seed in (0, 1):
@@ -107,11 +106,11 @@ def test_features_of_other_weights_are_never_served(tmp_path, digits_dir, monkey
     second = run_job_here(env, specs[1])
     assert second["metrics"]["cached_images"] == 0
     np.testing.assert_array_equal(
-        np.load(second["files"]["features"]), np.load(uncached(env, specs[1], monkeypatch)["files"]["features"])
+        np.load(second["files"]["features"]), np.load(uncached(env, specs[1])["files"]["features"])
     )
 
 
-def test_weights_rewritten_under_their_old_size_and_mtime_are_new_weights(tmp_path, digits_dir, monkeypatch):
+def test_weights_rewritten_under_their_old_size_and_mtime_are_new_weights(tmp_path, digits_dir):
     """Same-architecture weights have the same size, and `cp -p`, `rsync -t` or unpacking an archive give new
     bytes an old mtime: neither the feature cache nor a worker's model cache may take them for the old ones."""
     from tlq.plugins.backbone import provider_for
@@ -143,7 +142,7 @@ def test_weights_rewritten_under_their_old_size_and_mtime_are_new_weights(tmp_pa
     second = run_job_here(env, spec)
     assert second["metrics"]["cached_images"] == 0
     np.testing.assert_array_equal(
-        np.load(second["files"]["features"]), np.load(uncached(env, spec, monkeypatch)["files"]["features"])
+        np.load(second["files"]["features"]), np.load(uncached(env, spec)["files"]["features"])
     )
     served = models.get(ref, 0, lambda: provider.load(ref, env, 0)).model.state_dict()
     written = load_file(str(weights))

@@ -1,6 +1,7 @@
 """feature-extract stores exactly what timm computes for each image, and skips what cannot be read."""
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,8 +106,8 @@ def test_features_stream_to_disk_in_chunks_the_same_as_in_one_piece(env, tmp_pat
     monkeypatch.setattr(features_module, "CHUNK_FILES", 7)  # 121 files: 17 chunks plus 2 files, one skipped
     chunked, chunked_features, chunked_index = run_extract(env, data, weights, "fp32")
     assert chunked["metrics"]["cached_images"] == 120  # chunk by chunk from the feature cache...
-    monkeypatch.setenv("TLQ_FEATURE_CACHE_MB", "0")
-    computed, computed_features, _ = run_extract(env, data, weights, "fp32")
+    uncached = Environment(replace(env.settings, feature_cache_mb=0))
+    computed, computed_features, _ = run_extract(uncached, data, weights, "fp32")
     assert computed["metrics"]["cached_images"] == 0  # ...and computed chunk by chunk
     np.testing.assert_array_equal(whole_features, computed_features)
     assert whole_features.shape == chunked_features.shape == (120, 96) and chunked["metrics"]["skipped"] == 1
@@ -117,7 +118,7 @@ def test_features_stream_to_disk_in_chunks_the_same_as_in_one_piece(env, tmp_pat
 
 
 def test_the_npy_writer_keeps_exactly_the_rows_written(tmp_path):
-    from tlq.ml.features import NpyWriter
+    from tlq.ml.npy_writer import NpyWriter
 
     rows = np.arange(40, dtype=np.float32).reshape(10, 4)
     writer = NpyWriter(tmp_path / "f.npy", capacity=100_000)  # room for far more than it gets

@@ -3,9 +3,9 @@
 import os
 import re
 
-from tlq.db.claims import HeldJob
+from tlq.db.scans import HeldJob
 from tlq.workers.app import default_worker_name
-from tlq.workers.lifecycle import CANCEL_GRACE_S, DatabaseHealth, is_child, overdue_reason, process_alive
+from tlq.workers.recovery import CANCEL_GRACE_S, DatabaseHealth, is_child, overdue_reason, process_alive
 
 
 class FakeClock:
@@ -90,7 +90,7 @@ def test_what_the_deadline_scan_ends_and_what_it_leaves_alone():
 
 
 def test_each_deadline_is_passed_only_once_it_is_exceeded():
-    from tlq.workers.lifecycle import TIMEOUT_GRACE_S
+    from tlq.workers.recovery import TIMEOUT_GRACE_S
 
     def reason(job):
         return overdue_reason(job, stall_after_s=60.0, beat_every=5.0, check_stall=True)

@@ -17,8 +17,9 @@ def config(state: CliState, json_out: bool) -> None:
     if json_out:
         print_json(described)
         return
+    width = max(map(len, described))
     for key, item in described.items():
-        click.echo(f"{key:<14} {item['value']}  ({item['source']})")
+        click.echo(f"{key:<{width}} {item['value']}  ({item['source']})")
 
 
 @click.group()

@@ -24,14 +24,10 @@ STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 @pass_state
 def jobs(state: CliState, status, task, backbone, tag, group, limit, json_out) -> None:
     """List jobs, newest first."""
-    from tlq.jobs.submit import live_queues, waiting_reason
-
-    data = state.client.list(
+    data = state.client.list_jobs(
         status=status, task=task, backbone=backbone, tags=parse_tags(tag), group=group, limit=limit
     )
-    consumed = live_queues(state.env)
-    for job in data:
-        job["waiting"] = waiting_reason(job["queue"], job["status"], consumed)
+    state.client.add_waiting(data)
     if json_out:
         print_json(data)
         return
@@ -106,7 +102,7 @@ def wait_for_jobs(state: CliState, job_ids: list[int], quiet: bool = False, poll
     """Follows several jobs (a sweep) with one bar counting finished jobs; 0 if all succeeded, 1 otherwise."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tlq.db.models import JobStatus
+    from tlq.client import FINAL
 
     pending = set(job_ids)
     statuses: dict[int, str] = {}
@@ -115,7 +111,7 @@ def wait_for_jobs(state: CliState, job_ids: list[int], quiet: bool = False, poll
         bar = progress.add_task("jobs done", total=len(job_ids))
         while pending:
             for job_id, status in state.client.statuses(pending).items():
-                if status in JobStatus.final():
+                if status in FINAL:
                     statuses[job_id] = status
                     pending.discard(job_id)
             failed = sum(1 for s in statuses.values() if s != "succeeded")

@@ -47,11 +47,7 @@ def console():
 
 def job_dict(state: CliState, job_id: int) -> dict[str, Any]:
     """A job's JSON form, with ``waiting`` saying why it has not started when no worker takes its queue."""
-    from tlq.jobs.submit import live_queues, waiting_reason
-
-    data = state.client.get(job_id)
-    data["waiting"] = waiting_reason(data["queue"], data["status"], live_queues(state.env))
-    return data
+    return state.client.add_waiting([state.client.get(job_id)])[0]
 
 
 def duration(start: str | None, end: str | None) -> str:

@@ -31,15 +31,13 @@ def _number(value: Any) -> str:
 
 def _job_ids(state: CliState, ids: tuple[int, ...], group: int | None, command: str) -> tuple[list[int], int | None]:
     """The jobs a compare or plot is about: ``--group``, or the IDs; a lone ID that names a group is that group."""
-    from tlq.db import results
     from tlq.errors import BadInput
 
     if group is not None and ids:
         raise BadInput(f"give either --group or job ids to `tlq {command}`, not both")
     if group is None and len(ids) == 1 and command == "compare":
-        with state.env.db.read_session() as session:
-            if results.get_group(session, ids[0]) is not None:
-                group = ids[0]
+        if state.client.is_group(ids[0]):
+            group = ids[0]
     if group is None and not ids:
         raise BadInput(f"give a group id (from `tlq sweep`) or job ids: tlq {command} 12 13 14")
     return state.client.jobs_of(group, [] if group is not None else ids), group
@@ -58,13 +56,10 @@ def _job_ids(state: CliState, ids: tuple[int, ...], group: int | None, command: 
 @pass_state
 def results(state: CliState, where, order_by, tag, limit, json_out, csv_out) -> None:
     from tlq.cli.options import parse_tags
-    from tlq.db.results import PRIMARY_METRICS
-    from tlq.jobs.submit import live_queues, waiting_reason
+    from tlq.client import PRIMARY_METRICS
 
     data, used = state.client.search(where, order_by, parse_tags(tag), limit)
-    consumed = live_queues(state.env) if any(job["status"] == "queued" for job in data) else set()
-    for job in data:
-        job["waiting"] = waiting_reason(job["queue"], job["status"], consumed)
+    state.client.add_waiting(data)
     if json_out:
         print_json(data)
         return
@@ -86,9 +81,7 @@ def results(state: CliState, where, order_by, tag, limit, json_out, csv_out) -> 
         return
     from rich.table import Table
 
-    from tlq.db.results import varying_params_of
-
-    shown_params = varying_params_of([job["params"] for job in data])
+    shown_params = state.client.varying_params([job["params"] for job in data])
     shown_metrics = used or [m for m in PRIMARY_METRICS if m in metrics][:1]
     table = Table(box=None, header_style="bold")
     for column in ["ID", "TASK", "BACKBONE", "STATUS", *shown_params, *shown_metrics, "TOOK"]:
@@ -129,9 +122,9 @@ def print_leaderboard(rows: list[dict], metric: str, subject: str, goal: str | N
     from rich.table import Table
     from rich.text import Text
 
-    from tlq.db.results import lower_is_better
+    from tlq.client import Client
 
-    goal = goal or ("min" if lower_is_better(metric) else "max")
+    goal = goal or ("min" if Client.lower_is_better(metric) else "max")
     params = _keys(row["params"] for row in rows)
     better = "lower" if goal == "min" else "higher"
     table = Table(box=None, header_style="bold", title=f"{metric} leaderboard of {subject} ({better} is better)")
@@ -245,7 +238,6 @@ def plot(state: CliState, ids, group, metric, output, json_out) -> None:
       tlq plot 12 13 14 -o val_acc.png
       tlq plot --group 3 --metric val_loss
     """
-    from tlq.db import results as result_queries
     from tlq.errors import BadInput
     from tlq.ml.plots import Curve, curve_label, plot_curves
 
@@ -254,7 +246,7 @@ def plot(state: CliState, ids, group, metric, output, json_out) -> None:
     if metric is None:
         raise BadInput("these jobs have no metric to plot yet; name one with --metric")
     jobs = [state.client.get(job_id) for job_id in job_ids]
-    varying = result_queries.varying_params_of([job["params"] for job in jobs])
+    varying = state.client.varying_params([job["params"] for job in jobs])
     curves, missing = [], []
     for job in jobs:
         history = [m for m in state.client.metrics(job["id"]) if m["name"] == metric]

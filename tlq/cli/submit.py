@@ -7,7 +7,6 @@ job shares (backbone, device, priority, ...) are added here once.
 from __future__ import annotations
 
 import click
-from pydantic import ValidationError
 
 from tlq.cli.options import option_for_field, parse_tags, sweep_separator
 from tlq.cli.output import emit_job
@@ -70,28 +69,22 @@ def _common_options(mode: str) -> list[click.Option]:
     return options
 
 
-def build_spec(task: str, options: dict, field_names: set[str]):
+def build_spec(state: CliState, task: str, options: dict, field_names: set[str]):
     """A JobSpec from the parsed options of a task command; a bad common value raises BadInput."""
-    from tlq.errors import BadInput
-    from tlq.jobs.spec import JobSpec, describe_validation_error
-
     params = {k: v for k, v in options.items() if k in field_names and v is not None}
-    try:
-        return JobSpec(
-            task=task,
-            backbone=options.get("backbone"),
-            weights=options.get("weights"),
-            pretrained=options.get("pretrained", True),
-            device=options.get("device", "auto"),
-            priority=options.get("priority", 0),
-            name=options.get("name"),
-            max_attempts=options.get("max_attempts", 3),
-            timeout=options.get("timeout"),
-            tags=parse_tags(options.get("tag", ())),
-            params=params,
-        )
-    except ValidationError as exc:
-        raise BadInput(describe_validation_error(exc)) from exc
+    return state.client.make_spec(
+        task,
+        params,
+        backbone=options.get("backbone"),
+        weights=options.get("weights"),
+        pretrained=options.get("pretrained", True),
+        device=options.get("device", "auto"),
+        priority=options.get("priority", 0),
+        name=options.get("name"),
+        max_attempts=options.get("max_attempts", 3),
+        timeout=options.get("timeout"),
+        tags=parse_tags(options.get("tag", ())),
+    )
 
 
 class TaskCommands(click.Group):
@@ -135,7 +128,7 @@ class TaskCommands(click.Group):
             if sweep:
                 separators = {n: sweep_separator(f) for n, f in fields.items()} | SWEEPABLE_COMMON
                 return _sweep(state, name, options, separators)
-            spec = build_spec(name, options, set(fields))
+            spec = build_spec(state, name, options, set(fields))
             if mode == "submit":
                 return _submit(state, spec, options["wait"], options["json_out"])
             return _run_here(state, spec, options["json_out"])

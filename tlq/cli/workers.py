@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import click
 
 from tlq.cli.output import print_json
@@ -68,12 +66,12 @@ def worker(state: CliState, queues, concurrency, name, loglevel, pool, events) -
 
 def memory_per_job(gpu: bool, concurrency: int) -> int | None:
     """What each job of this worker may use: its GPU's memory, else this machine's memory over the jobs at once."""
-    from tlq.jobs.submit import machine_memory
+    from tlq.client import Client
     from tlq.workers.devices import gpu_memory_bytes
 
     if gpu:
         return gpu_memory_bytes()
-    total = machine_memory()
+    total = Client.machine_memory()
     return total // concurrency if total else None
 
 
@@ -83,32 +81,7 @@ def memory_per_job(gpu: bool, concurrency: int) -> int | None:
 @pass_state
 def workers(state: CliState, show_all: bool, json_out: bool) -> None:
     """List workers: host, queues, device, current job and when each last reported in."""
-    from tlq.db import queries
-    from tlq.db.clock import database_time
-
-    with state.env.db.read_session() as session:
-        now = database_time(session)  # the clock the workers report by, not this machine's
-        rows = queries.list_workers(session)
-    data = []
-    for w in rows:
-        live = w.status == "online" and (now - w.last_seen).total_seconds() <= queries.WORKER_LIVE_WINDOW_S
-        if not (live or show_all):
-            continue
-        data.append(
-            {
-                "name": w.name,
-                "hostname": w.hostname,
-                "pid": w.pid,
-                "queues": w.queues.split(","),
-                "device": w.device,
-                "concurrency": w.concurrency,
-                "status": "online" if live else "offline",
-                "current_job": w.current_job_id,
-                "started_at": w.started_at.isoformat(),
-                "last_seen": w.last_seen.isoformat(),
-                "seconds_since_seen": round((now - w.last_seen) / dt.timedelta(seconds=1), 1),
-            }
-        )
+    data = state.client.workers(show_all)
     if json_out:
         print_json(data)
         return

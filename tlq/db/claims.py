@@ -10,9 +10,8 @@ Three rules make "every job ends exactly once" hold against crashes, frozen proc
 - **Every state change is one conditional UPDATE** whose row count says who won; every recovery decision
   (cancel, fail or requeue) is taken by ``decide_recovery`` alone.
 
-A job that must be (re)sent is left ``queued`` with ``dispatched_at`` empty and a send hold
-(``sending_since``) for the process that will publish it; ``dispatched_at`` is set only once the publish
-returned. A hold that is not confirmed expires, and the job is sent again by the next live worker.
+A job that must be (re)sent is left ``queued`` with a send hold; the sends themselves are in ``tlq.db.sends``,
+and the scans of running jobs in ``tlq.db.scans``.
 """
 
 from __future__ import annotations
@@ -20,14 +19,17 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from tlq.config import mask_secrets_in
 from tlq.db.clock import db_now
 from tlq.db.models import Attempt, Job, JobStatus, WorkerRecord
 
-SEND_HOLD_S = 30.0  # a sender that has not confirmed within this long is presumed dead
+# The scans and the sends, once here, are still reachable as claims.NAME.
+from tlq.db.scans import HeldJob, running_jobs  # noqa: F401
+from tlq.db.sends import SEND_HOLD_S, claim_sends, confirm_sent, hand_back_message, release_send  # noqa: F401
+
 CANCELLED_ON_REQUEST = "cancelled on request"
 
 RUNNING = JobStatus.RUNNING.value
@@ -40,21 +42,6 @@ class LeaseState:
 
     ours: bool
     cancel_requested: bool
-
-
-@dataclass(frozen=True)
-class HeldJob:
-    """A running job as the recovery and deadline scans see it."""
-
-    id: int
-    lease: str | None
-    worker: str | None
-    process_id: int | None
-    timeout_s: float | None
-    seconds_running: float
-    seconds_since_progress: float
-    seconds_since_heartbeat: float
-    seconds_since_cancel: float | None = None
 
 
 # --- the decision -----------------------------------------------------------------------------------------------
@@ -391,96 +378,4 @@ def fail_queued(session: Session, job_id: int, error: str) -> None:
         update(Job)
         .where(Job.id == job_id, Job.status == QUEUED)
         .values(status=JobStatus.FAILED.value, error=mask_secrets_in(error), finished_at=db_now(), sending_since=None)
-    )
-
-
-# --- scans ------------------------------------------------------------------------------------------------------
-
-
-def running_jobs(session: Session, worker: str | None = None, stale_after_s: float | None = None) -> list[HeldJob]:
-    """Running jobs (of ``worker``; with a heartbeat older than ``stale_after_s``), timed by the database."""
-    now = db_now()
-    query = select(
-        Job.id,
-        Job.lease,
-        Job.worker,
-        Job.process_id,
-        Job.timeout_s,
-        Job.claimed_at,
-        Job.progress_at,
-        Job.heartbeat_at,
-        Job.cancel_requested_at,
-        now.label("now"),
-    ).where(Job.status == RUNNING)
-    if worker is not None:
-        query = query.where(Job.worker == worker)
-    if stale_after_s is not None:
-        query = query.where(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < db_now(-stale_after_s)))
-    held = []
-    for row in session.execute(query):
-
-        def since(moment, now=row.now) -> float:
-            return (now - moment).total_seconds() if moment is not None else float("inf")
-
-        held.append(
-            HeldJob(
-                row.id,
-                row.lease,
-                row.worker,
-                row.process_id,
-                row.timeout_s,
-                since(row.claimed_at),
-                since(row.progress_at or row.claimed_at),
-                since(row.heartbeat_at),
-                since(row.cancel_requested_at) if row.cancel_requested_at is not None else None,
-            )
-        )
-    return held
-
-
-# --- sending ----------------------------------------------------------------------------------------------------
-
-
-def _unsent(broker_started=None):
-    lost = Job.dispatched_at.is_(None)
-    if broker_started is not None:
-        lost = lost | (Job.dispatched_at < broker_started)
-    free = Job.sending_since.is_(None) | (Job.sending_since < db_now(-SEND_HOLD_S))
-    return (Job.status == QUEUED, Job.queue != "local", lost, free)
-
-
-def claim_sends(session: Session, broker_started=None) -> list[tuple[int, str, int]]:
-    """Takes the send hold of every queued job with no confirmed message: never sent, requeued, handed back by
-    a stopping worker, sent before the broker last (re)started (``broker_started``, the database's time), or
-    held by a sender that never confirmed.
-
-    Each hold is a conditional update, so of several workers noticing a job only one sends it. Returns (id,
-    queue, priority) of the jobs this caller must now publish and confirm (``confirm_sent``) or release
-    (``release_send``).
-    """
-    candidates = list(session.execute(select(Job.id, Job.queue, Job.priority).where(*_unsent(broker_started))))
-    held = []
-    for job_id, queue, priority in candidates:
-        result = session.execute(
-            update(Job).where(Job.id == job_id, *_unsent(broker_started)).values(sending_since=db_now())
-        )
-        if result.rowcount == 1:
-            held.append((job_id, queue, priority))
-    return held
-
-
-def confirm_sent(session: Session, job_id: int) -> None:
-    """The job's message is in the broker."""
-    session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=db_now(), sending_since=None))
-
-
-def release_send(session: Session, job_id: int) -> None:
-    """The publish failed: the next live worker sends the job again."""
-    session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED).values(sending_since=None))
-
-
-def hand_back_message(session: Session, job_id: int) -> None:
-    """A stopping worker got the job's message but will not run it: the job has no message any more."""
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.status == QUEUED).values(dispatched_at=None, sending_since=None)
     )

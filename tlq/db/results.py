@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,10 +108,19 @@ def varying_params_of(params: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({repr((p or {}).get(k)) for p in params}) > 1]
 
 
-def pick_metric(session: Session, job_ids: list[int]) -> str | None:
-    """The metric to rank by when none is named: the first of PRIMARY_METRICS that the jobs have."""
+def pick_metric(session: Session, job_ids: list[int], preferred: Sequence[str] = ()) -> str | None:
+    """The metric to rank by when none is named: the first of ``preferred`` (the headline metrics the jobs'
+    tasks declare), then of PRIMARY_METRICS, that the jobs have."""
     names = metric_names_of(session, job_ids)
-    return next((m for m in PRIMARY_METRICS if m in names), None)
+    return next((m for m in (*preferred, *PRIMARY_METRICS) if m in names), None)
+
+
+def tasks_of(session: Session, job_ids: list[int]) -> list[str]:
+    """The tasks of the given jobs, most common first."""
+    counts: dict[str, int] = defaultdict(int)
+    for task in session.scalars(select(Job.task).where(Job.id.in_(job_ids))):
+        counts[task] += 1
+    return sorted(counts, key=lambda task: (-counts[task], task))
 
 
 @dataclass

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MB = 2048
-
 
 def file_digest(path: Path) -> str | None:
     """sha256 of a file's bytes; None when it cannot be read."""
@@ -56,8 +54,8 @@ class FeatureCache:
         self._conn: sqlite3.Connection | None = None
 
     @classmethod
-    def for_home(cls, home: Path) -> FeatureCache:
-        megabytes = float(os.environ.get("TLQ_FEATURE_CACHE_MB", DEFAULT_MB))
+    def for_home(cls, home: Path, megabytes: float) -> FeatureCache:
+        """The cache under ``home``, bounded to ``megabytes`` (``Settings.feature_cache_mb``); 0 turns it off."""
         return cls(Path(home) / "cache" / "features.sqlite", int(megabytes * 2**20))
 
     @property

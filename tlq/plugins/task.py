@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -63,6 +63,9 @@ class TaskPlugin:
         needs_backbone: Whether ``--backbone`` is required.
         check: Optional submit-time check beyond field validation, ``check(params, env, backbone)`` with the
             job's BackboneRef (or None); raises BadInput.
+        headline: The metric that says how well a job of this task did (``val_acc``); `tlq compare` and
+            sweeps rank by it when no ``--metric`` is named.
+        headline_goal: ``max`` when a higher headline is better, ``min`` when lower is.
         memory: Optional estimate of the job's memory, ``memory(params, env, backbone)`` returning a
             ``tlq.ml.memory.MemoryNeed`` (or None when it cannot tell); a job that cannot fit the
             workers of its queue is refused at submit.
@@ -75,3 +78,5 @@ class TaskPlugin:
     needs_backbone: bool = True
     check: Callable[[Any, Environment, BackboneRef | None], None] | None = None
     memory: Callable[[Any, Environment, BackboneRef | None], Any] | None = None
+    headline: str | None = None
+    headline_goal: Literal["max", "min"] = "max"

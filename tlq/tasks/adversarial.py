@@ -351,6 +351,7 @@ task = TaskPlugin(
     params=AdversarialParams,
     run=run,
     check=check,
+    headline="success_rate",
 )
 
 __all__ = ["AdversarialParams", "Path", "task"]

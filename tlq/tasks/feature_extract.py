@@ -117,4 +117,5 @@ task = TaskPlugin(
     run=run,
     check=check,
     memory=inference_memory,
+    headline="images_per_second",
 )

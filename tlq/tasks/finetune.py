@@ -14,12 +14,12 @@ from pydantic import Field, model_validator
 
 from tlq.env import Environment
 from tlq.errors import BadInput
+from tlq.ml.finetune_loops import CHECKPOINT, ImageTraining, LinearProbe
 from tlq.ml.labelled import check_trainable, compile_pattern, load_labelled
 from tlq.plugins.params import BatchSize, DataSource, Number, Precision
 from tlq.plugins.task import TaskParams, TaskPlugin
 
 Strategy = Literal["linear-probe", "freeze", "freeze-unfreeze", "full"]
-CHECKPOINT = "checkpoint.pt"
 EPOCH_METRICS = (
     "train_loss",
     "train_acc",
@@ -210,7 +210,7 @@ def run(ctx, params: FinetuneParams) -> None:
         ]
         record_data_metrics(ctx, len(train_feats.kept), len(val_feats.kept), classes, skipped + unlabelled)
         ctx.metric("cached_images", train_feats.cached + val_feats.cached)
-        fit = _LinearProbe(ctx, params, model, train_feats, train_y, val_feats, val_y)
+        fit = LinearProbe(ctx, params, model, train_feats, train_y, val_feats, val_y)
     else:
         every = train_files + val_files
         readable, bad = scan_images(
@@ -227,7 +227,7 @@ def run(ctx, params: FinetuneParams) -> None:
         record_data_metrics(
             ctx, len(train_files), len(val_files), classes, [(every[i].rel, r) for i, r in bad] + unlabelled
         )
-        fit = _ImageTraining(ctx, params, model, precision, train_files, train_y, val_files, val_y, eval_tf, train_tf)
+        fit = ImageTraining(ctx, params, model, precision, train_files, train_y, val_files, val_y, eval_tf, train_tf)
 
     checkpoint_path = ctx.artifacts.path(CHECKPOINT)
     start_epoch = 1
@@ -273,224 +273,6 @@ def record_data_metrics(ctx, n_train: int, n_val: int, classes, skipped) -> None
         ctx.artifacts.write_text("skipped", "skipped.csv", csv_text(["path", "reason"], skipped))
     if n_train == 0 or n_val == 0:
         raise BadInput("no readable images are left to train or validate on; see skipped.csv for why")
-
-
-class _Fit:
-    """What both ways of training share: best-epoch tracking, early stopping and checkpoints."""
-
-    def __init__(self, ctx, params: FinetuneParams, model) -> None:
-        self.ctx, self.params, self.model = ctx, params, model
-        self.best_acc, self.best_epoch, self.bad_epochs = -1.0, 0, 0
-        self.best_state = None
-        self.history: dict[str, list[tuple[int, float]]] = {}
-
-    def note(self, epoch: int, trained, checked, trained_state) -> dict[str, float]:
-        """The epoch's metrics from its training and validation passes; tracks the best epoch."""
-        metrics = {
-            "train_loss": trained.loss,
-            "train_acc": trained.acc,
-            "val_loss": checked.loss,
-            "val_acc": checked.acc,
-            "val_top5": checked.top5,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "epoch_seconds": trained.seconds + checked.seconds,
-            "images_per_second": trained.images_per_second,
-            "data_wait_share": trained.data_wait_share,
-        }
-        for name in ("train_acc", "val_acc", "train_loss", "val_loss"):
-            self.history.setdefault(name, []).append((epoch, metrics[name]))
-        if metrics["val_acc"] > self.best_acc:
-            self.best_acc, self.best_epoch, self.bad_epochs = metrics["val_acc"], epoch, 0
-            if self.params.early_stop:
-                self.best_state = {k: v.detach().clone() for k, v in trained_state().items()}
-        else:
-            self.bad_epochs += 1
-        return {k: v for k, v in metrics.items() if v is not None}
-
-    def should_stop(self) -> bool:
-        return bool(self.params.early_stop) and self.bad_epochs >= self.params.early_stop
-
-    def common_state(self, epoch: int, rng: dict) -> dict:
-        return {
-            "origin": self.ctx.origin.as_dict(),
-            "epoch": epoch,
-            "rng": rng,
-            "best_acc": self.best_acc,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-            "best_state": self.best_state,
-            "history": {k: [list(p) for p in v] for k, v in self.history.items()},
-        }
-
-    def restore_common(self, state: dict) -> None:
-        self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
-        self.bad_epochs, self.best_state = state["bad_epochs"], state["best_state"]
-        self.history = {k: [tuple(p) for p in v] for k, v in state["history"].items()}
-
-
-class _LinearProbe(_Fit):
-    """A linear head trained on features computed once."""
-
-    def __init__(self, ctx, params, model, train_feats, train_y, val_feats, val_y) -> None:
-        import torch
-
-        from tlq.ml.training import make_optimizer, make_scheduler
-
-        super().__init__(ctx, params, model)
-        self.head = model.get_classifier().float().cpu()
-        if not isinstance(self.head, torch.nn.Linear):
-            raise BadInput(f"linear-probe needs a linear classifier; {type(self.head).__name__} is not (use freeze)")
-        self.x_train = torch.from_numpy(train_feats.features)
-        self.y_train = torch.as_tensor([train_y[i] for i in train_feats.kept])
-        self.x_val = torch.from_numpy(val_feats.features)
-        self.y_val = torch.as_tensor([val_y[i] for i in val_feats.kept])
-        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
-        self.plain_criterion = torch.nn.CrossEntropyLoss()
-        self.optimizer = make_optimizer(
-            [{"params": list(self.head.parameters()), "lr": params.lr}], params.optimizer, params.weight_decay
-        )
-        steps = -(-len(self.y_train) // params.batch_size) * params.epochs
-        self.scheduler = make_scheduler(self.optimizer, params.schedule, steps)
-
-    def epoch(self, epoch: int) -> dict[str, float]:
-        from tlq.ml.training import evaluate_head, train_head_epoch
-
-        trained = train_head_epoch(
-            self.head,
-            self.x_train,
-            self.y_train,
-            self.optimizer,
-            self.scheduler,
-            self.criterion,
-            self.params.batch_size,
-            self.params.seed * 1000 + epoch,
-        )
-        self.ctx.progress(epoch, self.params.epochs, f"epoch {epoch}/{self.params.epochs}")
-        checked = evaluate_head(self.head, self.x_val, self.y_val, self.plain_criterion)
-        return self.note(epoch, trained, checked, self.head.state_dict)
-
-    def save(self, epoch: int, rng: dict) -> None:
-        from tlq.ml.training import save_checkpoint
-
-        state = self.common_state(epoch, rng) | {
-            "head": self.head.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
-        save_checkpoint(self.ctx.artifacts, CHECKPOINT, state)
-
-    def restore(self, state: dict) -> None:
-        self.restore_common(state)
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-
-    def finish(self):
-        from tlq.ml.training import evaluate_head
-
-        if self.best_state is not None:
-            self.head.load_state_dict(self.best_state)
-        self.model.get_classifier().load_state_dict(self.head.state_dict())
-        return evaluate_head(self.head, self.x_val, self.y_val, self.plain_criterion)
-
-
-class _ImageTraining(_Fit):
-    """Training through the backbone on (augmented) images: freeze, freeze-unfreeze or full."""
-
-    def __init__(self, ctx, params, model, precision, train_files, train_y, val_files, val_y, eval_tf, train_tf):
-        import torch
-
-        super().__init__(ctx, params, model)
-        self.precision = precision
-        self.train_files, self.train_y, self.val_y = train_files, train_y, val_y
-        from tlq.ml.features import image_loader
-        from tlq.ml.training import training_loader
-
-        workers, device = params.loader_workers, ctx.device
-        self.train_loader = training_loader(train_files, train_tf, params.batch_size, params.seed, workers, device)
-        self.val_loader = image_loader(val_files, eval_tf, params.batch_size, workers, persistent=True, device=device)
-        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
-        self.plain_criterion = torch.nn.CrossEntropyLoss()
-        self.phase = None
-        self.optimizer = self.scheduler = None
-
-    def phase_of(self, epoch: int) -> str:
-        if self.params.strategy == "full":
-            return "unfrozen"
-        if self.params.strategy == "freeze":
-            return "frozen"
-        return "frozen" if epoch <= self.params.freeze_epochs else "unfrozen"
-
-    def _enter_phase(self, epoch: int) -> None:
-        from tlq.ml.training import make_optimizer, make_scheduler, param_groups
-
-        phase = self.phase_of(epoch)
-        if phase == self.phase:
-            return
-        self.phase = phase
-        p = self.params
-        groups = param_groups(self.model, p.lr, p.backbone_multiplier, train_backbone=phase == "unfrozen")
-        self.optimizer = make_optimizer(groups, p.optimizer, p.weight_decay)
-        phase_epochs = sum(1 for e in range(1, p.epochs + 1) if self.phase_of(e) == phase)
-        steps_per_epoch = max(1, len(self.train_files) // p.batch_size + (len(self.train_files) % p.batch_size > 1))
-        self.scheduler = make_scheduler(self.optimizer, p.schedule, steps_per_epoch * phase_epochs)
-
-    def epoch(self, epoch: int) -> dict[str, float]:
-        from tlq.ml.training import evaluate, train_epoch
-
-        self._enter_phase(epoch)
-        p = self.params
-        stage = f"epoch {epoch}/{p.epochs}"
-        trained = train_epoch(
-            self.model,
-            self.train_loader,
-            self.train_y,
-            self.optimizer,
-            self.scheduler,
-            self.criterion,
-            self.ctx.device,
-            self.precision,
-            epoch,
-            train_backbone=self.phase == "unfrozen",
-            on_step=lambda i, n: self.ctx.progress(i, n, f"{stage} train"),
-        )
-        checked = evaluate(
-            self.model,
-            self.val_loader,
-            self.val_y,
-            self.plain_criterion,
-            self.ctx.device,
-            self.precision,
-            on_step=lambda i, n: self.ctx.progress(i, n, f"{stage} val"),
-        )
-        return self.note(epoch, trained, checked, self.model.state_dict)
-
-    def save(self, epoch: int, rng: dict) -> None:
-        from tlq.ml.training import save_checkpoint
-
-        state = self.common_state(epoch, rng) | {
-            "model": self.model.state_dict(),
-            "phase": self.phase,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
-        save_checkpoint(self.ctx.artifacts, CHECKPOINT, state)
-
-    def restore(self, state: dict) -> None:
-        self.restore_common(state)
-        self.model.load_state_dict(state["model"])
-        next_epoch = state["epoch"] + 1
-        if next_epoch <= self.params.epochs and self.phase_of(next_epoch) == state["phase"]:
-            self._enter_phase(next_epoch)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-
-    def finish(self):
-        from tlq.ml.training import evaluate
-
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        return evaluate(self.model, self.val_loader, self.val_y, self.plain_criterion, self.ctx.device, self.precision)
 
 
 def write_reports(ctx, params, model, backbone, data_config, classes, final, fit) -> None:
@@ -547,4 +329,5 @@ task = TaskPlugin(
     run=run,
     check=check,
     memory=memory,
+    headline="val_acc",
 )

@@ -209,4 +209,5 @@ task = TaskPlugin(
     params=IdealImageParams,
     run=run,
     check=check,
+    headline="target_prob",
 )

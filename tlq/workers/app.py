@@ -31,16 +31,17 @@ def default_worker_name() -> str:
     return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
-def transport_options(broker_url: str) -> dict:
-    """Broker options: priorities on Redis; busy timeouts for the embedded SQLite broker."""
+def transport_options(broker_url: str, visibility_timeout_s: float | None) -> dict:
+    """Broker options: priorities on Redis, with ``visibility_timeout_s`` (``Settings.visibility_timeout_s``;
+    None keeps Redis's 1 h); busy timeouts for the embedded SQLite broker."""
     if broker_url.startswith(("redis://", "rediss://")):
         options = {
             "priority_steps": list(range(10)),
             "sep": ":",
             "queue_order_strategy": "priority",
         }
-        if os.environ.get("TLQ_VISIBILITY_TIMEOUT"):
-            timeout = float(os.environ["TLQ_VISIBILITY_TIMEOUT"])
+        if visibility_timeout_s is not None:
+            timeout = visibility_timeout_s
             options["visibility_timeout"] = timeout
             # kombu sweeps for overdue messages every interval x throttle seconds (100 s by default); a short
             # timeout needs sweeps to match.
@@ -79,7 +80,7 @@ class WorkerRuntime:
 
         self.env = Environment(settings)
         self.worker_name = default_worker_name()
-        self.model_cache = ModelCache()
+        self.model_cache = ModelCache(settings.model_cache)
 
     def run(self, job_id) -> str:
         from tlq.workers.execute import execute_job
@@ -127,7 +128,7 @@ def create_app(settings: Settings) -> Celery:
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        broker_transport_options=transport_options(settings.broker_url),
+        broker_transport_options=transport_options(settings.broker_url, settings.visibility_timeout_s),
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=False,
         broker_heartbeat=10,

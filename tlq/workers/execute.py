@@ -160,7 +160,7 @@ def execute_job(
             model_cache=model_cache,
             started=claimed,
             origin=origin,
-            feature_cache=FeatureCache.for_home(env.settings.home),
+            feature_cache=FeatureCache.for_home(env.settings.home, env.settings.feature_cache_mb),
         )
         if earlier_claims == 0:
             # A first claim never reads what it did not write: files left under this job id by a database that

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,10 +28,11 @@ def cache_key(ref: BackboneRef, num_classes: int | None) -> tuple | None:
 
 
 class ModelCache:
-    """An LRU of loaded backbones, at most ``capacity`` of them (``TLQ_MODEL_CACHE``, default 2)."""
+    """An LRU of loaded backbones, at most ``capacity`` of them (``Settings.model_cache``: ``TLQ_MODEL_CACHE``,
+    default 2); 0 keeps none."""
 
-    def __init__(self, capacity: int | None = None) -> None:
-        self.capacity = int(os.environ.get("TLQ_MODEL_CACHE", 2)) if capacity is None else capacity
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
         self._entries: OrderedDict[tuple, LoadedBackbone] = OrderedDict()
         self.hits = 0
         self.misses = 0

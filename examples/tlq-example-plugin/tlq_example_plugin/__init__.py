@@ -46,7 +46,8 @@ def run(ctx, params: PixelStatsParams) -> None:
     stats = {f"mean_{c}": float(m) for c, m in zip("rgb", mean, strict=True)} | {
         f"std_{c}": float(s) for c, s in zip("rgb", std, strict=True)
     }
-    ctx.metrics(stats | {"images": read})
+    # contrast: the mean of the channels' standard deviations, the task's headline (how varied the images are)
+    ctx.metrics(stats | {"images": read, "contrast": float(std.mean())})
     ctx.artifacts.write_text("stats", "stats.json", json.dumps(stats, indent=2))
 
 
@@ -56,4 +57,5 @@ task = TaskPlugin(
     params=PixelStatsParams,
     run=run,
     needs_backbone=False,
+    headline="contrast",  # `tlq compare` and sweeps rank pixel-stats jobs by it, higher first
 )

@@ -1,29 +1,15 @@
-"""The Python client: what the CLI does, as plain functions returning plain objects (ints, dicts, lists).
-
-    from tlq import client
-
-    job = client.submit("finetune", backbone="resnet18", data="./pets", epochs=3)
-    client.wait(job)["metrics"]["val_acc"]
-    sweep = client.sweep("finetune", {"backbone": ["resnet18", "vgg16"], "lr": [1e-3, 1e-4]}, data="./pets")
-    client.compare(group=sweep["group"])[0]          # the best run
-    client.results(where="val_acc > 0.9 and backbone = 'vgg16'", order_by="-val_acc")
-
-Each function takes the same settings as the CLI (``home``, ``database_url``, ``broker_url``, ``artifacts_dir``,
-else the TLQ_* environment variables). A ``Client`` holds them for several calls.
-"""
+"""``Client``: one tlq setup (its job database, broker and artifacts directory) and every operation on it."""
 
 from __future__ import annotations
 
-import builtins
-import hashlib
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from tlq.client.headlines import headline_metrics
 from tlq.config import Settings
 from tlq.errors import BadInput
 
@@ -64,12 +50,17 @@ class Client:
     def spec(self, task: str, **options: Any):
         """A validated-shape JobSpec: ``options`` are the spec fields (backbone, device, tags, ...) and the
         task's parameters, mixed as on the command line."""
+        common = {k: v for k, v in options.items() if k in SPEC_FIELDS and v is not None}
+        params = {k: v for k, v in options.items() if k not in SPEC_FIELDS and v is not None}
+        return self.make_spec(task, params, **common)
+
+    def make_spec(self, task: str, params: dict[str, Any], **common: Any):
+        """A JobSpec from the task's parameters and the spec fields given apart (as the CLI parses them);
+        a malformed field raises BadInput."""
         from pydantic import ValidationError
 
         from tlq.jobs.spec import JobSpec, describe_validation_error
 
-        common = {k: v for k, v in options.items() if k in SPEC_FIELDS and v is not None}
-        params = {k: v for k, v in options.items() if k not in SPEC_FIELDS and v is not None}
         try:
             return JobSpec(task=task, params=params, **common)
         except ValidationError as exc:
@@ -108,32 +99,15 @@ class Client:
         Returns:
             ``{"group": group id, "jobs": [job ids]}``.
         """
+        from tlq.client.sweeps import check_grid, describe_group
         from tlq.jobs.submit import submit_group
 
-        axes = {key: [*values] for key, values in grid.items()}
-        for key, values in axes.items():
-            if not values:
-                raise BadInput(f"--{key.replace('_', '-')} has no values to sweep; give one or more, comma-separated")
-        count = 1
-        for values in axes.values():
-            count *= len(values)
-        if count > max_jobs:
-            raise BadInput(
-                f"this sweep makes {count} jobs, more than --max-jobs {max_jobs}; "
-                "sweep fewer values or raise --max-jobs"
-            )
-        overlap = set(axes) & set(fixed)
-        if overlap:
-            raise BadInput(f"{', '.join(sorted(overlap))} is both swept and fixed; give it once")
+        axes = check_grid(grid, fixed, max_jobs)
         specs = [
             self.spec(task, **fixed, **dict(zip(axes, combo, strict=True)), name=name)
             for combo in itertools.product(*axes.values())
         ]
-        group_spec = {
-            "task": task,
-            "axes": {k: [_jsonable(v) for v in values] for k, values in axes.items()},
-            "fixed": {k: _jsonable(v) for k, v in fixed.items() if v is not None},
-        }
+        group_spec = describe_group(task, axes, fixed)
         group, jobs = submit_group(self.env, specs, name or f"{task} sweep", group_spec)
         return {"group": group, "jobs": jobs}
 
@@ -181,7 +155,7 @@ class Client:
         with self.env.db.read_session() as session:
             return queries.job_as_dict(session, self._job(session, job_id), self.settings.artifacts_dir)
 
-    def list(
+    def list_jobs(
         self,
         status: str | None = None,
         task: str | None = None,
@@ -189,7 +163,7 @@ class Client:
         tags: dict[str, str] | None = None,
         group: int | None = None,
         limit: int | None = 50,
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> list[dict[str, Any]]:
         """Jobs, newest first, as ``get`` returns them."""
         from tlq.db import queries
 
@@ -205,7 +179,7 @@ class Client:
         order_by: str | None = None,
         tags: dict[str, str] | None = None,
         limit: int | None = 100,
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> list[dict[str, Any]]:
         """Jobs matching a filter on final metrics, parameters, task, status, tags and dates, as ``get`` returns
         them. See `tlq results --help` for the filter language.
 
@@ -246,7 +220,7 @@ class Client:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout:g} s")
             time.sleep(poll)
 
-    def metrics(self, job_id: int, name: str | None = None) -> builtins.list[dict[str, Any]]:
+    def metrics(self, job_id: int, name: str | None = None) -> list[dict[str, Any]]:
         """The full history of a job's metrics: ``{"name", "step", "epoch", "value", "time"}`` by name and step."""
         from tlq.db import results
 
@@ -262,12 +236,15 @@ class Client:
             ]
 
     def default_metric(self, job_ids: Iterable[int]) -> str | None:
-        """The metric to rank or plot the jobs by when none is named: val_acc, else the first of the tasks' main
-        metrics (accuracy, success_rate, target_prob, ...) that the jobs recorded."""
+        """The metric to rank or plot the jobs by when none is named: the headline metric their task declares
+        (``TaskPlugin.headline``), else the first of val_acc, accuracy, success_rate, ... that they recorded."""
         from tlq.db import results
 
+        headlines = headline_metrics()
         with self.env.db.read_session() as session:
-            return results.pick_metric(session, [*job_ids])
+            ids = [*job_ids]
+            preferred = [headlines[task][0] for task in results.tasks_of(session, ids) if task in headlines]
+            return results.pick_metric(session, ids, preferred)
 
     def statuses(self, job_ids: Iterable[int]) -> dict[int, str]:
         """The status of each of the jobs, in one query (for following many jobs at once)."""
@@ -276,7 +253,7 @@ class Client:
         with self.env.db.read_session() as session:
             return queries.job_statuses(session, [*job_ids])
 
-    def jobs_of(self, group: int | None = None, jobs: Iterable[int] = ()) -> builtins.list[int]:
+    def jobs_of(self, group: int | None = None, jobs: Iterable[int] = ()) -> list[int]:
         """The job ids of a group, or the given ids checked to exist."""
         from tlq.db import results
 
@@ -293,7 +270,7 @@ class Client:
         jobs: Iterable[int] = (),
         metric: str | None = None,
         goal: str | None = None,
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> list[dict[str, Any]]:
         """A leaderboard of a group's jobs (or the given jobs), best first.
 
         Args:
@@ -318,11 +295,12 @@ class Client:
             if metric not in recorded:
                 have = ", ".join(sorted(recorded)) or "none yet"
                 raise BadInput(f"none of these jobs has the metric {metric!r}; they have {have}")
+            goal = goal or ("min" if self.lower_is_better(metric) else "max")
             return [row.as_dict() for row in results.leaderboard(session, rows, metric, goal)]
 
     # --- artifacts --------------------------------------------------------------------------------------------
 
-    def artifacts(self, job_id: int, kind: str | None = None) -> builtins.list[dict[str, Any]]:
+    def artifacts(self, job_id: int, kind: str | None = None) -> list[dict[str, Any]]:
         """A job's artifacts: ``{"kind", "path" (absolute), "relative", "bytes", "sha256"}``."""
         from tlq.db import queries
 
@@ -338,7 +316,7 @@ class Client:
             for a in rows
         ]
 
-    def copy_artifacts(self, job_id: int, dest: str | Path, kind: str | None = None) -> builtins.list[Path]:
+    def copy_artifacts(self, job_id: int, dest: str | Path, kind: str | None = None) -> list[Path]:
         """Copies a job's artifacts into ``dest`` (sub-folders kept) and checks each copy's sha256.
 
         All or nothing: each file and folder is created new, never through a symlink and never over something
@@ -350,193 +328,60 @@ class Client:
             BadInput: A file is missing, lies outside the artifacts directory, does not match its digest, or its
                 copy would go over a file or through a symbolic link.
         """
-        root = self.settings.artifacts_dir.resolve()
-        dest = Path(os.path.abspath(Path(dest).expanduser()))
-        job_root = root / str(job_id)  # where the job's ArtifactStore writes
-        if Path(os.path.realpath(dest)).is_relative_to(job_root):
-            raise BadInput(f"--copy-to {dest} lies inside job {job_id}'s own artifacts; copy them somewhere else")
-        plan: dict[Path, tuple[Path, dict[str, Any]]] = {}
-        for artifact in self.artifacts(job_id, kind):
-            source = (root / artifact["relative"]).resolve()
-            if not source.is_relative_to(root):
-                raise BadInput(f"artifact {artifact['relative']} lies outside the artifacts directory; not copied")
-            if not source.is_file():
-                raise BadInput(f"artifact {source} is missing; it was deleted after job {job_id} wrote it")
-            inside = source.relative_to(job_root) if source.is_relative_to(job_root) else Path(source.name)
-            if inside in plan:
-                raise BadInput(
-                    f"two artifacts of job {job_id} would both be copied to {dest / inside}; nothing was copied"
-                )
-            plan[inside] = (source, artifact)
-        for inside in plan:  # the same checks _NewFiles makes as it goes, here to fail before writing anything
-            _check_free(dest, inside)
-        with _NewFiles(dest) as new:
-            for inside, (source, artifact) in plan.items():
-                digest = new.copy(source, inside)
-                if digest != artifact["sha256"]:
-                    raise BadInput(
-                        f"{source} no longer matches the digest recorded when job {job_id} wrote it; nothing was copied"
-                    )
-        return [dest / inside for inside in plan]
+        from tlq.client.copying import copy_checked
 
+        return copy_checked(self.settings.artifacts_dir, job_id, self.artifacts(job_id, kind), dest)
 
-def _check_free(dest: Path, inside: Path) -> None:
-    """Refuses a copy to ``dest / inside`` that would go through a symbolic link or over an existing file."""
-    path = dest
-    for part in inside.parts:
-        path = path / part
-        if os.path.islink(path):
-            raise BadInput(f"{path} is a symbolic link; tlq never copies through one (nothing was copied)")
-    if os.path.lexists(path):
-        raise BadInput(f"{path} already exists; copy into an empty folder (nothing was copied)")
+    # --- queues and workers -----------------------------------------------------------------------------------
 
+    def add_waiting(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Sets each job's ``waiting``: why a queued job has not started when no live worker takes its queue,
+        else None. The live workers are read only when a job is queued."""
+        from tlq.jobs.submit import live_queues, waiting_reason
 
-class _NewFiles:
-    """Creates folders and files under one destination without following a symbolic link there or replacing
-    anything, and removes all it created when the ``with`` block fails.
+        consumed = live_queues(self.env) if any(job["status"] == "queued" for job in jobs) else set()
+        for job in jobs:
+            job["waiting"] = waiting_reason(job["queue"], job["status"], consumed)
+        return jobs
 
-    Every step goes through an open descriptor of the folder above (``dir_fd``) with ``O_NOFOLLOW``, and files
-    are created with ``O_EXCL``, so a link planted after the checks (even a dangling one) makes the copy fail
-    instead of writing where it points.
-    """
+    def workers(self, show_all: bool = False) -> list[dict[str, Any]]:
+        """The workers, by name, as `tlq workers --json` prints them; with ``show_all``, the offline ones too.
+        A worker is live while it reported in within the live window, by the database's clock."""
+        from tlq.client.workers_view import worker_rows
 
-    def __init__(self, dest: Path) -> None:
-        self.dest = dest
-        self.folders: dict[tuple[str, ...], int] = {}  # parts below ``base`` -> open descriptor
-        self.created: builtins.list[tuple[int, str, bool]] = []  # (folder descriptor, name, is a folder)
+        return worker_rows(self.env, show_all)
 
-    def __enter__(self) -> _NewFiles:
-        self.base = self.dest
-        while not os.path.lexists(self.base) and self.base != self.base.parent:
-            self.base = self.base.parent
-        try:
-            self.folders[()] = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as exc:
-            what = "a symbolic link to nothing" if os.path.islink(self.base) else f"not a folder ({exc.strerror})"
-            raise BadInput(f"--copy-to: {self.base} is {what}; name a folder") from exc
-        return self
+    @staticmethod
+    def machine_memory() -> int | None:
+        """This machine's physical memory in bytes, when the platform says."""
+        from tlq.jobs.submit import machine_memory
 
-    def __exit__(self, failed, *exc) -> None:
-        if failed is not None:
-            for folder, name, is_folder in reversed(self.created):
-                try:
-                    os.rmdir(name, dir_fd=folder) if is_folder else os.unlink(name, dir_fd=folder)
-                except OSError:
-                    pass  # a folder someone else filled meanwhile stays
-        for descriptor in self.folders.values():
-            os.close(descriptor)
+        return machine_memory()
 
-    def copy(self, source: Path, inside: Path) -> str:
-        """Copies ``source`` to ``dest / inside``, a file it creates; returns the sha256 of the bytes written."""
-        parts = self.dest.relative_to(self.base).parts + inside.parts
-        target = self.base.joinpath(*parts)
-        folder = self._folder(parts[:-1])
-        digest = hashlib.sha256()
-        try:
-            out = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=folder)
-        except FileExistsError as exc:
-            raise BadInput(f"{target} already exists; copy into an empty folder (nothing was copied)") from exc
-        except OSError as exc:
-            raise BadInput(f"cannot create {target} ({exc.strerror}); nothing was copied") from exc
-        self.created.append((folder, parts[-1], False))
-        try:
-            with open(out, "wb") as written, source.open("rb") as read:
-                for block in iter(lambda: read.read(1 << 20), b""):
-                    digest.update(block)
-                    written.write(block)
-        except OSError as exc:
-            raise BadInput(f"cannot copy {source} to {target} ({exc.strerror}); nothing was copied") from exc
-        return digest.hexdigest()
+    # --- groups and metrics -----------------------------------------------------------------------------------
 
-    def _folder(self, parts: tuple[str, ...]) -> int:
-        """An open descriptor of the folder ``base / parts``, made where missing; never through a link."""
-        if parts in self.folders:
-            return self.folders[parts]
-        above = self._folder(parts[:-1])
-        path = self.base.joinpath(*parts)
-        try:
-            os.mkdir(parts[-1], dir_fd=above)
-            self.created.append((above, parts[-1], True))
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise BadInput(f"cannot create the folder {path} ({exc.strerror}); nothing was copied") from exc
-        try:
-            self.folders[parts] = os.open(parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=above)
-        except OSError as exc:
-            what = "a symbolic link" if os.path.islink(path) else "not a folder"
-            raise BadInput(f"{path} is {what}; tlq never copies through one (nothing was copied)") from exc
-        return self.folders[parts]
+    def is_group(self, group: int) -> bool:
+        """Whether ``group`` is the id of a group (a sweep)."""
+        from tlq.db import results
 
+        with self.env.db.read_session() as session:
+            return results.get_group(session, group) is not None
 
-def _jsonable(value: Any) -> Any:
-    # `list` in this module is the client operation; the type is builtins.list.
-    return value if isinstance(value, str | int | float | bool | None | dict | builtins.list) else str(value)
+    @staticmethod
+    def varying_params(params: list[dict[str, Any]]) -> list[str]:
+        """The keys whose values differ between the parameter dicts, in first-seen order."""
+        from tlq.db.results import varying_params_of
 
+        return varying_params_of(params)
 
-# --- module-level functions: one Client per call, from the TLQ_* environment or the keyword settings -----------
+    @staticmethod
+    def lower_is_better(metric: str) -> bool:
+        """Whether smaller values of ``metric`` are better: as the task that records it as its headline says,
+        else by its name (losses, errors, times)."""
+        from tlq.db.results import lower_is_better
 
-_SETTINGS_KEYS = ("home", "database_url", "broker_url", "artifacts_dir")
+        goals = {goal for headline, goal in headline_metrics().values() if headline == metric}
+        return goals == {"min"} if goals else lower_is_better(metric)
 
-# `list` is left out so that `from tlq.client import *` never hides the builtin.
-__all__ = ["Client", "artifacts", "compare", "get", "metrics", "results", "submit", "sweep", "wait"]
-
-
-def _client(kwargs: dict[str, Any], strict: bool = False) -> Client:
-    """A Client from the settings keywords, which are taken out of ``kwargs``; with ``strict``, any other
-    keyword is an error (a typo such as ``hom=`` must not fall back to the default setup)."""
-    client = Client(**{k: kwargs.pop(k) for k in _SETTINGS_KEYS if k in kwargs})
-    if strict and kwargs:
-        raise TypeError(f"unexpected keyword {', '.join(sorted(kwargs))}; settings are {', '.join(_SETTINGS_KEYS)}")
-    return client
-
-
-def submit(task: str, **options: Any) -> int:
-    """Queues a job; see ``Client.submit``."""
-    return _client(options).submit(task, **options)
-
-
-def sweep(task: str, grid: dict[str, Iterable[Any]], **options: Any) -> dict[str, Any]:
-    """Queues a sweep as one group; see ``Client.sweep``."""
-    return _client(options).sweep(task, grid, **options)
-
-
-def get(job_id: int, **settings: Any) -> dict[str, Any]:
-    """A job as `tlq show --json` prints it; see ``Client.get``."""
-    return _client(settings, strict=True).get(job_id)
-
-
-def list(**options: Any) -> builtins.list[dict[str, Any]]:  # noqa: A001 - the operation's name
-    """Jobs, newest first; see ``Client.list``."""
-    return _client(options).list(**options)
-
-
-def results(where: str | None = None, order_by: str | None = None, **options: Any) -> builtins.list[dict[str, Any]]:
-    """Jobs matching a filter; see ``Client.results``."""
-    return _client(options).results(where, order_by, **options)
-
-
-def wait(
-    job_id: int,
-    timeout: float | None = None,
-    poll: float = 0.5,
-    on_update: Callable[[dict[str, Any]], None] | None = None,
-    **settings: Any,
-) -> dict[str, Any]:
-    """Waits for a job to end; see ``Client.wait``."""
-    return _client(settings, strict=True).wait(job_id, timeout, poll, on_update)
-
-
-def metrics(job_id: int, name: str | None = None, **settings: Any) -> builtins.list[dict[str, Any]]:
-    """A job's metric history; see ``Client.metrics``."""
-    return _client(settings, strict=True).metrics(job_id, name)
-
-
-def compare(group: int | None = None, jobs: Iterable[int] = (), **options: Any) -> builtins.list[dict[str, Any]]:
-    """A leaderboard, best first; see ``Client.compare``."""
-    return _client(options).compare(group, jobs, **options)
-
-
-def artifacts(job_id: int, kind: str | None = None, **settings: Any) -> builtins.list[dict[str, Any]]:
-    """A job's artifacts; see ``Client.artifacts``."""
-    return _client(settings, strict=True).artifacts(job_id, kind)
+    # `list` stays the name users call (README); it is bound last, so nothing above reads it for the builtin.
+    list = list_jobs

@@ -1,0 +1,21 @@
+"""What each installed task ranks its jobs by: the headline metric it declares and whether higher or lower is
+better."""
+
+from __future__ import annotations
+
+
+def headline_metrics() -> dict[str, tuple[str, str]]:
+    """The headline metric and its goal (``max`` or ``min``) of each installed task that declares one; a task
+    that fails to load is left out (its own commands say why)."""
+    from tlq.errors import BadInput
+    from tlq.plugins.registry import task_registry
+
+    registry, found = task_registry(), {}
+    for name in registry.names():
+        try:
+            plugin = registry.get(name)
+        except BadInput:
+            continue
+        if plugin.headline:
+            found[name] = (plugin.headline, plugin.headline_goal)
+    return found
