@@ -552,3 +552,31 @@ def test_a_claim_in_a_session_that_loaded_the_job_before_sees_the_row_it_wrote(d
         assert (job.status, job.attempts, job.lease) == ("running", 1, lease)
     with db.read_session() as session:
         assert [a.number for a in queries.job_attempts(session, job_id)] == [1]
+
+
+def test_a_claim_that_waited_for_the_row_counts_the_claim_it_waited_for(db):
+    """On PostgreSQL a claim's UPDATE that waits for the row's lock keeps the snapshot it started with; the
+    earlier claims are counted in a statement after it, so a claim made and requeued meanwhile still counts
+    (else the job's resumable files would be set aside as another's)."""
+    import threading
+    import time
+
+    job_id = new_job(db)
+    first_session = db._sessions()
+    first_session.begin()
+    first = claims.claim(first_session, job_id, "a", "h", 1)
+    first_session.flush()  # the row is locked, the first attempt written, nothing committed yet
+    won = {}
+
+    def second_claim():
+        with db.session() as session:
+            won["claim"] = claims.claim_job(session, job_id, "b", "h", 2)
+
+    waiting = threading.Thread(target=second_claim)
+    waiting.start()
+    time.sleep(0.5)  # PostgreSQL: the second UPDATE now waits for the row; SQLite: for the write lock
+    assert claims.recover(first_session, job_id, first, "its worker died at once") == "requeued"
+    first_session.commit()
+    first_session.close()
+    waiting.join(30)
+    assert won["claim"] is not None and won["claim"].earlier_claims == 1

@@ -190,3 +190,43 @@ def test_a_flush_inside_a_write_and_a_flush_during_an_outage_neither_hang_nor_ha
     assert during <= 10, f"{during} tries in {took:.1f} s"
     proxy.up()
     assert keeper.close(None) is False
+
+
+@pytest.mark.parametrize("replay_fails", [False, True])
+def test_a_final_write_whose_reply_was_lost_is_not_written_again(tmp_path, replay_fails):
+    """The first commit of close() lands but its reply is lost: the retry finds the status recorded and returns,
+    without running the attempt's last writes a second time (a second run that failed used to spin forever)."""
+    import contextlib
+
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    db = Database(f"sqlite:///{tmp_path / 'tlq.sqlite'}")
+    job_id, lease = running_job(db)
+    session, commits, calls = db.session, [], []
+
+    @contextlib.contextmanager
+    def reply_lost_once():
+        with session() as s:
+            yield s
+        commits.append(1)
+        if len(commits) == 1:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    def write(s):
+        calls.append(1)
+        if replay_fails and len(calls) > 1:
+            raise IntegrityError("INSERT", {}, Exception("a second run of this write"))
+        queries.record_metric(s, job_id, "loss", 1.0, step=1)
+
+    db.session = reply_lost_once
+    keeper = LeaseKeeper(db, job_id, lease, Timing(poll_every=0.01, max_backoff=0.01, outage_s=5))
+    keeper.start()
+    keeper.write(write)
+    outcome = {}
+    closing = threading.Thread(target=lambda: outcome.setdefault("closed", keeper.close(JobStatus.SUCCEEDED)))
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive() and outcome["closed"] is True
+    assert len(calls) == 1 and steps(db, job_id) == [(1, 1.0)]
+    with db.read_session() as s:
+        assert queries.get_job(s, job_id).status == "succeeded"

@@ -19,8 +19,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import case, func, insert, select, update
+from sqlalchemy.orm import Session, aliased
 
 from tlq.config import mask_secrets_in
 from tlq.db.clock import db_now
@@ -114,8 +114,6 @@ def claim_job(
     """
     lease = lease or new_lease()
     stopping = select(WorkerRecord.id).where(WorkerRecord.name == worker, WorkerRecord.status == "stopping").exists()
-    # This claim's own attempt row is written after the UPDATE: every attempt row it counts came before.
-    earlier = select(func.count()).select_from(Attempt).where(Attempt.job_id == Job.id).scalar_subquery()
     values = dict(
         status=RUNNING,
         worker=worker,
@@ -135,7 +133,7 @@ def claim_job(
         update(Job)
         .where(Job.id == job_id, Job.status == QUEUED, Job.cancel_requested.is_(False), ~stopping)
         .values(**values)
-        .returning(Job, earlier)
+        .returning(Job)
         # the row as the claim left it, even when this session had loaded the job before
         .execution_options(synchronize_session=False, populate_existing=True)
     ).first()
@@ -149,9 +147,17 @@ def claim_job(
             return Claim(lease, job, before)
         _end_cancelled_queued(session, job_id)
         return None
-    job, before = row
-    session.add(
-        Attempt(
+    (job,) = row
+    # The earlier claims are counted by the attempt's INSERT, a statement of its own: on PostgreSQL the UPDATE's
+    # snapshot is taken when it starts, and an UPDATE that waited for the row's lock (while another worker
+    # claimed the job and had it requeued) would not see that claim's attempt row.
+    other = aliased(Attempt)
+    earlier = (
+        select(func.count()).select_from(other).where(other.job_id == job_id, other.lease != lease).scalar_subquery()
+    )
+    before = session.execute(
+        insert(Attempt)
+        .values(
             job_id=job_id,
             number=job.attempts,
             lease=lease,
@@ -160,7 +166,8 @@ def claim_job(
             pid=pid,
             claimed_at=db_now(),
         )
-    )
+        .returning(earlier)
+    ).scalar_one()
     return Claim(lease, job, before)
 
 
@@ -224,13 +231,31 @@ def finish(
     error: str | None = None,
     progress: tuple | None = None,
 ) -> bool:
+    """Records the final status of the attempt holding ``lease`` (``finish_attempt``, for yes or no).
+
+    Returns:
+        True when recorded, now or by an earlier try of the same write (a commit whose reply was lost);
+        False when the lease is no longer the job's.
+    """
+    return finish_attempt(session, job_id, lease, status, error, progress) is not None
+
+
+def finish_attempt(
+    session: Session,
+    job_id: int,
+    lease: str,
+    status: JobStatus,
+    error: str | None = None,
+    progress: tuple | None = None,
+) -> str | None:
     """Records the final status of the attempt holding ``lease`` (and its last ``progress``: current, total,
     stage). In a write transaction the row stays locked until commit, so what the transaction writes next (the
     attempt's last metrics and artifacts) cannot race a recovery.
 
     Returns:
-        True when recorded, now or by an earlier try of the same write (a commit whose reply was lost);
-        False when the lease is no longer the job's.
+        "recorded" when recorded now; "already" when an earlier try of the same write was committed (its reply
+        was lost: what went with it is written already, and the row is no longer held); None when the lease is
+        no longer the job's.
     """
     error = error and mask_secrets_in(error)  # a task's exception text may carry a URL with its password
     values = dict(status=status.value, error=error, finished_at=db_now())
@@ -241,9 +266,9 @@ def finish(
     )
     if result.rowcount != 1:
         row = session.execute(select(Job.lease, Job.status).where(Job.id == job_id)).first()
-        return row is not None and row.lease == lease and row.status == status.value
+        return "already" if row is not None and row.lease == lease and row.status == status.value else None
     _end_attempt(session, lease, status.value, error)
-    return True
+    return "recorded"
 
 
 def recover(

@@ -254,14 +254,15 @@ class LeaseKeeper(threading.Thread):
                     # The final status first: it re-asserts the lease and locks the row like a hold (or finds
                     # that an earlier try was committed, its reply lost); the last writes then go with it.
                     if status is not None:
-                        held = claims.finish(session, self.job_id, self.lease, status, error, progress)
+                        held = claims.finish_attempt(session, self.job_id, self.lease, status, error, progress)
                     else:
-                        held = claims.hold_state(session, self.job_id, self.lease, True, progress) is not None
-                    if not held:
+                        held = claims.hold_state(session, self.job_id, self.lease, True, progress) and "recorded"
+                    if held is None:
                         self._lose("the job was taken over by another worker")
                         return False
-                    for write in writes:
-                        write(session)
+                    if held == "recorded":  # "already": an earlier try committed these writes with the status
+                        for write in writes:
+                            write(session)
                 with self._lock:
                     self._pending.clear()
                 self._ok()
@@ -271,6 +272,8 @@ class LeaseKeeper(threading.Thread):
                     if not writes:
                         raise
                     self._write_one_by_one(writes)  # only the refused write is lost; the job then fails
+                    if self.lost.is_set():  # the lease went while writing them one by one: nothing more to do
+                        return False
                     continue
                 if self._outage_exceeded(exc, since=start):
                     return None
