@@ -28,7 +28,14 @@ from tlq.db.models import Attempt, Job, JobStatus, WorkerRecord
 
 # The scans and the sends, once here, are still reachable as claims.NAME.
 from tlq.db.scans import HeldJob, running_jobs  # noqa: F401
-from tlq.db.sends import SEND_HOLD_S, claim_sends, confirm_sent, hand_back_message, release_send  # noqa: F401
+from tlq.db.sends import (  # noqa: F401
+    SEND_HOLD_S,
+    claim_sends,
+    confirm_sent,
+    fail_queued,
+    hand_back_message,
+    release_send,
+)
 
 CANCELLED_ON_REQUEST = "cancelled on request"
 
@@ -231,12 +238,7 @@ def finish(
     error: str | None = None,
     progress: tuple | None = None,
 ) -> bool:
-    """Records the final status of the attempt holding ``lease`` (``finish_attempt``, for yes or no).
-
-    Returns:
-        True when recorded, now or by an earlier try of the same write (a commit whose reply was lost);
-        False when the lease is no longer the job's.
-    """
+    """``finish_attempt``, for yes or no: True when recorded, now or by an earlier try whose reply was lost."""
     return finish_attempt(session, job_id, lease, status, error, progress) is not None
 
 
@@ -395,12 +397,3 @@ def request_cancel(session: Session, job_id: int) -> str:
     if result.rowcount != 1:
         return after
     return "cancelled" if after == JobStatus.CANCELLED.value else "requested"
-
-
-def fail_queued(session: Session, job_id: int, error: str) -> None:
-    """Marks a job that never started as failed, recording why (a broker that refused it, say)."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == QUEUED)
-        .values(status=JobStatus.FAILED.value, error=mask_secrets_in(error), finished_at=db_now(), sending_since=None)
-    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from tlq.config import mask_secrets_in
 from tlq.db.clock import db_now
 from tlq.db.models import Job, JobStatus
 
@@ -60,4 +61,13 @@ def hand_back_message(session: Session, job_id: int) -> None:
     """A stopping worker got the job's message but will not run it: the job has no message any more."""
     session.execute(
         update(Job).where(Job.id == job_id, Job.status == QUEUED).values(dispatched_at=None, sending_since=None)
+    )
+
+
+def fail_queued(session: Session, job_id: int, error: str) -> None:
+    """Marks a job that never started as failed, recording why (a broker that refused it, say)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED)
+        .values(status=JobStatus.FAILED.value, error=mask_secrets_in(error), finished_at=db_now(), sending_since=None)
     )
