@@ -41,6 +41,7 @@ CANCELLED_ON_REQUEST = "cancelled on request"
 
 RUNNING = JobStatus.RUNNING.value
 QUEUED = JobStatus.QUEUED.value
+PROGRESS_COLUMNS = ("progress_current", "progress_total", "progress_stage")
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,8 @@ def claim_job(
     lease: str | None = None,
     ran_on: dict[str, str] | None = None,
 ) -> Claim | None:
-    """Moves a queued job to running under a new lease for ``worker``, in one UPDATE that also returns the row
-    and the number of earlier claims, and records the claim as an attempt.
+    """Moves a queued job to running under a new lease for ``worker``, in one UPDATE that also returns the row,
+    and records the claim as an attempt, in an INSERT that returns the number of earlier claims.
 
     Args:
         lease: The token to claim under; a retried claim passes the same one, so that a claim whose commit
@@ -148,20 +149,12 @@ def claim_job(
         job = session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
         if job is not None and job.status == RUNNING and job.lease == lease:
             # an earlier try of this very claim was committed; its reply was lost
-            before = session.scalar(
-                select(func.count()).select_from(Attempt).where(Attempt.job_id == job_id, Attempt.lease != lease)
-            )
-            return Claim(lease, job, before)
+            return Claim(lease, job, session.scalar(_earlier_claims(job_id, lease)))
         _end_cancelled_queued(session, job_id)
         return None
     (job,) = row
-    # The earlier claims are counted by the attempt's INSERT, a statement of its own: on PostgreSQL the UPDATE's
-    # snapshot is taken when it starts, and an UPDATE that waited for the row's lock (while another worker
-    # claimed the job and had it requeued) would not see that claim's attempt row.
-    other = aliased(Attempt)
-    earlier = (
-        select(func.count()).select_from(other).where(other.job_id == job_id, other.lease != lease).scalar_subquery()
-    )
+    # Counted by the INSERT, a statement of its own: on PostgreSQL an UPDATE that waited for the row's lock keeps
+    # its older snapshot, which misses the attempt of a claim made (and requeued) meanwhile.
     before = session.execute(
         insert(Attempt)
         .values(
@@ -173,9 +166,20 @@ def claim_job(
             pid=pid,
             claimed_at=db_now(),
         )
-        .returning(earlier)
+        .returning(_earlier_claims(job_id, lease).scalar_subquery())
     ).scalar_one()
     return Claim(lease, job, before)
+
+
+def _earlier_claims(job_id: int, lease: str):
+    """How many attempt rows of the job another lease wrote (aliased: it also runs inside an INSERT into them)."""
+    other = aliased(Attempt)
+    return select(func.count()).select_from(other).where(other.job_id == job_id, other.lease != lease)
+
+
+def _progress_values(progress: tuple | None) -> dict:
+    """The columns of a progress report (current, total, stage); none without one."""
+    return {} if progress is None else dict(zip(PROGRESS_COLUMNS, progress, strict=True))
 
 
 def _end_cancelled_queued(session: Session, job_id: int) -> None:
@@ -207,8 +211,7 @@ def hold_state(
     values = {"heartbeat_at": db_now()}
     if progressed:
         values["progress_at"] = db_now()
-    if progress is not None:
-        values.update(zip(("progress_current", "progress_total", "progress_stage"), progress, strict=True))
+    values.update(_progress_values(progress))
     row = session.execute(
         update(Job)
         .where(*_held(job_id, lease))
@@ -260,9 +263,7 @@ def finish_attempt(
         no longer the job's.
     """
     error = error and mask_secrets_in(error)  # a task's exception text may carry a URL with its password
-    values = dict(status=status.value, error=error, finished_at=db_now())
-    if progress is not None:
-        values.update(zip(("progress_current", "progress_total", "progress_stage"), progress, strict=True))
+    values = dict(status=status.value, error=error, finished_at=db_now(), **_progress_values(progress))
     result = session.execute(
         update(Job).where(*_held(job_id, lease)).values(**values).execution_options(synchronize_session=False)
     )
