@@ -155,17 +155,20 @@ def test_a_device_that_cannot_even_be_described_still_runs_or_fails_the_job_neve
 
 
 def test_what_a_job_runs_on_and_the_workers_current_job_are_recorded_with_the_claim(env):
+    from tlq.client.workers_view import worker_rows
+
     seen = []
 
     def run(ctx, params):
         with env.db.read_session() as session:  # while it runs, before the keeper has written anything
-            worker = next(w for w in queries.list_workers(session) if w.name == "w")
-            seen.append((queries.get_job(session, ctx.job_id).ran_on, worker.current_job_id))
+            ran_on = queries.get_job(session, ctx.job_id).ran_on
+        (worker,) = (w for w in worker_rows(env) if w["name"] == "w")
+        seen.append((ran_on, worker["current_job"], worker["current_jobs"]))
 
     with env.db.session() as session:
         queries.register_worker(session, "w", "instance", hostname="h", pid=1, queues="local", device="cpu")
     job_id = new_job(env)
     execute_job(env, job_id, "w", tasks=registry_with(run))
-    assert seen == [(f"cpu ({__import__('os').cpu_count()} cores)", job_id)]
-    with env.db.read_session() as session:  # and cleared with the outcome
-        assert next(w for w in queries.list_workers(session) if w.name == "w").current_job_id is None
+    assert seen == [(f"cpu ({__import__('os').cpu_count()} cores)", job_id, [job_id])]
+    (worker,) = (w for w in worker_rows(env) if w["name"] == "w")  # and gone with the outcome
+    assert worker["current_job"] is None and worker["current_jobs"] == []

@@ -102,7 +102,7 @@ def workers(state: CliState, show_all: bool, json_out: bool) -> None:
             ",".join(w["queues"]),
             w["device"],
             w["status"],
-            str(w["current_job"] or ""),
+            ",".join(map(str, w["current_jobs"])),
             f"{w['seconds_since_seen']:.0f}s ago",
         )
     console().print(table)

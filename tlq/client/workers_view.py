@@ -14,6 +14,7 @@ def worker_rows(env, show_all: bool = False) -> list[dict[str, Any]]:
     with env.db.read_session() as session:
         now = database_time(session)  # the clock the workers report by, not this machine's
         rows = queries.list_workers(session)
+        jobs = queries.running_jobs_of(session, [w.name for w in rows])
     data = []
     for w in rows:
         live = w.status == "online" and (now - w.last_seen).total_seconds() <= queries.WORKER_LIVE_WINDOW_S
@@ -28,7 +29,8 @@ def worker_rows(env, show_all: bool = False) -> list[dict[str, Any]]:
                 "device": w.device,
                 "concurrency": w.concurrency,
                 "status": "online" if live else "offline",
-                "current_job": w.current_job_id,
+                "current_job": jobs.get(w.name, [None])[0],  # the one claimed first; all in current_jobs
+                "current_jobs": jobs.get(w.name, []),
                 "started_at": w.started_at.isoformat(),
                 "last_seen": w.last_seen.isoformat(),
                 "seconds_since_seen": round((now - w.last_seen) / dt.timedelta(seconds=1), 1),

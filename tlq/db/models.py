@@ -212,6 +212,5 @@ class WorkerRecord(Base):
     status: Mapped[str] = mapped_column(String(16), default="online")
     # A random token per worker life: a worker whose name another one took over stops reporting under it.
     instance: Mapped[str | None] = mapped_column(String(32))
-    current_job_id: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)

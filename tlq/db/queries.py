@@ -222,7 +222,6 @@ def register_worker(session: Session, name: str, instance: str, is_gone=None, **
         status="online",
         started_at=db_now(),
         last_seen=db_now(),
-        current_job_id=None,
     )
     # Insert first: of two workers registering a new name at once, exactly one inserts; the other then finds
     # the row (locked on PostgreSQL until the first commits) and sees it live.
@@ -247,8 +246,17 @@ def touch_worker(session: Session, name: str, instance: str | None = None, **fie
     return session.execute(query.values(last_seen=db_now(), **fields)).rowcount == 1
 
 
-def set_worker_job(session: Session, name: str, job_id: int | None) -> None:
-    session.execute(update(WorkerRecord).where(WorkerRecord.name == name).values(current_job_id=job_id))
+def running_jobs_of(session: Session, names: Iterable[str]) -> dict[str, list[int]]:
+    """The running jobs of each named worker, oldest claim first (a worker's current jobs)."""
+    rows = session.execute(
+        select(Job.worker, Job.id)
+        .where(Job.status == JobStatus.RUNNING.value, Job.worker.in_(list(names)))
+        .order_by(Job.claimed_at, Job.id)
+    )
+    jobs: dict[str, list[int]] = {}
+    for worker, job_id in rows:
+        jobs.setdefault(worker, []).append(job_id)
+    return jobs
 
 
 def list_workers(session: Session) -> list[WorkerRecord]:

@@ -70,7 +70,6 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
                 # A device this worker cannot give is not in ``labels``: the job fails with why once it starts.
                 won = claims.claim_job(session, job_id, worker, socket.gethostname(), os.getpid(), lease, labels)
                 if won is not None:
-                    queries.set_worker_job(session, worker, job_id)
                     return won.lease, won.job, won.earlier_claims
                 job = queries.get_job(session, job_id)
                 if job is not None and job.status == JobStatus.QUEUED.value:
@@ -195,11 +194,7 @@ def execute_job(
         keeper.close(None)
         log.warning("job %s: %s; this attempt stops without an outcome", job_id, keeper.lost_reason)
         return "lost"
-    # The worker's current job is cleared in the transaction that records the outcome (else on its own).
-    keeper.write(lambda session: queries.set_worker_job(session, worker, None))
     recorded = keeper.close(status, error=error and mask_secrets_in(error)[:4000])  # masked whole, then cut
-    if not recorded:
-        _clear_worker_job(env, worker)
     if recorded is None:
         log.error("job %s ended (%s) but the database stayed unreachable; it will be recovered", job_id, status)
         return "lost"
@@ -208,11 +203,3 @@ def execute_job(
         return "lost"
     log.info("job %s %s%s", job_id, status.value, f": {error}" if error else "")
     return status.value
-
-
-def _clear_worker_job(env: Environment, worker: str) -> None:
-    try:
-        with env.db.session() as session:
-            queries.set_worker_job(session, worker, None)
-    except Exception as exc:  # only a display column; never worth failing a job over
-        log.debug("could not clear the current job of %s: %s", worker, exc)

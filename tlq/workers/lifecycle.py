@@ -192,7 +192,7 @@ class WorkerMonitor(threading.Thread):
         self.stopped.set()
         try:
             with self.env.db.session() as session:
-                queries.touch_worker(session, self.worker_name, self.instance, status="offline", current_job_id=None)
+                queries.touch_worker(session, self.worker_name, self.instance, status="offline")
             # Deliveries this worker turned down while stopping left their jobs without a message.
             send_unsent(self.env, self.app)
         except Exception:
