@@ -34,3 +34,31 @@ def test_auto_takes_gpu_only_while_a_gpu_worker_is_live(env):
     with env.db.session() as session:
         queries.touch_worker(session, "gpu-1", status="offline")
     assert route("auto", env) == "cpu"
+
+
+def test_a_retry_asks_for_exactly_what_its_job_was_submitted_with(env, tmp_path):
+    from tlq.jobs.spec import JobSpec
+
+    weights = tmp_path / "w.safetensors"
+    spec = JobSpec(
+        task="finetune",
+        backbone="resnet18",
+        weights=weights,
+        pretrained=False,
+        device="cpu",
+        priority=7,
+        name="run-a",
+        max_attempts=5,
+        timeout=90.0,
+        tags={"k": "v"},
+        params={"data": "/d", "epochs": 2},
+        group_id=None,
+    )
+    with env.db.session() as session:
+        job = queries.create_job(session, **spec.row_fields("cpu", spec.params))
+        job_id = job.id
+    with env.db.read_session() as session:
+        again = JobSpec.of_job(queries.get_job(session, job_id))
+    # every option survives the row; the retry's parent is the job it retries
+    assert again == spec.model_copy(update={"weights": weights.resolve(), "parent_id": job_id})
+    assert set(JobSpec.model_fields) - {"parent_id"} <= {*spec.model_dump(exclude_unset=True)}

@@ -123,10 +123,10 @@ class Client:
 
     def retry(self, job_id: int) -> int:
         """Queues a new job with the same spec as ``job_id``; returns the new id."""
-        from tlq.jobs.submit import spec_of_job
+        from tlq.jobs.spec import JobSpec
 
         with self.env.db.read_session() as session:
-            spec = spec_of_job(self._job(session, job_id))
+            spec = JobSpec.of_job(self._job(session, job_id))
         return self.queue(spec)
 
     def cancel(self, job_id: int) -> str:

@@ -82,24 +82,7 @@ def check_memory(env: Environment, plugin, params, spec: JobSpec, queue: str) ->
 
 def create_job_row(env: Environment, spec: JobSpec, queue: str, params: dict) -> int:
     with env.db.session() as session:
-        job = queries.create_job(
-            session,
-            task=spec.task,
-            backbone=spec.backbone,
-            weights=str(spec.weights.expanduser().resolve()) if spec.weights else None,
-            pretrained=spec.pretrained,
-            params=params,
-            queue=queue,
-            device=spec.device,
-            priority=spec.priority,
-            name=spec.name,
-            max_attempts=spec.max_attempts,
-            timeout_s=spec.timeout,
-            tags=spec.tags,
-            parent_id=spec.parent_id,
-            group_id=spec.group_id,
-        )
-        return job.id
+        return queries.create_job(session, **spec.row_fields(queue, params)).id
 
 
 def submit(env: Environment, spec: JobSpec, app=None) -> int:
@@ -184,25 +167,6 @@ def _queue(env: Environment, spec: JobSpec, params: dict, app, queue: str) -> in
     return job_id
 
 
-def spec_of_job(job) -> JobSpec:
-    """The spec a job was submitted with, for `tlq retry`."""
-    return JobSpec(
-        task=job.task,
-        backbone=job.backbone,
-        weights=job.weights,
-        pretrained=job.pretrained,
-        device=job.device,
-        priority=job.priority,
-        name=job.name,
-        max_attempts=job.max_attempts,
-        timeout=job.timeout_s,
-        tags=job.tags or {},
-        params=job.params or {},
-        parent_id=job.id,
-        group_id=None,
-    )
-
-
 def run_here(env: Environment, spec: JobSpec, on_progress=None) -> int:
     """Validates and runs a job in this process, with no broker or worker; records the same rows.
 
@@ -220,4 +184,4 @@ def run_here(env: Environment, spec: JobSpec, on_progress=None) -> int:
     return job_id
 
 
-__all__ = ["BadInput", "BrokerUnavailable", "route", "run_here", "spec_of_job", "submit", "submit_group"]
+__all__ = ["BadInput", "BrokerUnavailable", "route", "run_here", "submit", "submit_group"]
