@@ -267,3 +267,55 @@ def test_the_worker_takes_the_broker_and_cache_settings(tmp_path):
     assert app.conf.broker_transport_options["visibility_timeout"] == 30.0
     assert app.conf.broker_transport_options["unacked_restore_interval"] == 10
     assert app.tlq_runtime.model_cache.capacity == 5
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("name", list(Settings.model_fields))
+def test_every_setting_is_documented_in_the_readme_and_shown_by_tlq_config(name, tmp_path):
+    field = Settings.model_fields[name]
+    rows = [line for line in README.read_text().splitlines() if line.startswith(f"| `{field.alias}` |")]
+    assert rows, f"README's Configuration section has no row for {field.alias}"
+    if isinstance(field.default, int | float):  # the table says the default
+        assert f" {Settings.load(home=tmp_path, environ={}).describe()[name]['value']} |" in rows[0]
+    assert name in Settings.load(home=tmp_path, environ={}).describe()
+
+
+def test_only_the_given_environment_counts(tmp_path, monkeypatch):
+    """``environ`` replaces os.environ; a .env file, a bad variable outside ``environ`` and TLQ_* variables that
+    name no setting change nothing."""
+    monkeypatch.setenv("TLQ_STALE_AFTER", "abc")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("TLQ_DB_OUTAGE_S=5\nTLQ_HOME=/elsewhere\n")
+    unrelated = {"TLQ_DB_PASSWORD": "x", "TLQ_GPU": "0", "TLQ_home": "/lowercase", "TLQ_STALE_AFTER_S": "bad"}
+    settings = Settings.load(home=tmp_path, environ=unrelated)
+    assert settings == Settings.load(home=tmp_path, environ={})
+    assert (settings.stale_after_s, settings.db_outage_s, settings.home) == (60.0, 120.0, tmp_path.resolve())
+    monkeypatch.delenv("TLQ_STALE_AFTER")
+    monkeypatch.setenv("TLQ_DB_OUTAGE_S", "7")
+    assert Settings.load(home=tmp_path).db_outage_s == 7.0  # without environ=, os.environ
+
+
+def test_settings_are_frozen_hashable_picklable_and_equal_whatever_their_source(tmp_path):
+    import pickle
+
+    from pydantic import ValidationError
+
+    by_flag = Settings.load(home=tmp_path, environ={})
+    by_variable = Settings.load(environ={"TLQ_HOME": str(tmp_path)})
+    assert by_flag.sources["home"] == "flag" and by_variable.sources["home"] == "TLQ_HOME"
+    assert by_flag == by_variable and hash(by_flag) == hash(by_variable)
+    assert by_flag != Settings.load(home=tmp_path, environ={"TLQ_MODEL_CACHE": "3"})
+    with pytest.raises(ValidationError):
+        by_flag.model_cache = 3
+    assert pickle.loads(pickle.dumps(by_flag)).sources == by_flag.sources
+
+
+def test_a_value_pydantic_refuses_is_one_line_naming_the_flag_or_variable(tmp_path):
+    from tlq.config import SettingsError
+
+    with pytest.raises(SettingsError, match=r"^--home='a\\x00b' cannot be used: embedded null byte$"):
+        Settings.load(home="a\0b", environ={})
+    with pytest.raises(SettingsError, match=r"^TLQ_ARTIFACTS_DIR='x\\x00' cannot be used: embedded null byte$"):
+        Settings.load(home=tmp_path, environ={"TLQ_ARTIFACTS_DIR": "x\0"})

@@ -1,8 +1,8 @@
-"""Settings in force: where tlq keeps its database, broker and artifacts.
+"""Settings in force: where tlq keeps its database, broker and artifacts, and how its workers behave.
 
-Every setting comes from an environment variable, each of which is also a flag on the root command. With
-nothing set, tlq needs no server: SQLite holds the database and, through kombu's SQLAlchemy transport, the
-broker.
+All of them are fields of one pydantic-settings model, ``Settings``, each read from its ``TLQ_*`` environment
+variable (the field's alias); the four places also have a flag on the root command. With nothing set, tlq needs
+no server: SQLite holds the database and, through kombu's SQLAlchemy transport, the broker.
 """
 
 from __future__ import annotations
@@ -10,28 +10,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any
 from urllib.parse import quote
 
-ENV_HOME = "TLQ_HOME"
-ENV_DATABASE_URL = "TLQ_DATABASE_URL"
-ENV_BROKER_URL = "TLQ_BROKER_URL"
-ENV_ARTIFACTS_DIR = "TLQ_ARTIFACTS_DIR"
-ENV_VISIBILITY_TIMEOUT = "TLQ_VISIBILITY_TIMEOUT"
-ENV_MODEL_CACHE = "TLQ_MODEL_CACHE"
-ENV_FEATURE_CACHE_MB = "TLQ_FEATURE_CACHE_MB"
-
-DEFAULT_MODEL_CACHE = 2  # built models a worker process keeps
-DEFAULT_FEATURE_CACHE_MB = 2048.0  # size bound of the on-disk feature cache
-VISIBILITY_TIMEOUT_EXAMPLE = 3600.0  # Redis's own default, used when TLQ_VISIBILITY_TIMEOUT is not set
-
-# Reliability timings: (environment variable, default seconds, what it means).
-TIMINGS = {
-    "stale_after_s": ("TLQ_STALE_AFTER", 60.0, "seconds without a heartbeat before a running job is recovered"),
-    "db_outage_s": ("TLQ_DB_OUTAGE_S", 120.0, "seconds a running job rides out an unreachable database"),
-    "stall_after_s": ("TLQ_STALL_AFTER", 900.0, "seconds a running job may make no progress before it is ended"),
-}
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class SettingsError(ValueError):
@@ -142,34 +128,78 @@ def normalize_broker_url(url: str) -> str:
     return ";".join(encode_password(part) for part in _NEXT_URL.split(url))
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What a CLI call or a worker process runs against.
+def _seconds(variable: str, default: float | None, meaning: str, example: float | None = None) -> Any:
+    """A field for a number of seconds above 0, read from ``variable``."""
+    fix = f"is not a number of seconds above 0; set it to, say, {example or default:g}"
+    return Field(default, alias=variable, description=meaning, json_schema_extra={"fix": fix})
 
-    Attributes:
-        home: Folder for the default SQLite files and artifacts.
-        database_url: SQLAlchemy URL of the job database.
-        broker_url: Celery broker URL.
-        artifacts_dir: Folder under which each job writes its artifacts.
-        stale_after_s: A running job whose heartbeat is this old (``TLQ_STALE_AFTER``) is recovered.
-        db_outage_s: How long a running job rides out an unreachable database (``TLQ_DB_OUTAGE_S``).
-        stall_after_s: A running job whose task made no step for this long is ended (``TLQ_STALL_AFTER``).
-        visibility_timeout_s: Redis's visibility timeout (``TLQ_VISIBILITY_TIMEOUT``); None keeps Redis's 1 h.
-        model_cache: Built models a worker process keeps (``TLQ_MODEL_CACHE``); 0 keeps none.
-        feature_cache_mb: Size bound of the feature cache in MB (``TLQ_FEATURE_CACHE_MB``); 0 turns it off.
+
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+FLAGS = ("home", "database_url", "broker_url", "artifacts_dir")  # the settings the root command has a flag for
+
+
+class Settings(BaseSettings):
+    """What a CLI call or a worker process runs against; build it with ``Settings.load``.
+
+    Each field's alias is its environment variable and its description says what it means (the README's
+    Configuration section lists the same). Frozen, and equal to another whose values are equal, wherever
+    those values came from (``sources``).
     """
 
-    home: Path
-    database_url: str
-    broker_url: str
-    artifacts_dir: Path
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
-    stale_after_s: float = TIMINGS["stale_after_s"][1]
-    db_outage_s: float = TIMINGS["db_outage_s"][1]
-    stall_after_s: float = TIMINGS["stall_after_s"][1]
-    visibility_timeout_s: float | None = None
-    model_cache: int = DEFAULT_MODEL_CACHE
-    feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", case_sensitive=True, validate_default=True, protected_namespaces=()
+    )
+
+    home: Path = Field(
+        Path("~/.tlq"), alias="TLQ_HOME", description="folder for the default SQLite files and artifacts"
+    )
+    database_url: str = Field("", alias="TLQ_DATABASE_URL", description="SQLAlchemy URL of the job database")
+    broker_url: str = Field("", alias="TLQ_BROKER_URL", description="Celery broker URL")
+    artifacts_dir: Path = Field(
+        None, alias="TLQ_ARTIFACTS_DIR", description="folder under which each job writes its artifacts"
+    )
+    stale_after_s: Seconds = _seconds(
+        "TLQ_STALE_AFTER", 60.0, "seconds without a heartbeat before a running job is recovered"
+    )
+    db_outage_s: Seconds = _seconds("TLQ_DB_OUTAGE_S", 120.0, "seconds a running job rides out an unreachable database")
+    stall_after_s: Seconds = _seconds(
+        "TLQ_STALL_AFTER", 900.0, "seconds a running job may make no progress before it is ended"
+    )
+    visibility_timeout_s: Seconds | None = _seconds(
+        "TLQ_VISIBILITY_TIMEOUT", None, "Redis's visibility timeout; unset keeps Redis's own 1 h", example=3600.0
+    )
+    model_cache: int = Field(
+        2,
+        ge=0,
+        alias="TLQ_MODEL_CACHE",
+        description="built models a worker process keeps; 0 keeps none",
+        json_schema_extra={"fix": "is not a whole number of models, 0 or more; set it to, say, 2 (0 keeps none)"},
+    )
+    feature_cache_mb: float = Field(
+        2048.0,
+        ge=0,
+        allow_inf_nan=False,
+        alias="TLQ_FEATURE_CACHE_MB",
+        description="size bound of the on-disk feature cache in MB; 0 turns it off",
+        json_schema_extra={
+            "fix": "is not a number of megabytes, 0 or more; set it to, say, 2048 (0 turns the cache off)"
+        },
+    )
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values passed in. ``load`` reads the variables itself, from ``os.environ`` or the mapping a
+        test passes, so that it knows where each value came from; a ``.env`` file or a secrets folder, which
+        pydantic-settings would otherwise read, never changes a setting."""
+        return (init_settings,)
 
     @classmethod
     def load(
@@ -180,73 +210,79 @@ class Settings:
         artifacts_dir: str | os.PathLike | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
-        """Builds settings from explicit values, then the environment, then the defaults, in that order."""
-        env = os.environ if environ is None else environ
-        sources: dict[str, str] = {}
+        """Builds settings from explicit values (the root command's flags), then the environment (``environ``,
+        else ``os.environ``), then the defaults, in that order.
 
-        def pick(name: str, explicit, env_name: str, default):
-            if explicit not in (None, ""):
-                sources[name] = "flag"
-                return explicit
-            if env.get(env_name):
-                sources[name] = env_name
-                return env[env_name]
-            sources[name] = "default"
-            return default
+        Raises:
+            SettingsError: A value tlq cannot use; its one-line message names the variable (or flag) and the fix.
+        """
+        explicit = dict(zip(FLAGS, (home, database_url, broker_url, artifacts_dir), strict=True))
+        fields = cls.model_fields
+        flags = {fields[name].alias: value for name, value in explicit.items() if value not in (None, "")}
+        variables = TlqVariables(cls, os.environ if environ is None else environ)()
+        sources = {
+            name: "flag" if field.alias in flags else field.alias if field.alias in variables else "default"
+            for name, field in fields.items()
+            if name in FLAGS or field.alias in variables
+        }
+        values = variables | flags
+        try:
+            settings = cls(**values)
+        except ValidationError as exc:
+            raise SettingsError(_explain(cls, exc, values, flags)) from None
+        settings._sources = sources
+        return settings
 
-        home_path = Path(pick("home", home, ENV_HOME, "~/.tlq")).expanduser().resolve()
-        db = pick("database_url", database_url, ENV_DATABASE_URL, f"sqlite:///{home_path / 'tlq.sqlite'}")
-        broker = pick("broker_url", broker_url, ENV_BROKER_URL, f"sqla+sqlite:///{home_path / 'broker.sqlite'}")
-        artifacts = Path(pick("artifacts_dir", artifacts_dir, ENV_ARTIFACTS_DIR, home_path / "artifacts"))
-        for name, variable in (
-            *((name, variable) for name, (variable, _, _) in TIMINGS.items()),
-            ("visibility_timeout_s", ENV_VISIBILITY_TIMEOUT),
-            ("model_cache", ENV_MODEL_CACHE),
-            ("feature_cache_mb", ENV_FEATURE_CACHE_MB),
-        ):
-            if env.get(variable, "").strip():
-                sources[name] = variable
-        return cls(
-            home=home_path,
-            database_url=normalize_database_url(str(db)),
-            broker_url=normalize_broker_url(str(broker)),
-            artifacts_dir=artifacts.expanduser().resolve(),
-            sources=sources,
-            **{name: _seconds(env, variable, default) for name, (variable, default, _) in TIMINGS.items()},
-            visibility_timeout_s=_seconds(env, ENV_VISIBILITY_TIMEOUT, None, example=VISIBILITY_TIMEOUT_EXAMPLE),
-            model_cache=_count(env, ENV_MODEL_CACHE, DEFAULT_MODEL_CACHE, "models", "0 keeps none"),
-            feature_cache_mb=_megabytes(env, ENV_FEATURE_CACHE_MB, DEFAULT_FEATURE_CACHE_MB),
-        )
+    @property
+    def sources(self) -> Mapping[str, str]:
+        """Where each setting came from: ``flag``, its variable, or ``default`` (absent: the default)."""
+        return MappingProxyType(self._sources)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str, info: ValidationInfo) -> str:
+        return normalize_database_url(value or f"sqlite:///{_home(info) / 'tlq.sqlite'}")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str, info: ValidationInfo) -> str:
+        return normalize_broker_url(value or f"sqla+sqlite:///{_home(info) / 'broker.sqlite'}")
+
+    @field_validator("artifacts_dir", mode="before")
+    @classmethod
+    def _artifacts_dir(cls, value: Any, info: ValidationInfo) -> Any:
+        return _home(info) / "artifacts" if value in (None, "") else value
+
+    @field_validator("home", "artifacts_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.__dict__ == other.__dict__  # the values; not their sources
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.__dict__.values()))
 
     def as_env(self) -> dict[str, str]:
-        """The environment variables that make a child process (a worker, say) use these settings."""
-        return {
-            ENV_HOME: str(self.home),
-            ENV_DATABASE_URL: self.database_url,
-            ENV_BROKER_URL: self.broker_url,
-            ENV_ARTIFACTS_DIR: str(self.artifacts_dir),
-            **{variable: f"{getattr(self, name):g}" for name, (variable, _, _) in TIMINGS.items()},
-            # Empty means unset: Redis's own timeout, even where the parent's environment sets one.
-            ENV_VISIBILITY_TIMEOUT: "" if self.visibility_timeout_s is None else _number(self.visibility_timeout_s),
-            ENV_MODEL_CACHE: str(self.model_cache),
-            ENV_FEATURE_CACHE_MB: _number(self.feature_cache_mb),
-        }
+        """The environment variables that make a child process (a worker, say) use these settings.
+
+        An unset visibility timeout is passed as empty, which reads as unset: Redis's own timeout, even where the
+        parent's environment sets one.
+        """
+        return {field.alias: _text(getattr(self, name)) for name, field in type(self).model_fields.items()}
 
     def describe(self) -> dict[str, dict[str, str]]:
-        """Settings with passwords masked and where each came from, for `tlq config`."""
-        values = {
-            "home": str(self.home),
-            "database_url": mask_url(self.database_url),
-            "broker_url": mask_url(self.broker_url),
-            "artifacts_dir": str(self.artifacts_dir),
-            **{name: _number(getattr(self, name)) for name in TIMINGS},
-            "visibility_timeout_s": "unset (Redis's 1 h)"
-            if self.visibility_timeout_s is None
-            else _number(self.visibility_timeout_s),
-            "model_cache": str(self.model_cache),
-            "feature_cache_mb": _number(self.feature_cache_mb),
-        }
-        return {k: {"value": v, "source": self.sources.get(k, "default")} for k, v in values.items()}
+        """Every setting with passwords masked and where it came from, for `tlq config`."""
+        described = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:  # only the visibility timeout may be unset
+                shown = "unset (Redis's 1 h)"
+            else:
+                shown = mask_url(value) if name.endswith("_url") else _text(value)
+            described[name] = {"value": shown, "source": self.sources.get(name, "default")}
+        return described
 
     @property
     def broker_is_embedded(self) -> bool:
@@ -254,55 +290,43 @@ class Settings:
         return self.broker_url.startswith(("sqla+", "sqlalchemy+"))
 
 
-def _seconds(
-    env: Mapping[str, str], variable: str, default: float | None, example: float | None = None
-) -> float | None:
-    """A number of seconds above 0 from ``variable``; ``default`` when it is unset or empty."""
-    text = env.get(variable, "").strip()
-    if not text:
-        return default
-    value = _float(text)
-    if not value > 0 or value == float("inf"):
-        suggestion = default if example is None else example
-        raise SettingsError(f"{variable}={text!r} is not a number of seconds above 0; set it to, say, {suggestion:g}")
-    return value
+class TlqVariables(PydanticBaseSettingsSource):
+    """pydantic-settings' source of each setting's ``TLQ_*`` variable (its alias), from ``environ``: ``os.environ``,
+    or the mapping a test passes. A blank value counts as unset; variables that name no setting are ignored."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (self.environ.get(field.alias, "").strip() or None), field.alias, False
+
+    def __call__(self) -> dict[str, str]:
+        found = (self.get_field_value(field, name) for name, field in self.settings_cls.model_fields.items())
+        return {variable: value for value, variable, _ in found if value is not None}
 
 
-def _count(env: Mapping[str, str], variable: str, default: int, what: str, zero: str) -> int:
-    """A whole number, 0 or more, from ``variable``; ``default`` when it is unset or empty."""
-    text = env.get(variable, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise SettingsError(
-            f"{variable}={text!r} is not a whole number of {what}, 0 or more; set it to, say, {default} ({zero})"
-        )
-    return value
+def _home(info: ValidationInfo) -> Path:
+    """The validated home, which the derived defaults sit under (any path where home itself failed)."""
+    return info.data.get("home", Path())
 
 
-def _megabytes(env: Mapping[str, str], variable: str, default: float) -> float:
-    """A number of megabytes, 0 or more, from ``variable``; ``default`` when it is unset or empty."""
-    text = env.get(variable, "").strip()
-    if not text:
-        return default
-    value = _float(text)
-    if not value >= 0 or value == float("inf"):
-        raise SettingsError(
-            f"{variable}={text!r} is not a number of megabytes, 0 or more; set it to, say, {default:g} "
-            "(0 turns the cache off)"
-        )
-    return value
+def _explain(cls: type[Settings], exc: ValidationError, values: Mapping[str, Any], flags: Mapping[str, Any]) -> str:
+    """pydantic's first error as one line that names the variable, or the flag, and the fix."""
+    error = exc.errors()[0]
+    variable = str(error["loc"][0]) if error["loc"] else ""
+    extra = next((f.json_schema_extra for f in cls.model_fields.values() if f.alias == variable), None)
+    fix = extra.get("fix") if isinstance(extra, dict) else None
+    where = f"--{variable[len('TLQ_') :].lower().replace('_', '-')}" if variable in flags else variable
+    fix = fix or f"cannot be used: {error['msg'].removeprefix('Value error, ')}"  # a path that cannot be resolved
+    return f"{where}={str(values.get(variable, ''))!r} {fix}"
 
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return float("nan")
+def _text(value: object) -> str:
+    """A setting as the text its variable takes: numbers as ``_number`` writes them, None as empty (unset)."""
+    if value is None:
+        return ""
+    return _number(value) if isinstance(value, float) else str(value)
 
 
 def _number(value: float) -> str:

@@ -3,7 +3,6 @@ leaves the job on the eager forward, and `auto` compiles only a CPU job long eno
 machine found compiled no faster."""
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +140,7 @@ def test_compile_off_never_compiles_and_a_short_auto_job_does_not_either(env, di
 
 def test_a_compile_that_fails_leaves_the_job_on_the_eager_forward(env, digits_dir, weights, monkeypatch, caplog):
     _, eager = extract(env, digits_dir, weights, "off")
-    env = Environment(replace(env.settings, feature_cache_mb=0))  # computed again, not served from the cache
+    env = Environment(env.settings.model_copy(update={"feature_cache_mb": 0}))  # computed again, not from the cache
 
     def compile(*args, **kwargs):  # failure injection; the next test has inductor fail for real
         raise RuntimeError("torch.compile is not supported here")

@@ -3,7 +3,6 @@ that reads it, and every setting that changes features (image size, precision, w
 
 import hashlib
 import os
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -38,7 +37,7 @@ def digest(path) -> str:
 
 def uncached(env, spec):
     """The same job with the feature cache turned off."""
-    job = run_job_here(Environment(replace(env.settings, feature_cache_mb=0)), spec)
+    job = run_job_here(Environment(env.settings.model_copy(update={"feature_cache_mb": 0})), spec)
     assert job["metrics"]["cached_images"] == 0
     return job
 

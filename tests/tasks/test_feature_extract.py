@@ -1,7 +1,6 @@
 """feature-extract stores exactly what timm computes for each image, and skips what cannot be read."""
 
 import csv
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -106,7 +105,7 @@ def test_features_stream_to_disk_in_chunks_the_same_as_in_one_piece(env, tmp_pat
     monkeypatch.setattr(features_module, "CHUNK_FILES", 7)  # 121 files: 17 chunks plus 2 files, one skipped
     chunked, chunked_features, chunked_index = run_extract(env, data, weights, "fp32")
     assert chunked["metrics"]["cached_images"] == 120  # chunk by chunk from the feature cache...
-    uncached = Environment(replace(env.settings, feature_cache_mb=0))
+    uncached = Environment(env.settings.model_copy(update={"feature_cache_mb": 0}))
     computed, computed_features, _ = run_extract(uncached, data, weights, "fp32")
     assert computed["metrics"]["cached_images"] == 0  # ...and computed chunk by chunk
     np.testing.assert_array_equal(whole_features, computed_features)
