@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import case, func, insert, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from tlq.config import mask_secrets_in
 from tlq.db.clock import db_now
@@ -40,7 +40,9 @@ CANCELLED_ON_REQUEST = "cancelled on request"
 RUNNING = JobStatus.RUNNING.value
 QUEUED = JobStatus.QUEUED.value
 PROGRESS_COLUMNS = ("progress_current", "progress_total", "progress_stage")
-_OTHER_ATTEMPT = aliased(Attempt, name="other_attempt")  # made once: a new alias per claim cost 0.3 ms to build
+# The statements a running job makes are on the tables (SQLAlchemy Core): half the CPU of the ORM's path per job.
+JOBS, ATTEMPTS = Job.__table__, Attempt.__table__
+_OTHER_ATTEMPT = ATTEMPTS.alias("other_attempt")  # made once: a new alias per claim cost 0.3 ms to build
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def claim_job(
     # Counted by the INSERT, a statement of its own: on PostgreSQL an UPDATE that waited for the row's lock keeps
     # its older snapshot, which misses the attempt of a claim made (and requeued) meanwhile.
     before = session.execute(
-        insert(Attempt)
+        insert(ATTEMPTS)
         .values(
             job_id=job_id,
             number=job.attempts,
@@ -172,8 +174,8 @@ def claim_job(
 
 def _earlier_claims(job_id: int, lease: str):
     """How many attempt rows of the job another lease wrote (aliased: it also runs inside an INSERT into them)."""
-    other = _OTHER_ATTEMPT
-    return select(func.count()).select_from(other).where(other.job_id == job_id, other.lease != lease)
+    other = _OTHER_ATTEMPT.c
+    return select(func.count()).select_from(_OTHER_ATTEMPT).where(other.job_id == job_id, other.lease != lease)
 
 
 def _progress_values(progress: tuple | None) -> dict:
@@ -190,7 +192,7 @@ def _end_cancelled_queued(session: Session, job_id: int) -> None:
 
 
 def _held(job_id: int, lease: str):
-    return (Job.id == job_id, Job.lease == lease, Job.status == RUNNING)
+    return (JOBS.c.id == job_id, JOBS.c.lease == lease, JOBS.c.status == RUNNING)
 
 
 def hold(session: Session, job_id: int, lease: str, progressed: bool = False) -> bool:
@@ -212,18 +214,15 @@ def hold_state(
         values["progress_at"] = db_now()
     values.update(_progress_values(progress))
     row = session.execute(
-        update(Job)
-        .where(*_held(job_id, lease))
-        .values(**values)
-        .returning(Job.cancel_requested)
-        .execution_options(synchronize_session=False)
+        update(JOBS).where(*_held(job_id, lease)).values(**values).returning(JOBS.c.cancel_requested)
     ).first()
     return None if row is None else LeaseState(True, bool(row.cancel_requested))
 
 
 def lease_state(session: Session, job_id: int, lease: str) -> LeaseState:
     """Whether ``lease`` still holds the job and whether a cancel was asked for; a read, no lock taken."""
-    row = session.execute(select(Job.lease, Job.status, Job.cancel_requested).where(Job.id == job_id)).first()
+    c = JOBS.c
+    row = session.execute(select(c.lease, c.status, c.cancel_requested).where(c.id == job_id)).first()
     if row is None:
         return LeaseState(False, False)
     return LeaseState(row.lease == lease and row.status == RUNNING, bool(row.cancel_requested))
@@ -263,11 +262,9 @@ def finish_attempt(
     """
     error = error and mask_secrets_in(error)  # a task's exception text may carry a URL with its password
     values = dict(status=status.value, error=error, finished_at=db_now(), **_progress_values(progress))
-    result = session.execute(
-        update(Job).where(*_held(job_id, lease)).values(**values).execution_options(synchronize_session=False)
-    )
+    result = session.execute(update(JOBS).where(*_held(job_id, lease)).values(**values))
     if result.rowcount != 1:
-        row = session.execute(select(Job.lease, Job.status).where(Job.id == job_id)).first()
+        row = session.execute(select(JOBS.c.lease, JOBS.c.status).where(JOBS.c.id == job_id)).first()
         return "already" if row is not None and row.lease == lease and row.status == status.value else None
     _end_attempt(session, lease, status.value, error)
     return "recorded"
@@ -357,7 +354,7 @@ def end_overdue(session: Session, job_id: int, lease: str, reason: str) -> str |
     Returns:
         The status recorded, or None when the lease was no longer the job's.
     """
-    cancel = session.scalar(select(Job.cancel_requested).where(*_held(job_id, lease)))
+    cancel = session.scalar(select(JOBS.c.cancel_requested).where(*_held(job_id, lease)))
     if cancel is None:
         return None
     status, error = (JobStatus.CANCELLED, CANCELLED_ON_REQUEST) if cancel else (JobStatus.FAILED, reason)
@@ -366,8 +363,8 @@ def end_overdue(session: Session, job_id: int, lease: str, reason: str) -> str |
 
 def _end_attempt(session: Session, lease: str, outcome: str, reason: str | None) -> None:
     session.execute(
-        update(Attempt)
-        .where(Attempt.lease == lease, Attempt.ended_at.is_(None))
+        update(ATTEMPTS)
+        .where(ATTEMPTS.c.lease == lease, ATTEMPTS.c.ended_at.is_(None))
         .values(ended_at=db_now(), outcome=outcome, reason=reason and mask_secrets_in(reason)[:4000])
     )
 

@@ -49,7 +49,8 @@ def claim_sends(session: Session, broker_started=None) -> list[tuple[int, str, i
 
 def confirm_sent(session: Session, job_id: int) -> None:
     """The job's message is in the broker."""
-    session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=db_now(), sending_since=None))
+    jobs = Job.__table__  # a Core statement: it runs once per job submitted
+    session.execute(update(jobs).where(jobs.c.id == job_id).values(dispatched_at=db_now(), sending_since=None))
 
 
 def release_send(session: Session, job_id: int) -> None:
