@@ -43,18 +43,14 @@ def write_photos(root: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def write_digits(root: Path, per_class: int, size: int = 224, classes=range(10)) -> Path:
-    """scikit-learn's handwritten digits as JPEG files in class folders, ``per_class`` of each digit."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's handwritten digits as JPEG files in class folders, ``per_class`` of each digit (the tests'
+    ``make_digits``), written once per folder: a later row reuses the same files."""
+    from tests.support import make_digits
 
-    digits = load_digits()
-    for label in classes:
-        folder = root / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in np.flatnonzero(digits.target == label)[:per_class]:
-            path = folder / f"{i}.jpg"
-            if not path.exists():
-                array = (digits.images[i] / 16.0 * 255).astype(np.uint8)
-                Image.fromarray(array).resize((size, size), Image.BILINEAR).convert("RGB").save(path, quality=90)
+    marker = root / f".complete-{per_class}-{size}-{'-'.join(map(str, classes))}"
+    if not marker.exists():
+        make_digits(root, classes=classes, per_class=per_class, size=size, fmt="jpg", quality=90)
+        marker.touch()
     return root
 
 

@@ -413,41 +413,20 @@ def full_finetune_row(work: Path, device: str, per_class: int) -> Row:
 
 # 4 --------------------------------------------------------------------------------------------------------------
 def install_example_plugin(work: Path) -> Path:
+    from tests.support import install_packages
+
     site = work / "plugin-site"
     if not (site / "tlq_example_plugin").exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-deps",
-                "--no-build-isolation",
-                "--target",
-                str(site),
-                str(REPO / "examples" / "tlq-example-plugin"),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        install_packages(site, REPO / "examples" / "tlq-example-plugin")
     return site
 
 
-def start_worker(env: dict, log: Path, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tlq", "worker", *args],
-        env=env,
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while b" ready." not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"worker did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    return proc
+def start_worker(env: dict, log: Path, *args: str):
+    """A real `tlq worker` (the tests' WorkerProcess), ready to take jobs; ``discard()`` it when done."""
+    from tests.support import WorkerProcess
+
+    log.unlink(missing_ok=True)
+    return WorkerProcess(env, log, *args).start().wait_ready(timeout=120)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -513,7 +492,7 @@ def queue_rows(work: Path, broker: str, broker_url: str | None, database_url: st
         wait_done(env, ids)
         rate = len(ids) / (time.perf_counter() - start)
     finally:
-        stop(worker)
+        worker.discard()
     raw_p50, raw_rate = raw_celery(work, broker, settings.broker_url)
     p50 = statistics.median(latencies)
     p95 = float(np.percentile(latencies, 95))
@@ -648,7 +627,7 @@ def warm_worker_row(work: Path) -> Row:
 
                 firsts.append(queries.last_metrics(session, job.id)["seconds_to_first_batch"])
     finally:
-        stop(worker)
+        worker.discard()
     cold, warm = firsts
     return Row(
         "warm worker: second resnet50 job, seconds to its first batch",

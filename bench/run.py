@@ -18,6 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # the test helpers (tests/support.py): real data, workers, databases
 
 import rows as bench  # noqa: E402
 
@@ -36,14 +37,9 @@ def reachable(port: int) -> bool:
 
 
 def fresh_pg_database(name: str) -> str:
-    import sqlalchemy as sa
+    from tests.support import create_postgres_database
 
-    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+    return create_postgres_database(name)
 
 
 def table(rows: list[bench.Row]) -> str:

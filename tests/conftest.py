@@ -101,30 +101,12 @@ def plugin_site(tmp_path_factory) -> Path:
     Processes that get it on PYTHONPATH see their tasks through the ``tlq.tasks`` entry points, exactly as
     after a `pip install`; tlq itself is not touched.
     """
-    import subprocess
-    import sys
-
-    from tests.support import REPO
+    from tests.support import REPO, install_packages
 
     site = tmp_path_factory.mktemp("plugin-site")
-    for package in (REPO / "examples" / "tlq-example-plugin", REPO / "tests" / "fixtures" / "tlq-test-tasks"):
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-deps",
-                "--no-build-isolation",
-                "--target",
-                str(site),
-                str(package),
-            ],
-            check=True,
-            capture_output=True,
-        )
-    return site
+    return install_packages(
+        site, REPO / "examples" / "tlq-example-plugin", REPO / "tests" / "fixtures" / "tlq-test-tasks"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -21,33 +21,64 @@ REDIS_URL = "redis://127.0.0.1:6379"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+def _pg_admin(statement: str) -> None:
+    import sqlalchemy as sa
+
+    from tlq.config import normalize_database_url
+
+    admin = sa.create_engine(normalize_database_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(statement))
+    finally:
+        admin.dispose()
+
+
+def create_postgres_database(name: str) -> str:
+    """A fresh, empty PostgreSQL database called ``name`` (one of that name is dropped first); returns its URL."""
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
 @contextlib.contextmanager
 def postgres_database():
     """A fresh, empty PostgreSQL database (its URL), dropped afterwards."""
     import uuid
 
-    import sqlalchemy as sa
-
-    from tlq.config import normalize_database_url
-
     name = f"tlq_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(normalize_database_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = create_postgres_database(name)
     try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.dispose()  # its pooled connection may not have lived through a test that restarts PostgreSQL
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        yield url
+    finally:  # a new admin connection: a pooled one may not have lived through a test that restarts PostgreSQL
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def install_packages(site: Path, *packages: Path) -> Path:
+    """pip-installs ``packages`` (plugin projects) into the folder ``site``, as a user's `pip install` would but
+    without touching the environment; a process with ``site`` on PYTHONPATH sees their entry points."""
+    for package in packages:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site)]
+            + [str(package)],
+            check=True,
+            capture_output=True,
+        )
+    return site
 
 
 def make_digits(
-    root: Path, classes=range(10), per_class: int = 20, size: int = 32, offset: int = 0, fmt: str = "png"
+    root: Path,
+    classes=range(10),
+    per_class: int = 20,
+    size: int = 32,
+    offset: int = 0,
+    fmt: str = "png",
+    quality: int = 75,
 ) -> Path:
     """Writes scikit-learn's handwritten digits (real scans, shipped in the package) as image files in
-    class folders, ``per_class`` of each class starting at the ``offset``-th example of that class."""
+    class folders, ``per_class`` of each class starting at the ``offset``-th example of that class (JPEG files
+    at ``quality``)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -58,7 +89,7 @@ def make_digits(
         for i in picks:
             array = (digits.images[i] / 16.0 * 255).astype(np.uint8)
             image = Image.fromarray(array, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
-            image.save(root / str(label) / f"{label}_{i}.{fmt}")
+            image.save(root / str(label) / f"{label}_{i}.{fmt}", **({"quality": quality} if fmt == "jpg" else {}))
     return root
 
 
