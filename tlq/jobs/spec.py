@@ -42,45 +42,23 @@ class JobSpec(BaseModel):
             return None
         return BackboneRef(self.backbone, self.weights, self.pretrained)
 
-    # The one mapping between a spec and a job row, both ways; a new option is added here and in the model.
+    # The one mapping between a spec and a job row, both ways: every option is a column of the same name, but
+    # ``timeout`` (``timeout_s``); a new option needs only its field here and its column in the model.
 
     def row_fields(self, queue: str, params: dict[str, Any]) -> dict[str, Any]:
         """The job row's columns for this spec, with its validated ``params`` and the ``queue`` it goes to."""
-        return dict(
-            task=self.task,
-            backbone=self.backbone,
-            weights=str(self.weights.expanduser().resolve()) if self.weights else None,
-            pretrained=self.pretrained,
-            params=params,
-            queue=queue,
-            device=self.device,
-            priority=self.priority,
-            name=self.name,
-            max_attempts=self.max_attempts,
-            timeout_s=self.timeout,
-            tags=self.tags,
-            parent_id=self.parent_id,
-            group_id=self.group_id,
-        )
+        row = {_COLUMNS.get(name, name): getattr(self, name) for name in type(self).model_fields}
+        weights = str(self.weights.expanduser().resolve()) if self.weights else None
+        return row | {"weights": weights, "params": params, "queue": queue}
 
     @classmethod
     def of_job(cls, job) -> JobSpec:
         """The spec job row ``job`` was submitted with, as a retry of it (its parent is the job, no group)."""
-        return cls(
-            task=job.task,
-            backbone=job.backbone,
-            weights=job.weights,
-            pretrained=job.pretrained,
-            device=job.device,
-            priority=job.priority,
-            name=job.name,
-            max_attempts=job.max_attempts,
-            timeout=job.timeout_s,
-            tags=job.tags or {},
-            params=job.params or {},
-            parent_id=job.id,
-            group_id=None,
-        )
+        spec = {name: getattr(job, _COLUMNS.get(name, name)) for name in cls.model_fields}
+        return cls(**spec | {"tags": job.tags or {}, "params": job.params or {}, "parent_id": job.id, "group_id": None})
+
+
+_COLUMNS = {"timeout": "timeout_s"}  # the spec's options whose job column has another name
 
 
 def validate_params(plugin: TaskPlugin, params: dict[str, Any]) -> TaskParams:
