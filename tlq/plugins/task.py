@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -51,9 +51,14 @@ class TaskParams(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+P = TypeVar("P", bound=TaskParams)
+
+
 @dataclass(frozen=True)
-class TaskPlugin:
-    """A task tlq can run.
+class TaskPlugin(Generic[P]):
+    """A task tlq can run, typed by its parameter model: ``TaskPlugin(params=FinetuneParams, run=run, ...)`` is a
+    ``TaskPlugin[FinetuneParams]``, and a type checker holds ``run``, ``check`` and ``memory`` to taking a
+    ``FinetuneParams`` (what the worker validates the job's parameters into before it calls them).
 
     Attributes:
         name: The name users type (``tlq submit NAME``).
@@ -73,10 +78,10 @@ class TaskPlugin:
 
     name: str
     summary: str
-    params: type[TaskParams]
-    run: Callable[[JobContext, Any], None]
+    params: type[P]
+    run: Callable[[JobContext, P], None]
     needs_backbone: bool = True
-    check: Callable[[Any, Environment, BackboneRef | None], None] | None = None
-    memory: Callable[[Any, Environment, BackboneRef | None], Any] | None = None
+    check: Callable[[P, Environment, BackboneRef | None], None] | None = None
+    memory: Callable[[P, Environment, BackboneRef | None], Any] | None = None
     headline: str | None = None
     headline_goal: Literal["max", "min"] = "max"

@@ -17,6 +17,7 @@ from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.ml.classes import backbone_class_names, resolve_class
 from tlq.ml.images import UnreadableImage, discover_files, load_rgb
+from tlq.plugins.context import JobContext
 from tlq.plugins.params import BatchSize, DataDir, ImageFile, Number, Precision, parse_number
 from tlq.plugins.task import TaskParams, TaskPlugin
 
@@ -91,7 +92,7 @@ def check(params: AdversarialParams, env: Environment, backbone=None) -> None:
         raise BadInput(f"no files under {params.data}; point --data at class folders of images")
 
 
-def run(ctx, params: AdversarialParams) -> None:
+def run(ctx: JobContext, params: AdversarialParams) -> None:
     import torch
 
     from tlq.ml.attacks import PixelModel, pixel_transform
@@ -345,7 +346,7 @@ def evaluate_folder(ctx, params: AdversarialParams, model, names, target, transf
         ctx.artifacts.save_figure("robustness_png", "robustness.png", fig)
 
 
-task = TaskPlugin(
+task: TaskPlugin[AdversarialParams] = TaskPlugin(
     name="adversarial",
     summary="Adversarial examples (gd, fgsm, pgd) for one image, or a robustness evaluation over a folder.",
     params=AdversarialParams,

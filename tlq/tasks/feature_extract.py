@@ -18,6 +18,7 @@ from tlq.ml.memory import inference_memory
 
 # Every CSV tlq writes goes through one writer that neutralizes formula cells; the tasks import it from here.
 from tlq.ml.reports import csv_text
+from tlq.plugins.context import JobContext
 from tlq.plugins.params import BatchSize, Compile, DataDir, Precision
 from tlq.plugins.task import TaskParams, TaskPlugin
 
@@ -45,7 +46,7 @@ def check(params: FeatureExtractParams, env: Environment, backbone=None) -> None
         raise BadInput(f"no files under {params.data}; point --data at a folder of images")
 
 
-def run(ctx, params: FeatureExtractParams) -> None:
+def run(ctx: JobContext, params: FeatureExtractParams) -> None:
     import timm.data
 
     from tlq.ml.calibration import Workload, resolve_precision
@@ -110,7 +111,7 @@ def run(ctx, params: FeatureExtractParams) -> None:
     )
 
 
-task = TaskPlugin(
+task: TaskPlugin[FeatureExtractParams] = TaskPlugin(
     name="feature-extract",
     summary="Pooled pre-logits features of every image under a folder, saved as features.npy + index.csv.",
     params=FeatureExtractParams,

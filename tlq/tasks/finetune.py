@@ -16,6 +16,7 @@ from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.ml.finetune_loops import CHECKPOINT, ImageTraining, LinearProbe
 from tlq.ml.labelled import check_trainable, compile_pattern, load_labelled
+from tlq.plugins.context import JobContext
 from tlq.plugins.params import BatchSize, DataSource, Number, Precision
 from tlq.plugins.task import TaskParams, TaskPlugin
 
@@ -158,7 +159,7 @@ def build_transforms(data_config: dict, augment: str):
     return eval_tf, train_tf
 
 
-def run(ctx, params: FinetuneParams) -> None:
+def run(ctx: JobContext, params: FinetuneParams) -> None:
 
     from tlq.ml.calibration import Workload, resolve_precision
     from tlq.ml.features import pooled_features_of, scan_images
@@ -322,7 +323,7 @@ def memory(params: FinetuneParams, env: Environment, backbone=None):
     return training_need(model, params.batch_size, size, params.precision, loaders, params.strategy != "freeze")
 
 
-task = TaskPlugin(
+task: TaskPlugin[FinetuneParams] = TaskPlugin(
     name="finetune",
     summary="Fine-tune a backbone on labelled images (linear-probe, freeze, freeze-unfreeze or full), resumably.",
     params=FinetuneParams,

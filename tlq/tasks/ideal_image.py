@@ -15,6 +15,7 @@ from pydantic import Field
 
 from tlq.env import Environment
 from tlq.ml.classes import backbone_class_names, resolve_class
+from tlq.plugins.context import JobContext
 from tlq.plugins.params import Number, Precision
 from tlq.plugins.task import TaskParams, TaskPlugin
 
@@ -69,7 +70,7 @@ class _Spectrum:
         return self.coeffs
 
 
-def run(ctx, params: IdealImageParams) -> None:
+def run(ctx: JobContext, params: IdealImageParams) -> None:
     import numpy as np
     import torch
     from PIL import Image
@@ -203,7 +204,7 @@ def run(ctx, params: IdealImageParams) -> None:
     ctx.artifacts.save_figure("top_classes", "top_classes.png", fig)
 
 
-task = TaskPlugin(
+task: TaskPlugin[IdealImageParams] = TaskPlugin(
     name="ideal-image",
     summary="Render the 'ideal image' a network holds for a class (gradient descent on noise with a TV term).",
     params=IdealImageParams,

@@ -13,6 +13,7 @@ from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.ml.images import discover_files
 from tlq.ml.memory import inference_memory
+from tlq.plugins.context import JobContext
 from tlq.plugins.params import BatchSize, DataDir, Precision
 from tlq.plugins.task import TaskParams, TaskPlugin
 
@@ -34,7 +35,7 @@ def check(params: PredictParams, env: Environment, backbone=None) -> None:
         raise BadInput(f"no files under {params.data}; point --data at a folder of images")
 
 
-def run(ctx, params: PredictParams) -> None:
+def run(ctx: JobContext, params: PredictParams) -> None:
     import numpy as np
     import timm.data
     import torch
@@ -110,7 +111,7 @@ def run(ctx, params: PredictParams) -> None:
     ctx.metrics(metrics)
 
 
-task = TaskPlugin(
+task: TaskPlugin[PredictParams] = TaskPlugin(
     name="predict",
     summary="Predict classes of images with a fine-tuned job:ID model (or any classifier); accuracy if labelled.",
     params=PredictParams,

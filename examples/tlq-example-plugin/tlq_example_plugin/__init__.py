@@ -12,6 +12,7 @@ from pydantic import Field
 
 from tlq.ml.images import UnreadableImage, discover_files, load_rgb
 from tlq.plugins import BadInput, TaskParams, TaskPlugin
+from tlq.plugins.context import JobContext
 from tlq.plugins.params import DataDir
 
 
@@ -20,7 +21,7 @@ class PixelStatsParams(TaskParams):
     max_images: int = Field(1000, ge=1, description="Read at most this many images.")
 
 
-def run(ctx, params: PixelStatsParams) -> None:
+def run(ctx: JobContext, params: PixelStatsParams) -> None:
     import numpy as np
 
     files = discover_files(params.data)[: params.max_images]
@@ -51,7 +52,7 @@ def run(ctx, params: PixelStatsParams) -> None:
     ctx.artifacts.write_text("stats", "stats.json", json.dumps(stats, indent=2))
 
 
-task = TaskPlugin(
+task: TaskPlugin[PixelStatsParams] = TaskPlugin(
     name="pixel-stats",
     summary="Per-channel mean and std of the images under a folder (example third-party plugin).",
     params=PixelStatsParams,
