@@ -130,3 +130,17 @@ def test_third_party_plugin_appears_and_runs_with_no_change_to_tlq(tmp_path, hom
     assert job["metrics"]["images"] == 120
     assert job["metrics"]["mean_r"] == pytest.approx(pixels[:, 0].mean(), rel=1e-6)
     assert job["metrics"]["std_g"] == pytest.approx(pixels[:, 1].std(), rel=1e-6)
+
+
+def test_pool_processes_share_the_cores_instead_of_each_taking_all(tmp_path, home, plugin_site):
+    import os
+
+    env = tlq_env(home, PYTHONPATH=str(plugin_site))
+    env.pop("OMP_NUM_THREADS", None)  # as a user's shell has it: the worker picks the count
+    with WorkerProcess(env, tmp_path / "worker.log", "--concurrency", "2"):
+        ids = [tlq_json(["submit", "sleep", "--steps", "1", "--step-seconds", "0", "--report-threads"], env)["id"]]
+        ids.append(tlq_json(["submit", "sleep", "--steps", "1", "--step-seconds", "0", "--report-threads"], env)["id"])
+        jobs = [wait_for_status(env, job_id, ("succeeded", "failed"), timeout=90) for job_id in ids]
+    # two pool processes on this machine's cores: each gets its half, not a thread per core (OpenMP's spinning
+    # threads, two sets of them on the same cores, made each job several times slower)
+    assert [job["metrics"]["torch_threads"] for job in jobs] == [max(1, os.cpu_count() // 2)] * 2

@@ -142,8 +142,13 @@ def contract(tmp_path_factory, plugin_site):
 
 
 def test_the_contract_covers_every_registered_task(contract):
-    listed = {task["name"] for task in tlq_json(["tasks"], contract.env)}
+    tasks = tlq_json(["tasks"], contract.env)
+    listed = {task["name"] for task in tasks}
     assert listed - QUEUE_TEST_TASK_NAMES == set(TASKS)
+    for task in tasks:  # what each is ranked by, as the registry has it
+        plugin = contract.registry.get(task["name"])
+        assert (task["headline"], task["headline_goal"]) == (plugin.headline, plugin.headline_goal)
+    assert {t["name"]: t["headline"] for t in tasks}["pixel-stats"] == "contrast"
     assert BUILT_INS | {"pixel-stats"} <= set(TASKS)
 
 

@@ -47,6 +47,8 @@ def tasks(json_out: bool) -> None:
                 "name": name,
                 "summary": plugin.summary,
                 "needs_backbone": plugin.needs_backbone,
+                "headline": plugin.headline,
+                "headline_goal": plugin.headline_goal,
                 "params": describe_params(plugin.params),
             }
         )
@@ -55,6 +57,9 @@ def tasks(json_out: bool) -> None:
         return
     for task in data:
         click.echo(click.style(task["name"], bold=True) + f"  {task['summary']}")
+        if task["headline"]:
+            better = "higher" if task["headline_goal"] == "max" else "lower"
+            click.echo(f"    ranked by {task['headline']} ({better} is better)")
         for p in task["params"]:
             default = (
                 " (required)" if p["required"] else (f" [default: {p['default']}]" if p["default"] is not None else "")

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import secrets
 import socket
+import sys
 import time
 import traceback
 
@@ -81,6 +82,7 @@ class WorkerRuntime:
         self.env = Environment(settings)
         self.worker_name = default_worker_name()
         self.model_cache = ModelCache(settings.model_cache)
+        self.threads_per_process: int | None = None  # set by a worker whose pool processes share the cores
 
     def run(self, job_id) -> str:
         from tlq.workers.execute import execute_job
@@ -157,11 +159,23 @@ def create_app(settings: Settings) -> Celery:
         # Pool children are marked daemonic, which forbids the DataLoader processes that decode images in
         # parallel. The child waits for its loaders itself, and they exit when it dies (torch's watchdog).
         multiprocessing.current_process()._config["daemon"] = False
+        if runtime.threads_per_process:
+            share_cores(runtime.threads_per_process)
 
     worker_process_init.connect(_after_fork, weak=False)
     after_setup_logger.connect(_mask_logs, weak=False)
     after_setup_task_logger.connect(_mask_logs, weak=False)
     return app
+
+
+def share_cores(threads: int) -> None:
+    """Caps this pool process's compute threads at ``threads`` (the cores over the worker's concurrency): pool
+    processes that each start a thread per core oversubscribe the machine, and OpenMP's spinning threads then
+    make a job many times slower. A thread count the user set (``OMP_NUM_THREADS``) is kept."""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(threads))
+    if "torch" in sys.modules and os.environ["OMP_NUM_THREADS"].isdigit():  # imported before the fork: set it here
+        sys.modules["torch"].set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
 
 def ensure_broker_queues(app: Celery, attempts: int = 10) -> None:

@@ -223,6 +223,8 @@ def start_worker(
 
     runtime = app.tlq_runtime
     runtime.worker_name = name
+    if concurrency > 1 and pool == "prefork":
+        runtime.threads_per_process = max(1, (os.cpu_count() or 1) // concurrency)
     monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency, memory_per_job)
     if memory_per_job and "gpu" not in queues:
         app.conf.worker_max_memory_per_child = memory_per_job // 1024  # KiB
