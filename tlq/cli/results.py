@@ -117,14 +117,12 @@ def _cell(value: Any) -> Any:
 # --- tlq compare --------------------------------------------------------------------------------------------
 
 
-def print_leaderboard(rows: list[dict], metric: str, subject: str, goal: str | None = None) -> None:
+def print_leaderboard(client, rows: list[dict], metric: str, subject: str, goal: str | None = None) -> None:
     """The leaderboard as a table for people, the best run marked with a star."""
     from rich.table import Table
     from rich.text import Text
 
-    from tlq.client import Client
-
-    goal = goal or ("min" if Client.lower_is_better(metric) else "max")
+    goal = goal or ("min" if client.lower_is_better(metric) else "max")
     params = _keys(row["params"] for row in rows)
     better = "lower" if goal == "min" else "higher"
     table = Table(box=None, header_style="bold", title=f"{metric} leaderboard of {subject} ({better} is better)")
@@ -179,7 +177,7 @@ def compare(state: CliState, ids, group, metric, goal, json_out, csv_out) -> Non
             ],
         )
         return
-    print_leaderboard(rows, metric, f"group {group}" if group is not None else f"{len(rows)} jobs", goal)
+    print_leaderboard(state.client, rows, metric, f"group {group}" if group is not None else f"{len(rows)} jobs", goal)
 
 
 # --- tlq metrics --------------------------------------------------------------------------------------------

@@ -239,7 +239,7 @@ def _sweep(state: CliState, task: str, options: dict, separators: dict[str, str]
         print_json(result | {"leaderboard": rows})
     elif rows:
         metric = options.get("metric") or state.client.default_metric(jobs)
-        print_leaderboard(rows, metric, f"group {result['group']}")
+        print_leaderboard(state.client, rows, metric, f"group {result['group']}")
     return code
 
 

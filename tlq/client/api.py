@@ -240,7 +240,7 @@ class Client:
         (``TaskPlugin.headline``), else the first of val_acc, accuracy, success_rate, ... that they recorded."""
         from tlq.db import results
 
-        headlines = headline_metrics()
+        headlines = headline_metrics(self.env.tasks)
         with self.env.db.read_session() as session:
             ids = [*job_ids]
             preferred = [headlines[task][0] for task in results.tasks_of(session, ids) if task in headlines]
@@ -374,13 +374,12 @@ class Client:
 
         return varying_params_of(params)
 
-    @staticmethod
-    def lower_is_better(metric: str) -> bool:
+    def lower_is_better(self, metric: str) -> bool:
         """Whether smaller values of ``metric`` are better: as the task that records it as its headline says,
         else by its name (losses, errors, times)."""
         from tlq.db.results import lower_is_better
 
-        goals = {goal for headline, goal in headline_metrics().values() if headline == metric}
+        goals = {goal for headline, goal in headline_metrics(self.env.tasks).values() if headline == metric}
         return goals == {"min"} if goals else lower_is_better(metric)
 
     # `list` stays the name users call (README); it is bound last, so nothing above reads it for the builtin.
