@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ def write_digits(root: Path, per_class: int, size: int = 224, classes=range(10))
 
     marker = root / f".complete-{per_class}-{size}-{'-'.join(map(str, classes))}"
     if not marker.exists():
+        shutil.rmtree(root, ignore_errors=True)  # an earlier run's files (other names): each digit only once
         make_digits(root, classes=classes, per_class=per_class, size=size, fmt="jpg", quality=90)
         marker.touch()
     return root

@@ -319,3 +319,35 @@ def test_a_value_pydantic_refuses_is_one_line_naming_the_flag_or_variable(tmp_pa
         Settings.load(home="a\0b", environ={})
     with pytest.raises(SettingsError, match=r"^TLQ_ARTIFACTS_DIR='x\\x00' cannot be used: embedded null byte$"):
         Settings.load(home=tmp_path, environ={"TLQ_ARTIFACTS_DIR": "x\0"})
+
+
+# A password holding a byte the locale could not decode: os.environ keeps it as a lone surrogate ("\udcff"). With a
+# raw "/" the URL is also one that encode_password rewrites.
+UNDECODABLE = ("postgresql://tlq:s3cr\udcffet@db/tlq", "postgresql://tlq:s3cr\udcffet/x@db/tlq")
+
+
+@pytest.mark.parametrize("url", UNDECODABLE)
+def test_a_url_that_cannot_be_used_is_refused_in_one_line_with_its_password_masked(url, tmp_path):
+    from tlq.config import SettingsError
+
+    for given in ({"environ": {"TLQ_DATABASE_URL": url}}, {"environ": {"TLQ_BROKER_URL": url}}, {"database_url": url}):
+        with pytest.raises(SettingsError) as refused:
+            Settings.load(home=tmp_path, **{"environ": {}} | given)
+        message = str(refused.value)
+        assert "s3cr" not in message and "***" in message and "\n" not in message
+        assert message.split("=")[0] in ("TLQ_DATABASE_URL", "TLQ_BROKER_URL", "--database-url")
+        assert message.endswith(
+            "cannot be used: its user or password holds a byte that is not UTF-8 text; write it in UTF-8"
+        )
+    assert "s3cr" not in mask_url(url) and "s3cr" not in mask_secrets_in(f"could not connect to {url}")
+    sqlite = f"sqlite:///{tmp_path}/caf\udce9/tlq.sqlite"  # such a byte in a path is one SQLite opens
+    assert Settings.load(home=tmp_path, environ={"TLQ_DATABASE_URL": sqlite}).database_url == sqlite
+
+
+def test_a_home_under_a_user_that_does_not_exist_is_one_line(tmp_path):
+    from tlq.config import SettingsError
+
+    with pytest.raises(SettingsError, match=r"^--home='~no_such_tlq_user/x' cannot be used: .*home directory"):
+        Settings.load(home="~no_such_tlq_user/x", environ={})
+    with pytest.raises(SettingsError, match=r"^TLQ_ARTIFACTS_DIR='~no_such_tlq_user' cannot be used: "):
+        Settings.load(home=tmp_path, environ={"TLQ_ARTIFACTS_DIR": "~no_such_tlq_user"})

@@ -69,8 +69,8 @@ def _mask_one(url: str) -> str:
     userinfo, at, location = rest.rpartition("@")
     user, colon, password = userinfo.partition(":")
     has_password = bool(sep and at and colon and "/" not in user)
-    if has_password:
-        url = f"{scheme}://{user}:{quote(password, safe='')}@{location}"
+    if has_password:  # escaped whatever it holds (a byte no locale decodes, say): it is hidden next, never shown
+        url = f"{scheme}://{user}:{quote(password, safe='', errors='backslashreplace')}@{location}"
     base, question, query = url.partition("?")
     query = _SECRET_IN_QUERY.sub(lambda m: m.group("key") + MASK, question + query)
     if not has_password:
@@ -241,12 +241,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str, info: ValidationInfo) -> str:
-        return normalize_database_url(value or f"sqlite:///{_home(info) / 'tlq.sqlite'}")
+        return normalize_database_url(_utf8(value) or f"sqlite:///{_home(info) / 'tlq.sqlite'}")
 
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, value: str, info: ValidationInfo) -> str:
-        return normalize_broker_url(value or f"sqla+sqlite:///{_home(info) / 'broker.sqlite'}")
+        return normalize_broker_url(_utf8(value) or f"sqla+sqlite:///{_home(info) / 'broker.sqlite'}")
 
     @field_validator("artifacts_dir", mode="before")
     @classmethod
@@ -256,7 +256,10 @@ class Settings(BaseSettings):
     @field_validator("home", "artifacts_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+        try:
+            return value.expanduser().resolve()
+        except RuntimeError as exc:  # "~someone" who is not a user here, or no home directory at all
+            raise ValueError(f"{str(exc).rstrip('.')}; give the full path") from None
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and self.__dict__ == other.__dict__  # the values; not their sources
@@ -306,6 +309,16 @@ class TlqVariables(PydanticBaseSettingsSource):
         return {variable: value for value, variable, _ in found if value is not None}
 
 
+def _utf8(url: str) -> str:
+    """``url``, unless its user or password holds a byte the locale could not decode (``os.environ`` keeps it as a
+    lone surrogate), which no driver can send: refused here, in one line, masked. A path (SQLite's) may hold one."""
+    try:
+        url.partition("://")[2].rpartition("@")[0].encode()
+    except UnicodeEncodeError:
+        raise ValueError("its user or password holds a byte that is not UTF-8 text; write it in UTF-8") from None
+    return url
+
+
 def _home(info: ValidationInfo) -> Path:
     """The validated home, which the derived defaults sit under (any path where home itself failed)."""
     return info.data.get("home", Path())
@@ -319,7 +332,9 @@ def _explain(cls: type[Settings], exc: ValidationError, values: Mapping[str, Any
     fix = extra.get("fix") if isinstance(extra, dict) else None
     where = f"--{variable[len('TLQ_') :].lower().replace('_', '-')}" if variable in flags else variable
     fix = fix or f"cannot be used: {error['msg'].removeprefix('Value error, ')}"  # a path that cannot be resolved
-    return f"{where}={str(values.get(variable, ''))!r} {fix}"
+    shown = str(values.get(variable, ""))
+    shown = mask_url(shown) if variable.endswith("_URL") else shown  # a URL's password never shows, here too
+    return f"{where}={shown!r} {fix}"
 
 
 def _text(value: object) -> str:

@@ -143,4 +143,4 @@ def test_pool_processes_share_the_cores_instead_of_each_taking_all(tmp_path, hom
         jobs = [wait_for_status(env, job_id, ("succeeded", "failed"), timeout=90) for job_id in ids]
     # two pool processes on this machine's cores: each gets its half, not a thread per core (OpenMP's spinning
     # threads, two sets of them on the same cores, made each job several times slower)
-    assert [job["metrics"]["torch_threads"] for job in jobs] == [max(1, os.cpu_count() // 2)] * 2
+    assert [job["metrics"]["torch_threads"] for job in jobs] == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2

@@ -18,11 +18,6 @@ def _hint(exc: click.UsageError) -> str:
 
 
 def run_with_error_handling(call: Callable[[], object]) -> int:
-    from tlq.config import SettingsError
-    from tlq.db.engine import DatabaseUnavailable
-    from tlq.db.filters import FilterError
-    from tlq.errors import BadInput
-
     try:
         result = call()
     except click.exceptions.Exit as exc:
@@ -36,19 +31,21 @@ def run_with_error_handling(call: Callable[[], object]) -> int:
     except click.Abort:
         click.echo("Aborted.", err=True)
         return 1
-    except (BadInput, FilterError, SettingsError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        return 2
-    except DatabaseUnavailable as exc:
-        click.echo(f"Error: {exc}", err=True)
-        return 1
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return 130
     except Exception as exc:
+        # Imported only now: `tlq --help` (and a command that succeeds) loads neither pydantic-settings nor SQLAlchemy.
+        from tlq.config import SettingsError
+        from tlq.db.engine import DatabaseUnavailable
+        from tlq.db.filters import FilterError
+        from tlq.errors import BadInput
         from tlq.jobs.submit import BrokerUnavailable
 
-        if isinstance(exc, BrokerUnavailable):
+        if isinstance(exc, BadInput | FilterError | SettingsError):
+            click.echo(f"Error: {exc}", err=True)
+            return 2
+        if isinstance(exc, DatabaseUnavailable | BrokerUnavailable):
             click.echo(f"Error: {exc}", err=True)
             return 1
         raise

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import click
 
-from tlq.config import Settings
+if TYPE_CHECKING:  # loaded by the first command that runs, not by `tlq --help`
+    from tlq.config import Settings
 
 
 @dataclass
@@ -17,6 +19,8 @@ class CliState:
 
     @classmethod
     def from_flags(cls, home, database_url, broker_url, artifacts_dir) -> CliState:
+        from tlq.config import Settings
+
         return cls(Settings.load(home, database_url, broker_url, artifacts_dir))
 
     @cached_property

@@ -171,11 +171,21 @@ def create_app(settings: Settings) -> Celery:
 def share_cores(threads: int) -> None:
     """Caps this pool process's compute threads at ``threads`` (the cores over the worker's concurrency): pool
     processes that each start a thread per core oversubscribe the machine, and OpenMP's spinning threads then
-    make a job many times slower. A thread count the user set (``OMP_NUM_THREADS``) is kept."""
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(variable, str(threads))
-    if "torch" in sys.modules and os.environ["OMP_NUM_THREADS"].isdigit():  # imported before the fork: set it here
-        sys.modules["torch"].set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    make a job many times slower. A thread count the user set (``OMP_NUM_THREADS``) is kept; one OpenMP would
+    ignore (blank, "abc", "0", "-1") is replaced, as OpenMP would then take a thread per core."""
+    chosen = _thread_count(os.environ.get("OMP_NUM_THREADS", ""))
+    if chosen is None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    if "torch" in sys.modules:  # imported before the fork: set it here
+        sys.modules["torch"].set_num_threads(chosen or threads)
+
+
+def _thread_count(text: str) -> int | None:
+    """The thread count ``OMP_NUM_THREADS`` gives a process (the first of a nested list: "4,2"), or None for a
+    value OpenMP does not take."""
+    first = text.split(",")[0].strip()
+    return int(first) if first.isascii() and first.isdigit() and int(first) > 0 else None
 
 
 def ensure_broker_queues(app: Celery, attempts: int = 10) -> None:

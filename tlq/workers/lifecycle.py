@@ -199,6 +199,16 @@ class WorkerMonitor(threading.Thread):
             log.warning("could not mark worker %s offline", self.worker_name, exc_info=True)
 
 
+def threads_per_process(concurrency: int, pool: str) -> int | None:
+    """The compute threads each of a prefork worker's ``concurrency`` processes gets: its share of the cores this
+    process may run on (a taskset or a container's cpuset leaves fewer than the machine has); None for one process,
+    or a pool that runs its jobs in one process (solo, threads), which keep torch's own count."""
+    if concurrency <= 1 or pool != "prefork":
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // concurrency)
+
+
 def start_worker(
     app: Celery,
     name: str,
@@ -223,8 +233,7 @@ def start_worker(
 
     runtime = app.tlq_runtime
     runtime.worker_name = name
-    if concurrency > 1 and pool == "prefork":
-        runtime.threads_per_process = max(1, (os.cpu_count() or 1) // concurrency)
+    runtime.threads_per_process = threads_per_process(concurrency, pool)
     monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency, memory_per_job)
     if memory_per_job and "gpu" not in queues:
         app.conf.worker_max_memory_per_child = memory_per_job // 1024  # KiB
