@@ -53,3 +53,18 @@ def test_read_sessions_on_sqlite_do_not_wait_for_a_writer(tmp_path):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_no_migration_takes_away_what_workers_of_the_release_before_still_use():
+    """Migrations run on first use, so one new `tlq` command upgrades a database that older workers still run
+    on: an upgrade may add, never drop or rename (drop a column a release after the code stops using it)."""
+    import inspect
+
+    from alembic.script import ScriptDirectory
+
+    from tlq.db.engine import _alembic_config as alembic_config
+
+    removals = ("drop_column", "drop_table", "alter_column", "rename_table")
+    for revision in ScriptDirectory.from_config(alembic_config()).walk_revisions():
+        upgrade = inspect.getsource(revision.module.upgrade)
+        assert not [word for word in removals if word in upgrade], f"migration {revision.revision} removes something"

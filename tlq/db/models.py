@@ -212,5 +212,8 @@ class WorkerRecord(Base):
     status: Mapped[str] = mapped_column(String(16), default="online")
     # A random token per worker life: a worker whose name another one took over stops reporting under it.
     instance: Mapped[str | None] = mapped_column(String(32))
+    # Unused: a worker's current jobs are the running jobs that name it. Kept because workers of the release
+    # before still write it at every claim, and they share a database with newer ones during an upgrade.
+    current_job_id: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)
