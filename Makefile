@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tlq-installed
 
-.PHONY: venv demo test test-fast services lint bench mutation clean
+.PHONY: venv demo test test-fast services browser lint bench mutation clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 services:
 	bash scripts/services.sh
 
+# Headless Chromium (Debian's package) for the dashboard's browser tests, installed when missing.
+browser:
+	bash scripts/browser.sh
+
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
@@ -27,7 +31,7 @@ demo: $(STAMP)
 # disturb shared services run alone afterwards. One math thread per process (OMP_NUM_THREADS=1, inherited by
 # the workers the tests start): two processes of two spinning threads each on two cores made the model tests
 # ten times slower. The 15 slowest tests are listed at the end.
-test: $(STAMP) services
+test: $(STAMP) services browser
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not serial" --durations=15
 	$(PY) -m pytest -q -ra -m serial
 

@@ -56,7 +56,7 @@ def tlq_args(service: dict) -> list[str]:
     return command.split() if isinstance(command, str) else list(command)
 
 
-SECRETS = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "TLQ_DB_PASSWORD", "FLOWER_PASSWORD")
+SECRETS = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "TLQ_DB_PASSWORD", "FLOWER_PASSWORD", "TLQ_UI_TOKEN")
 _SIZE = re.compile(r"(?i)^(?P<number>\d+(?:\.\d+)?)(?P<unit>[bkmg]?)b?$")
 
 

@@ -23,7 +23,7 @@ from tests.compose_support import (
 from tests.support import REPO
 from tlq.cli.main import cli
 
-TLQ_SERVICES = ("cpu-worker", "gpu-worker", "tlq")
+TLQ_SERVICES = ("cpu-worker", "gpu-worker", "tlq", "ui")
 CHECK_SECRETS = REPO / "scripts" / "compose" / "check-secrets.sh"
 # Secrets as a user would choose them (openssl rand -hex 24), each distinct so a leak says which one.
 GOOD_SECRETS = {name: f"{i}f3a9c1e07b2d4865a0c9e1f7b3d5a2c4e6" for i, name in enumerate(SECRETS)}
@@ -48,11 +48,12 @@ def parse_tlq(args: list[str]) -> list[str]:
 
 def test_services_and_profiles(compose):
     services = compose["services"]
-    assert set(services) == {"secrets-check", "redis", "postgres", "cpu-worker", "gpu-worker", "flower", "tlq"}
+    assert set(services) == {"secrets-check", "redis", "postgres", "cpu-worker", "gpu-worker", "flower", "tlq", "ui"}
     assert services["gpu-worker"]["profiles"] == ["gpu"]
     assert services["flower"]["profiles"] == ["monitoring"]
     assert services["tlq"]["profiles"] == ["cli"]
     assert "profiles" not in services["cpu-worker"]  # `docker compose up --scale cpu-worker=4` starts it
+    assert "profiles" not in services["ui"]  # `docker compose up` starts the dashboard too
     assert "container_name" not in services["cpu-worker"]  # a fixed name would forbid --scale
     assert "profiles" not in services["secrets-check"]  # it gates every profile
 
@@ -108,7 +109,7 @@ def test_stop_grace_covers_the_workers_shutdown(compose):
 def test_every_tlq_command_parses_with_tlqs_own_cli(compose):
     for name in TLQ_SERVICES:
         path = parse_tlq(tlq_args(compose["services"][name]))
-        assert path[1] in ("worker", "jobs"), name
+        assert path[1] in ("worker", "jobs", "ui"), name
     dockerfile = (REPO / "Dockerfile").read_text()
     cmd = re.search(r"^CMD \[(.*)\]$", dockerfile, re.M).group(1)
     assert parse_tlq([a.strip().strip('"') for a in cmd.split(",")]) == ["tlq", "worker"]
@@ -180,6 +181,25 @@ def test_nothing_is_published_beyond_this_host_by_default(compose):
         assert compose["services"][name]["networks"] and all(
             networks[n].get("internal") is True for n in compose["services"][name]["networks"]
         ), name
+
+
+def test_the_dashboard_is_published_on_this_host_only_and_asks_for_its_token(compose):
+    from tlq.ui.security import is_local
+
+    ui = compose["services"]["ui"]
+    assert published_ports(ui) == [{"host_ip": "127.0.0.1", "target": "8765"}]
+    assert load_compose(raw=True)["services"]["ui"]["ports"] == ["127.0.0.1:8765:8765"]  # no variable opens it
+    args = tlq_args(ui)
+    host, port = args[args.index("--host") + 1], args[args.index("--port") + 1]
+    assert parse_tlq(args) == ["tlq", "ui"] and port == "8765"
+    # Bound beyond its container's loopback, `tlq ui` starts only with a token (tests/ui/test_security.py), and
+    # compose refuses to start without one: no default, no placeholder (secrets-check).
+    assert not is_local(host) and ui["environment"]["TLQ_UI_TOKEN"] == dotenv()["TLQ_UI_TOKEN"]
+    raw = load_compose(raw=True)["services"]["ui"]["environment"]
+    with pytest.raises(KeyError, match="TLQ_UI_TOKEN"):
+        interpolate(raw, {k: v for k, v in GOOD_SECRETS.items() if k != "TLQ_UI_TOKEN"})
+    assert ui["environment"]["TLQ_DATABASE_URL"] == compose["services"]["cpu-worker"]["environment"]["TLQ_DATABASE_URL"]
+    assert "TLQ_UI_TOKEN" not in compose["services"]["cpu-worker"]["environment"]  # the workers never see it
 
 
 def test_flower_asks_for_a_password_it_reads_from_its_environment(compose):

@@ -13,7 +13,7 @@ refuse() {
   status=1
 }
 
-for name in REDIS_PASSWORD POSTGRES_PASSWORD TLQ_DB_PASSWORD FLOWER_PASSWORD; do
+for name in REDIS_PASSWORD POSTGRES_PASSWORD TLQ_DB_PASSWORD FLOWER_PASSWORD TLQ_UI_TOKEN; do
   eval "value=\${$name-}"
   lower=$(printf '%s' "$value" | tr 'A-Z' 'a-z')
   case "$lower" in

@@ -30,6 +30,7 @@ SUBCOMMANDS = {
     "tasks": "tlq.cli.plugins:tasks",
     "config": "tlq.cli.admin:config",
     "db": "tlq.cli.admin:db",
+    "ui": "tlq.cli.ui:ui",
 }
 
 

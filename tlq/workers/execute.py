@@ -29,6 +29,7 @@ from tlq.plugins.context import JobContext, JobLost, JobOrigin, ProgressCallback
 from tlq.plugins.params import describe_validation_error
 from tlq.plugins.registry import Registry
 from tlq.workers.devices import choose_device, device_label
+from tlq.workers.job_log import job_log
 from tlq.workers.keeper import LeaseKeeper, Timing, is_transient
 
 log = logging.getLogger("tlq.worker")
@@ -167,7 +168,8 @@ def execute_job(
             moved = ctx.artifacts.set_aside()
             if moved is not None:
                 log.warning("job %s: its artifact folder held files it did not write; moved to %s", job_id, moved)
-        plugin.run(ctx, params)
+        with job_log(ctx):  # its lines become the job.log artifact `tlq ui` shows
+            plugin.run(ctx, params)
         if keeper.lost.is_set():  # a task that ended without a last check must not record an outcome it lost
             raise JobLost(keeper.lost_reason)
         status = JobStatus.SUCCEEDED

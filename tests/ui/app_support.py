@@ -1,0 +1,92 @@
+"""A tlq setup for the dashboard's server-side tests: a real SQLite database in a temporary folder, with jobs,
+metrics and artifacts written by tlq's own database code (``tests.support.populate_results`` and
+``tlq.db.queries``), and files on disk where the artifact rows say."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+from PIL import Image
+
+from tests.support import make_digits, populate_results
+
+TOKEN = "ui-test-token-0123456789abcdef"
+XSS_NAME = "<img src=x onerror=alert(1)>"
+XSS_TAG = "<script>alert(2)</script>"
+LONG_HISTORY = 5000  # rows of the metric ``loss`` of the ``long`` job, steps 0..4999
+CSV_TEXT = "class,images,accuracy\ncat,12,0.75\ndog,9,0.5\n" + "".join(f"c{i},{i},0.1\n" for i in range(40))
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def record_file(session, root: Path, job_id: int, name: str, kind: str, data: bytes) -> Path:
+    """Writes ``data`` as the job's artifact ``name`` and records it, as a job's ArtifactStore would."""
+    from tlq.db import queries
+
+    path = root / str(job_id) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    queries.record_artifact(session, job_id, kind, f"{job_id}/{name}", len(data), hashlib.sha256(data).hexdigest())
+    return path
+
+
+def build_setup(root: Path) -> SimpleNamespace:
+    """The jobs of ``populate_results`` (a-d; a and b make up the group ``group``), plus: ``xss`` (a name and a
+    tag that are markup), ``long`` (a 5,000-step loss history), ``retryable`` (a queued finetune whose spec
+    validates: real digits, test_resnet), and artifacts of job ``a``: a PNG, a CSV, a log, a file in a sub-folder,
+    a recorded symbolic link that leads out, and a file the job never recorded."""
+    from sqlalchemy import insert
+
+    from tlq.config import Settings
+    from tlq.db import queries, results
+    from tlq.db.models import Metric, utcnow
+    from tlq.env import Environment
+
+    settings = Settings.load(home=root / "home", environ={})
+    env = Environment(settings)
+    ids = populate_results(env.db)
+    artifacts = settings.artifacts_dir
+    secret = root / "secret.txt"
+    secret.write_text("not for the web")
+    data = make_digits(root / "digits", classes=range(2), per_class=3, size=16)
+    with env.db.session() as session:
+        ids["xss"] = queries.create_job(
+            session, task="finetune", backbone="vgg16", params={"lr": 0.1}, queue="cpu", name=XSS_NAME,
+            tags={"note": XSS_TAG},
+        ).id  # fmt: skip
+        long = queries.create_job(session, task="finetune", backbone="vgg16", params={}, queue="cpu", name="long")
+        ids["long"] = long.id
+        now = utcnow()
+        rows = [
+            {"job_id": long.id, "name": "loss", "step": step, "epoch": None, "value": 1.0 / (step + 1), "time": now}
+            for step in range(LONG_HISTORY)
+        ]
+        rows.append({"job_id": long.id, "name": "val_acc", "step": 1, "epoch": 1, "value": 0.5, "time": now})
+        session.execute(insert(Metric), rows)
+        spec = {"data": str(data), "epochs": 1, "image_size": 32, "strategy": "full", "augment": "none"}
+        ids["retryable"] = queries.create_job(
+            session, task="finetune", backbone="test_resnet", pretrained=False, params=spec, queue="cpu",
+            name="retryable",
+        ).id  # fmt: skip
+        group = results.create_group(session, "ab sweep", {"task": "finetune", "axes": {"lr": [1e-3, 1e-4]}})
+        for name in ("a", "b"):
+            queries.get_job(session, ids[name]).group_id = group
+        a = ids["a"]
+        files = {
+            "png": record_file(session, artifacts, a, "curves.png", "curves", png_bytes()),
+            "csv": record_file(session, artifacts, a, "per_class_accuracy.csv", "per_class", CSV_TEXT.encode()),
+            "log": record_file(session, artifacts, a, "job.log", "log", b"INFO started\nINFO <b>epoch</b> 1\n"),
+            "nested": record_file(session, artifacts, a, "sub/notes.txt", "notes", b"nested notes"),
+        }
+        leak = artifacts / str(a) / "leak.txt"
+        leak.symlink_to(secret)
+        queries.record_artifact(session, a, "notes", f"{a}/leak.txt", 15, hashlib.sha256(b"x").hexdigest())
+        (artifacts / str(a) / "unrecorded.txt").write_text("never recorded")
+    return SimpleNamespace(settings=settings, env=env, ids=ids, group=group, files=files, secret=secret, root=root)
