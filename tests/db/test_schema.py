@@ -68,3 +68,22 @@ def test_no_migration_takes_away_what_workers_of_the_release_before_still_use():
     for revision in ScriptDirectory.from_config(alembic_config()).walk_revisions():
         upgrade = inspect.getsource(revision.module.upgrade)
         assert not [word for word in removals if word in upgrade], f"migration {revision.revision} removes something"
+
+
+def test_a_database_a_newer_tlq_migrated_is_refused_in_one_line_and_left_alone(tmp_path):
+    import sqlalchemy as sa
+
+    from tests.support import run_tlq, tlq_env
+    from tlq.db.engine import Database
+
+    url = f"sqlite:///{tmp_path / 'tlq.sqlite'}"
+    Database(url).ensure_schema()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # as a tlq with a migration this one lacks leaves it
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+    out = run_tlq(["jobs"], tlq_env(tmp_path), check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert "schema revision 0099, made by a newer tlq" in line and "upgrade tlq" in line
+    with engine.connect() as conn:  # nothing was changed
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0099"

@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tlq.config import mask_secrets_in, mask_url, normalize_database_url
+from tlq.errors import BadInput
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 7_274_201  # arbitrary key for pg_advisory_xact_lock, shared by every tlq process
@@ -116,6 +117,11 @@ class Database:
             return
         try:
             upgrade(self.engine)
+        except SchemaTooNew as exc:
+            raise BadInput(
+                f"the database at {self.masked_url} {exc}; upgrade tlq, or point TLQ_DATABASE_URL / --database-url "
+                "at another database"
+            ) from None
         except OperationalError as exc:
             raise DatabaseUnavailable(
                 f"cannot reach the database at {self.masked_url} ({mask_secrets_in(_first_line(exc.orig or exc))}); "
@@ -161,6 +167,19 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer tlq: this one does not know its schema."""
+
+
+def _known_revision(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+
+    try:
+        return ScriptDirectory.from_config(_alembic_config()).get_revision(revision) is not None
+    except Exception:  # alembic's ResolutionError and friends: not one of ours
+        return False
+
+
 def current_revision(engine: Engine) -> str | None:
     """The migration the database is at, or None for an empty database."""
     from alembic.runtime.migration import MigrationContext
@@ -173,9 +192,11 @@ def upgrade(engine: Engine, revision: str = "head") -> bool:
     """Applies pending migrations under a lock; returns whether anything was applied."""
     from alembic import command
 
-    head = head_revision()
-    if revision == "head" and current_revision(engine) == head:
+    head, current = head_revision(), current_revision(engine)
+    if revision == "head" and current == head:
         return False
+    if current is not None and not _known_revision(current):
+        raise SchemaTooNew(f"has schema revision {current}, made by a newer tlq than this one (whose newest is {head})")
     cfg = _alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
