@@ -905,6 +905,72 @@ def database_scale_rows(work: Path, backend: str, database_url: str | None, jobs
                 higher_is_better=False,
             )
         )
+    return rows + dashboard_rows(settings, backend, jobs)
+
+
+def dashboard_rows(settings, backend: str, jobs: int, long_history: int = 100_000) -> list[Row]:
+    """`tlq ui` on the same database: the jobs page and the job page of a job with ``long_history`` metric rows
+    (5 metrics), each as a browser loads it: the HTML, then the API call its script makes at once; best of 3."""
+    import datetime as dt
+
+    from sqlalchemy import insert
+    from starlette.testclient import TestClient
+
+    from tlq.db import Database
+    from tlq.db.models import Job, Metric
+    from tlq.ui.app import create_app
+
+    database = Database(settings.database_url)
+    now = dt.datetime.now(dt.UTC)
+    with database.session() as session:
+        long_id = jobs + 1
+        session.execute(
+            insert(Job),
+            [{"id": long_id, "task": "finetune", "backbone": "resnet50", "params": {"lr": 1e-4}, "status": "succeeded",
+              "created_at": now, "started_at": now, "finished_at": now, "attempts": 1, "name": "long history"}],
+        )  # fmt: skip
+        names = ["train_loss", "val_loss", "train_acc", "val_acc", "lr"]
+        steps = long_history // len(names)
+        for first in range(0, steps, 4_000):
+            session.execute(
+                insert(Metric),
+                [
+                    {"job_id": long_id, "name": name, "step": step, "epoch": step // 100, "value": (step % 97) / 97}
+                    for step in range(first, min(steps, first + 4_000))
+                    for name in names
+                ],
+            )
+    database.dispose()
+    loads = {
+        "tlq ui: the jobs page (HTML and its /api/jobs)": ("/", "/api/jobs?page=1&per_page=50"),
+        f"tlq ui: the page of a job with {long_history:,} metric rows (HTML and its metrics, downsampled)": (
+            f"/jobs/{long_id}",
+            f"/api/jobs/{long_id}/metrics?max_points=1000",
+        ),
+    }
+    rows = []
+    with TestClient(create_app(settings, token=""), base_url="http://127.0.0.1") as browser:
+        for label, urls in loads.items():
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                for url in urls:
+                    answer = browser.get(url)
+                    if answer.status_code != 200:
+                        raise RuntimeError(f"{url} answered {answer.status_code}: {answer.text[:300]}")
+                best = min(best, time.perf_counter() - start)
+            rows.append(
+                Row(
+                    f"{backend}, {jobs:,} jobs and {jobs * 10 + long_history:,} metric rows: {label}",
+                    best,
+                    1.0,
+                    "s",
+                    "< 1 s",
+                    best < 1.0,
+                    note="server side, in process (Starlette's test client), best of 3",
+                    higher_is_better=False,
+                )
+            )
     return rows
 
 
