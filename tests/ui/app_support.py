@@ -17,6 +17,8 @@ TOKEN = "ui-test-token-0123456789abcdef"
 XSS_NAME = "<img src=x onerror=alert(1)>"
 XSS_TAG = "<script>alert(2)</script>"
 LONG_HISTORY = 5000  # rows of the metric ``loss`` of the ``long`` job, steps 0..4999
+LONG_ERROR = "RuntimeError: <b>CUDA</b> out of memory"  # the ``long`` job failed with it
+A_TRAINING = {"train_acc": [0.5, 0.8, 0.95], "train_loss": [1.2, 0.6, 0.2]}  # job a's, per epoch 1-3
 CSV_TEXT = "class,images,accuracy\ncat,12,0.75\ndog,9,0.5\n" + "".join(f"c{i},{i},0.1\n" for i in range(40))
 
 
@@ -39,9 +41,10 @@ def record_file(session, root: Path, job_id: int, name: str, kind: str, data: by
 
 def build_setup(root: Path) -> SimpleNamespace:
     """The jobs of ``populate_results`` (a-d; a and b make up the group ``group``), plus: ``xss`` (a name and a
-    tag that are markup), ``long`` (a 5,000-step loss history), ``retryable`` (a queued finetune whose spec
-    validates: real digits, test_resnet), and artifacts of job ``a``: a PNG, a CSV, a log, a file in a sub-folder,
-    a recorded symbolic link that leads out, and a file the job never recorded."""
+    tag that are markup), ``long`` (failed with ``LONG_ERROR``, a 5,000-step loss history), ``retryable`` (a
+    queued finetune whose spec validates: real digits, test_resnet); job ``a``'s training curves (``A_TRAINING``)
+    and artifacts: a PNG, a CSV, a log, a file in a sub-folder, a recorded symbolic link that leads out, and a
+    file the job never recorded."""
     from sqlalchemy import insert
 
     from tlq.config import Settings
@@ -64,11 +67,18 @@ def build_setup(root: Path) -> SimpleNamespace:
         long = queries.create_job(session, task="finetune", backbone="vgg16", params={}, queue="cpu", name="long")
         ids["long"] = long.id
         now = utcnow()
+        long.status, long.error, long.finished_at = "failed", LONG_ERROR, now
         rows = [
             {"job_id": long.id, "name": "loss", "step": step, "epoch": None, "value": 1.0 / (step + 1), "time": now}
             for step in range(LONG_HISTORY)
         ]
         rows.append({"job_id": long.id, "name": "val_acc", "step": 1, "epoch": 1, "value": 0.5, "time": now})
+        # job a's training curves, beside the val_acc and val_loss of populate_results: one chart per scale
+        rows += [
+            {"job_id": ids["a"], "name": name, "step": epoch, "epoch": epoch, "value": value, "time": now}
+            for name, values in A_TRAINING.items()
+            for epoch, value in enumerate(values, start=1)
+        ]
         session.execute(insert(Metric), rows)
         spec = {"data": str(data), "epochs": 1, "image_size": 32, "strategy": "full", "augment": "none"}
         ids["retryable"] = queries.create_job(

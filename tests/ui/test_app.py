@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from types import SimpleNamespace
 
 import pytest
 from starlette.testclient import TestClient
@@ -145,9 +146,16 @@ def test_the_job_page_shows_parameters_lineage_attempts_curves_and_artifacts(web
     assert 'id="params"' in page and 'data-param="lr"' in page
     for part in ('id="lineage"', 'id="attempts"', 'id="job-error"', 'id="cancel"', 'id="retry"'):
         assert part in page
-    # one chart per metric, data-points = the points drawn = the rows (3 epochs, 1 train_images)
-    charts = dict(re.findall(r'<div class="chart" data-metric="(\w+)" data-points="(\d+)"', page))
-    assert charts == {"val_acc": "3", "val_loss": "3", "train_images": "1"}
+    assert '<div id="job-error-section" hidden>' in page  # it succeeded: no empty "Error" heading
+    # a chart per scale, none of its points drawn yet (the script draws them), its metrics' rows in the same
+    # order (3 epochs); train_images, recorded once, is a value in the table above the charts
+    charts = re.findall(r'<div class="chart" data-metric="([\w,]+)" data-points="([\d,]+)" data-rows="([\d,]+)"', page)
+    assert charts == [("train_acc,val_acc", "0,0", "3,3"), ("train_loss,val_loss", "0,0", "3,3")]
+    scalars = re.findall(
+        r'<tr data-metric="(\w+)"><th>\w+</th><td class="value" data-value="([^"]+)">([^<]*)</td>', page
+    )
+    assert scalars == [("train_images", "100.0", "100")]
+    assert page.index('<table id="scalars">') < page.index('<div id="charts">')
     assert f'<img class="artifact" src="/artifacts/{a}/curves.png"' in page
     # the CSV's header in thead and its first 20 rows
     table = re.search(r'<table class="csv-preview" data-name="per_class_accuracy.csv">(.*?)</table>', page, re.S)
@@ -163,6 +171,67 @@ def test_the_job_page_shows_parameters_lineage_attempts_curves_and_artifacts(web
 
     assert hashlib.sha256(CSV_TEXT.encode()).hexdigest() in files
     assert "INFO &lt;b&gt;epoch&lt;/b&gt; 1" in re.search(r'<pre id="log">(.*?)</pre>', page, re.S).group(1)
+
+
+def test_a_failed_jobs_page_shows_its_error_and_a_page_without_metrics_says_so(web, setup):
+    page = web.get(f"/jobs/{setup.ids['long']}").text
+    section = re.search(r'<div id="job-error-section">\s*<h2>Error</h2>\s*<pre id="job-error">(.*?)</pre>', page, re.S)
+    assert section and section.group(1) == "RuntimeError: &lt;b&gt;CUDA&lt;/b&gt; out of memory"
+    assert '<p class="none" id="no-metrics" hidden>' in page
+    empty = web.get(f"/jobs/{setup.ids['d']}").text  # queued, nothing recorded yet
+    assert '<p class="none" id="no-metrics">no metrics yet</p>' in empty and '<table id="scalars" hidden>' in empty
+    assert '<div class="chart"' not in empty
+
+
+@pytest.mark.parametrize(
+    ("points", "layout"),
+    [
+        ({}, {"scalars": [], "charts": []}),
+        (
+            {"val_acc": 3, "train_acc": 3, "val_loss": 3, "train_loss": 3, "loss": 9, "lr": 3, "classes": 1},
+            {"scalars": ["classes"], "charts": [["loss", "train_loss", "val_loss"], ["train_acc", "val_acc"], ["lr"]]},
+        ),
+        # once recorded, a metric is a value, not a chart, and joins no chart until it has a history
+        (
+            {"val_acc": 1, "train_acc": 2, "best_val_acc": 1},
+            {"scalars": ["best_val_acc", "val_acc"], "charts": [["train_acc"]]},
+        ),
+        # the part after the first underscore, or a name without one: val_loss and loss share a chart
+        (
+            {"a_b_c": 2, "x_b_c": 2, "b_c": 2, "c": 2, "d": 2},
+            {"scalars": [], "charts": [["a_b_c", "x_b_c"], ["b_c", "c"], ["d"]]},
+        ),
+    ],
+)
+def test_metrics_that_share_a_scale_share_a_chart_and_single_values_are_no_chart(points, layout):
+    from tlq.client.dashboard import metric_layout
+
+    assert metric_layout(points) == layout
+
+
+def test_a_job_page_and_its_poll_read_no_metric_history(web, setup):
+    """The page and /api/jobs/ID read the job's row, the latest value of each metric and how many rows each has:
+    no statement answers more than a few rows for the ``long`` job, whose loss has 5,000 (only /metrics reads the
+    history, thinned)."""
+    from sqlalchemy import event
+
+    engine = web.app.state.client.env.db.engine
+    statements = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert web.get(f"/jobs/{setup.ids['long']}").status_code == 200
+        assert web.get(f"/api/jobs/{setup.ids['long']}").status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    selects = [(sql, params) for sql, params in statements if sql.lstrip().upper().startswith("SELECT")]
+    with engine.connect() as conn:
+        answered = {sql: len(conn.exec_driver_sql(sql, params).all()) for sql, params in selects}
+    assert any("FROM metrics" in sql for sql in answered), "the page read no metric at all"
+    assert max(answered.values()) < 20, {sql[:200]: rows for sql, rows in answered.items() if rows >= 20}
 
 
 def test_the_job_api_adds_children_and_keeps_tlq_shows_fields(web, setup):
@@ -208,6 +277,79 @@ def test_long_histories_are_thinned_to_max_points_keeping_first_and_last(web, se
     assert metrics["val_acc"] == {"steps": [1], "values": [0.5], "points": 1}
 
 
+def test_the_metrics_api_says_which_metrics_are_single_values_and_which_share_a_chart(web, setup):
+    answer = web.get(f"/api/jobs/{setup.ids['a']}/metrics").json()
+    assert answer["scalars"] == ["train_images"]
+    assert answer["charts"] == [["train_acc", "val_acc"], ["train_loss", "val_loss"]]
+    assert set(answer["metrics"]) == {"train_images", "train_acc", "val_acc", "train_loss", "val_loss"}
+    long = web.get(f"/api/jobs/{setup.ids['long']}/metrics?max_points=10").json()
+    assert (long["scalars"], long["charts"]) == (["val_acc"], [["loss"]])
+
+
+def test_the_job_api_has_each_metrics_latest_value_in_the_order_they_first_appear(web, setup):
+    metrics = web.get(f"/api/jobs/{setup.ids['long']}").json()["metrics"]
+    assert list(metrics.items()) == [("loss", 1.0 / LONG_HISTORY), ("val_acc", 0.5)]
+    a = web.get(f"/api/jobs/{setup.ids['a']}").json()["metrics"]
+    assert list(a) == ["train_images", "val_acc", "val_loss", "train_acc", "train_loss"]
+    assert a == {"train_images": 100, "val_acc": 0.88, "val_loss": 0.35, "train_acc": 0.95, "train_loss": 0.2}
+
+
+SPIKY = 100_000  # rows of the history of ``spiky``: a smooth decay, a spike up at SPIKE and one down at DIP
+SPIKE, DIP = 31_337, 77_777
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def spiky(request, tmp_path_factory):
+    """A database (SQLite, then PostgreSQL: the thinning is SQL) holding one job whose metric ``loss`` has SPIKY
+    rows, steps 0 to SPIKY - 1."""
+    import contextlib
+
+    from sqlalchemy import insert
+
+    from tests.support import postgres_database
+    from tlq.db import Database, queries
+    from tlq.db.models import Metric
+
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('spiky') / 'tlq.sqlite'}"
+        else:
+            request.getfixturevalue("services")
+            url = stack.enter_context(postgres_database())
+        database = Database(url)
+        stack.callback(database.dispose)
+        database.ensure_schema()
+        with database.session() as session:
+            job_id = queries.create_job(session, task="finetune", backbone="vgg16", params={}, queue="cpu").id
+            values = {step: 2.0 / (1 + step / 1000) for step in range(SPIKY)} | {SPIKE: 50.0, DIP: -50.0}
+            for first in range(0, SPIKY, 20_000):
+                rows = [
+                    {"job_id": job_id, "name": "loss", "step": step, "value": values[step]}
+                    for step in range(first, first + 20_000)
+                ]
+                session.execute(insert(Metric), rows)
+        yield SimpleNamespace(db=database, job_id=job_id, values=values)
+
+
+@pytest.mark.parametrize("max_points", [2, 3, 4, 5, 100, 1000, 4001])
+def test_thinning_keeps_each_buckets_lowest_and_highest_point_so_spikes_stay(spiky, max_points):
+    from tlq.db import queries
+    from tlq.db.dashboard import metric_series
+
+    with spiky.db.read_session() as session:
+        loss = metric_series(session, [spiky.job_id], max_points)[spiky.job_id]["loss"]
+        assert queries.last_metrics(session, spiky.job_id) == {"loss": spiky.values[SPIKY - 1]}
+    steps = loss["steps"]
+    assert loss["points"] == SPIKY and len(steps) <= max_points and len(steps) == len(loss["values"])
+    assert steps[0] == 0 and steps[-1] == SPIKY - 1 and steps == sorted(set(steps))
+    assert loss["values"] == [spiky.values[step] for step in steps]
+    if max_points >= 4:  # room for a bucket besides the first and last point
+        assert SPIKE in steps and DIP in steps, "a spike was thinned away"
+        assert len(steps) >= max_points - 3  # nearly every point the budget allows is used
+    else:
+        assert steps == [0, SPIKY - 1]
+
+
 def test_the_default_keeps_at_most_1000_points_and_a_bad_max_points_is_400(web, setup):
     loss = web.get(f"/api/jobs/{setup.ids['long']}/metrics").json()["metrics"]["loss"]
     assert 500 <= len(loss["steps"]) <= 1000
@@ -240,10 +382,23 @@ def test_results_and_workers_answer_as_the_cli_prints(web, setup):
     assert web.get("/api/results", params={"where": "val_acc >"}).status_code == 400
     workers = web.get("/api/workers").json()
     assert workers["workers"] == []
-    queued = sum(1 for k in setup.ids if k not in ("a", "b", "c"))
+    queued = sum(1 for k in setup.ids if k not in ("a", "b", "c", "long"))
     assert workers["queues"] == [{"queue": "cpu", "queued": queued, "running": 0}]
     page = web.get("/workers").text
     assert 'id="workers"' in page and '<tr data-queue="cpu">' in page
+    assert '<p id="no-queues" class="none" hidden>' in page and '<table id="queues">' in page
+
+
+def test_the_workers_page_says_nothing_is_queued_rather_than_show_an_empty_table(tmp_path):
+    from tlq.config import Settings
+    from tlq.ui.app import create_app
+
+    settings = Settings.load(home=tmp_path / "home", environ={})
+    with TestClient(create_app(settings, token=""), base_url="http://127.0.0.1") as empty:
+        page = empty.get("/workers").text
+        assert empty.get("/api/workers").json() == {"workers": [], "queues": []}
+    assert '<p id="no-queues" class="none">nothing queued or running</p>' in page
+    assert '<table id="queues" hidden>' in page and "<tr data-queue" not in page
 
 
 # --- writes -----------------------------------------------------------------------------------------------------

@@ -263,21 +263,53 @@ def test_a_submitted_job_goes_queued_running_succeeded_on_the_jobs_page_without_
 
 
 def test_a_job_page_draws_every_metric_shows_its_images_and_previews_its_csv_files(ui, tab, shots):
+    from tlq.ui.app import format_number
+
     job_id = ui.sweep["jobs"][0]
     job = finished(ui, job_id)
-    points = Counter(row["name"] for row in ui.client.metrics(job_id))
-    assert {"val_acc", "val_loss", "train_loss"} <= set(points) and points["val_acc"] == 3
+    history = ui.client.metrics(job_id)
+    points = Counter(row["name"] for row in history)
+    single = {row["name"]: row["value"] for row in history if points[row["name"]] == 1}
+    assert {"val_acc", "val_loss", "train_loss", "train_acc"} <= set(points) and points["val_acc"] == 3
+    assert {"classes", "train_images", "best_val_acc"} <= set(single)
     page = tab.page
     page.goto(f"{ui.url}/jobs/{job_id}")
 
-    # One chart per metric, each drawn (a canvas) with as many points as the database holds.
-    page.wait_for_function("n => document.querySelectorAll('div.chart canvas').length >= n", arg=len(points))
+    # Every metric is either a chart, drawn (a canvas) with as many points as the database holds (those that
+    # share a scale on one chart: data-metric "a,b", data-points "n,m"), or, recorded once, a row of the table
+    # #scalars above the charts, showing the database's value.
+    charted = sum(n > 1 for n in points.values())
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('div.chart')].filter(d => d.querySelector('canvas'))"
+        ".reduce((sum, d) => sum + d.dataset.metric.split(',').length, 0) >= n",
+        arg=charted,
+    )
     charts = page.eval_on_selector_all(
         "div.chart",
-        "els => els.map(e => [e.dataset.metric, Number(e.dataset.points), e.querySelectorAll('canvas').length])",
+        "els => els.map(e => [e.dataset.metric, e.dataset.points, e.querySelectorAll('canvas').length])",
     )
-    assert {name: n for name, n, _ in charts} == dict(points)
-    assert len(charts) == len(points) and all(canvases >= 1 for _, _, canvases in charts), charts
+    assert all(canvases >= 1 for _, _, canvases in charts), charts
+    drawn = {
+        name: int(n) for names, counts, _ in charts for name, n in zip(names.split(","), counts.split(","), strict=True)
+    }
+    assert drawn == {name: n for name, n in points.items() if n > 1}
+    assert sum(len(names.split(",")) for names, _, _ in charts) == len(drawn), "a metric is on two charts"
+    groups = [set(names.split(",")) for names, _, _ in charts]
+    assert {"train_acc", "val_acc"} in groups and {"train_loss", "val_loss"} in groups, groups
+    shown = page.eval_on_selector_all(
+        "table#scalars tr[data-metric]",
+        "rows => rows.map(r => [r.dataset.metric, r.querySelector('td.value').textContent.trim(),"
+        " Number(r.querySelector('td.value').dataset.value)])",
+    )
+    assert {name: value for name, _, value in shown} == single
+    assert all(text == format_number(single[name]) for name, text, _ in shown), shown
+    assert len(shown) == len(single) and not set(single) & set(drawn)
+    assert page.locator("table#scalars").is_visible()
+    above = "() => document.querySelector('#scalars').compareDocumentPosition(document.querySelector('#charts'))"
+    assert page.evaluate(above) & 4, "the table of single values is not above the charts"
+    # It succeeded: no "Error" heading over an empty box.
+    headings = page.eval_on_selector_all("h2", "els => els.filter(h => h.offsetParent).map(h => h.textContent)")
+    assert "Error" not in headings and not page.locator("#job-error-section").is_visible(), headings
 
     # Every PNG artifact shown inline, and loaded.
     pngs = {relative(ui, a, job_id) for a in job["artifacts"] if a["path"].endswith(".png")}
@@ -524,6 +556,15 @@ def test_the_workers_page_lists_the_live_worker_and_the_jobs_page_shows_every_jo
     row.wait_for()
     names = page.eval_on_selector_all("table#workers tr[data-worker]", "rows => rows.map(r => r.dataset.worker)")
     assert sorted(names) == sorted(w["name"] for w in ui.client.workers())
+    # Per queue, the jobs waiting and running; with none, a line that says so instead of an empty table.
+    queues = page.request.get(ui.url + "/api/workers").json()["queues"]
+    if queues:
+        page.wait_for_selector("table#queues tr[data-queue]")
+        assert page.locator("#no-queues").is_hidden()
+    else:
+        page.wait_for_selector("#no-queues", state="visible")
+        assert page.locator("#no-queues").inner_text().strip() == "nothing queued or running"
+        assert page.locator("table#queues").is_hidden()
     page.screenshot(path=shots / "workers.png", full_page=True)
 
     page.goto(ui.url + "/")

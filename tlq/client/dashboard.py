@@ -1,5 +1,6 @@
 """What `tlq ui` reads through a ``Client``: a page of jobs with their headline values, a job with its lineage,
-metric histories thinned on the database side, queue depths, and a job's artifacts with their web paths.
+metric histories thinned on the database side and how a job page lays them out (charts, single values), queue
+depths, and a job's artifacts with their web paths.
 
 Plain functions over a ``Client``: they use its settings, database and task registry, and return plain dicts.
 """
@@ -77,17 +78,28 @@ def jobs_page(
 
 def job_detail(client: Client, job_id: int) -> dict[str, Any]:
     """The job as `tlq show --json` prints it (``attempts`` the number of claims, ``attempt_history`` each one:
-    worker, host, times, outcome), with the ids of the jobs retried from it (``children``)."""
-    from tlq.db import dashboard
+    worker, host, times, outcome), with the ids of the jobs retried from it (``children``).
 
-    job = client.get(job_id)
+    One read: the job's row, its attempts, artifacts and children, and the latest value of each metric (one
+    query; never the metric histories, which ``metric_series`` reads thinned).
+
+    Raises:
+        BadInput: There is no job ``job_id``.
+    """
+    from tlq.db import dashboard, queries
+
     with client.env.db.read_session() as session:
-        job["children"] = dashboard.children_of(session, job_id)
-    return job
+        job = queries.get_job(session, job_id)
+        if job is None:
+            raise BadInput(f"there is no job {job_id}; `tlq jobs` lists the jobs")
+        detail = queries.job_as_dict(session, job, client.settings.artifacts_dir)
+        detail["children"] = dashboard.children_of(session, job_id)
+    return detail
 
 
 def metric_series(client: Client, job_ids: list[int], max_points: int = 1000) -> dict[int, dict[str, Any]]:
-    """The jobs' metric histories, each thinned to at most ``max_points`` points (first and last kept).
+    """The jobs' metric histories, each thinned to at most ``max_points`` points: per bucket of steps the points
+    holding its smallest and largest value (so spikes stay), the first and last always.
 
     Returns:
         ``{job id: {name: {"steps", "values", "points": rows in the database}}}``.
@@ -96,6 +108,37 @@ def metric_series(client: Client, job_ids: list[int], max_points: int = 1000) ->
 
     with client.env.db.read_session() as session:
         return dashboard.metric_series(session, job_ids, max_points)
+
+
+def shared_scale(name: str) -> str:
+    """What a metric shares a chart by: its name after the first underscore (``acc`` for ``train_acc`` and
+    ``val_acc``, ``loss`` for ``train_loss`` and ``val_loss``), or the whole name when it has none (so ``loss``
+    joins ``val_loss``)."""
+    return name.split("_", 1)[1] if "_" in name else name
+
+
+def metric_counts(client: Client, job_id: int) -> dict[str, int]:
+    """How many rows each of the job's metrics has, by name (counted in the database, no history read)."""
+    from tlq.db import dashboard
+
+    with client.env.db.read_session() as session:
+        return dashboard.metric_counts(session, job_id)
+
+
+def metric_layout(points: dict[str, int]) -> dict[str, list]:
+    """How a job page shows its metrics, from how many rows each has: ``scalars``, the names of those recorded
+    once (a count, a best value), by name; ``charts``, the others, as lists of names drawn together, those that
+    share a scale (``shared_scale``) on one chart: the charts of several curves first, then by name.
+
+    Returns:
+        ``{"scalars": [name, ...], "charts": [[name, ...], ...]}``.
+    """
+    scalars = sorted(name for name, rows in points.items() if rows < 2)
+    groups: dict[str, list[str]] = {}
+    for name in sorted(name for name, rows in points.items() if rows >= 2):
+        groups.setdefault(shared_scale(name), []).append(name)
+    charts = sorted(groups.values(), key=lambda names: (-len(names), names[0]))
+    return {"scalars": scalars, "charts": charts}
 
 
 def queue_depths(client: Client) -> list[dict[str, Any]]:

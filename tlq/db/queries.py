@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, and_, func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from tlq.db.clock import db_now
 from tlq.db.models import Artifact, Attempt, Job, JobStatus, Metric, WorkerRecord, utcnow
@@ -119,11 +119,26 @@ def metric_history(session: Session, job_id: int, name: str | None = None) -> li
 
 
 def last_metrics(session: Session, job_id: int) -> dict[str, float]:
-    """The latest value of each metric of a job."""
-    values: dict[str, float] = {}
-    for metric in session.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.step, Metric.id)):
-        values[metric.name] = metric.value
-    return values
+    """The latest value of each metric of a job (its row at the metric's last step), in the order the metrics
+    first appear: one query, answering a row per metric rather than the job's whole history."""
+    spans = (
+        select(Metric.name, func.min(Metric.step).label("first"), func.max(Metric.step).label("last"))
+        .where(Metric.job_id == job_id)
+        .group_by(Metric.name)
+        .subquery()
+    )
+    opening, latest = aliased(Metric), aliased(Metric)
+
+    def at(row, step):
+        return and_(row.job_id == job_id, row.name == spans.c.name, row.step == step)
+
+    rows = session.execute(
+        select(latest.name, latest.value)
+        .join(spans, at(latest, spans.c.last))
+        .join(opening, at(opening, spans.c.first))
+        .order_by(spans.c.first, opening.id)
+    )
+    return {name: value for name, value in rows}
 
 
 def record_artifact(session: Session, job_id: int, kind: str, path: str, size: int, sha256: str) -> None:

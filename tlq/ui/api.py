@@ -134,15 +134,21 @@ def jobs(request: Request):
 @answer
 def job(request: Request):
     """The job as `tlq show --json` prints it, plus ``children``."""
-    return dashboard.job_detail(client_of(request), job_id_of(request))
+    job_id = request.path_params["job_id"]
+    try:
+        return dashboard.job_detail(client_of(request), job_id)
+    except BadInput as exc:
+        raise HTTPProblem(404, str(exc)) from exc
 
 
 @answer
 def metrics(request: Request):
-    """``{"metrics": {name: {"steps", "values", "points"}}}``, at most ``max_points`` points per metric."""
+    """``{"metrics": {name: {"steps", "values", "points"}}, "scalars": [name], "charts": [[name]]}``: at most
+    ``max_points`` points per metric, and how the job page shows them (``dashboard.metric_layout``)."""
     job_id = job_id_of(request)
     max_points = int_param(request, "max_points", 1000, low=2, high=100_000)
-    return {"metrics": dashboard.metric_series(client_of(request), [job_id], max_points)[job_id]}
+    series = dashboard.metric_series(client_of(request), [job_id], max_points)[job_id]
+    return {"metrics": series, **dashboard.metric_layout({name: s["points"] for name, s in series.items()})}
 
 
 @answer
@@ -151,9 +157,11 @@ def artifacts(request: Request):
     return dashboard.web_artifacts(client_of(request), job_id_of(request))
 
 
-def read_log(client, job_id: int) -> dict[str, Any]:
-    """The tail of the job's captured log (the ``job.log`` artifact): ``{"log": text or None, "truncated"}``."""
-    names = [a["name"] for a in dashboard.web_artifacts(client, job_id)]
+def read_log(client, job_id: int, names: list[str] | None = None) -> dict[str, Any]:
+    """The tail of the job's captured log (the ``job.log`` artifact): ``{"log": text or None, "truncated"}``.
+    ``names``: the job's artifacts (``web_artifacts``' names), when the caller has read them already."""
+    if names is None:
+        names = [a["name"] for a in dashboard.web_artifacts(client, job_id)]
     path = artifact_file(client.settings.artifacts_dir, job_id, LOG_NAME, names) if LOG_NAME in names else None
     if path is None:
         return {"log": None, "truncated": False}

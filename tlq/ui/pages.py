@@ -83,20 +83,17 @@ def csv_preview(path, rows: int = PREVIEW_ROWS) -> tuple[list[str], list[list[st
     return (lines[0] if lines else []), lines[1 : rows + 1]
 
 
-def curves_first(series: dict[str, Any]) -> dict[str, Any]:
-    """The metrics with a history first, then those recorded once (a count, a best value), each by name."""
-    return dict(sorted(series.items(), key=lambda item: (item[1]["points"] < 2, item[0])))
-
-
 def job_page(request: Request) -> Response:
-    """``/jobs/ID``: parameters, lineage, attempts, error, curves, artifacts and log of one job."""
+    """``/jobs/ID``: parameters, lineage, attempts, error, metrics (single values in a table, histories as charts,
+    those that share a scale together), artifacts and log of one job."""
     from tlq.ui.security import artifact_file
 
     client = client_of(request)
     job_id = request.path_params["job_id"]
-    if not dashboard.job_exists(client, job_id):
+    try:
+        job = dashboard.job_detail(client, job_id)
+    except BadInput:
         return problem_page(request, 404, f"there is no job {job_id}; the jobs page lists them")
-    job = dashboard.job_detail(client, job_id)
     files = dashboard.web_artifacts(client, job_id)
     names = [f["name"] for f in files]
     images = [f for f in files if PurePosixPath(f["name"]).suffix.lower() in IMAGE_SUFFIXES]
@@ -107,15 +104,28 @@ def job_page(request: Request) -> Response:
             if path is not None:
                 header, rows = csv_preview(path)
                 previews.append({"name": f["name"], "url": f["url"], "header": header, "rows": rows})
+    # No history here: the rows each metric has, and its latest value (in ``job``), lay the section out; the
+    # page's script then draws the charts from /api/jobs/ID/metrics, thinned.
+    counts = dashboard.metric_counts(client, job_id)
+    layout = dashboard.metric_layout(counts)
     context = {
         "job": job,
         "final": job["status"] in FINAL,
-        "series": curves_first(dashboard.metric_series(client, [job_id], MAX_POINTS)[job_id]),
+        "scalars": [{"name": name, "value": job["metrics"].get(name)} for name in layout["scalars"]],
+        "charts": [
+            {
+                "metric": ",".join(group),
+                "title": ", ".join(group),
+                "points": ",".join("0" for _ in group),  # none drawn yet
+                "rows": ",".join(str(counts[name]) for name in group),
+            }
+            for group in layout["charts"]
+        ],
         "max_points": MAX_POINTS,
         "files": files,
         "images": images,
         "previews": previews,
-        "log": read_log(client, job_id),
+        "log": read_log(client, job_id, names),
     }
     return render(request, "job.html", context)
 

@@ -1,5 +1,6 @@
-// One job's page: status and progress from /api/jobs/ID every second while the job is not final, its curves from
-// /api/jobs/ID/metrics (one uPlot chart per metric), and the server-rendered sections (attempts, lineage, error,
+// One job's page: status and progress from /api/jobs/ID every second while the job is not final, its metrics from
+// /api/jobs/ID/metrics (those recorded once in a table, the others as uPlot charts, one per group of metrics
+// that share a scale, as the server groups them), and the server-rendered sections (attempts, lineage, error,
 // artifacts, log) swapped in from a fresh copy of the page when they change. Cancel and retry POST with the
 // CSRF header.
 "use strict";
@@ -8,28 +9,61 @@
   const article = document.getElementById("job");
   const jobId = article.dataset.jobId;
   const maxPoints = article.dataset.maxPoints || "1000";
-  const SECTIONS = ["details", "params", "lineage", "attempts", "job-error", "artifacts", "log"];
+  const SECTIONS = ["details", "params", "lineage", "attempts", "job-error-section", "artifacts", "log"];
   let signature = null;
   let checked = 0;
 
-  function chartDiv(name) {
+  // The metrics recorded once, as rows of the table #scalars: name, value (as the server formats it).
+  function showScalars(names, metrics) {
+    const table = document.getElementById("scalars");
+    const body = table.tBodies[0];
+    const rows = names.map((name) => {
+      const value = metrics[name].values[metrics[name].values.length - 1];
+      return tlq.el(
+        "tr",
+        { "data-metric": name },
+        tlq.el("th", {}, name),
+        tlq.el("td", { class: "value", "data-value": value }, tlq.num(value)),
+      );
+    });
+    rows.forEach((row, i) => {
+      const now = body.rows[i];
+      if (!now) body.append(row);
+      else if (!now.isEqualNode(row)) now.replaceWith(row);
+    });
+    while (body.rows.length > rows.length) body.rows[body.rows.length - 1].remove();
+    table.hidden = rows.length === 0;
+  }
+
+  // The others as charts, one per group of names that share a scale (data-metric "a,b", data-points "n,m").
+  function showCharts(groups, metrics) {
     const charts = document.getElementById("charts");
-    for (const div of charts.querySelectorAll("div.chart")) if (div.dataset.metric === name) return div;
-    const placeholder = document.getElementById("no-metrics");
-    if (placeholder) placeholder.remove();
-    const div = tlq.el("div", { class: "chart", "data-metric": name, "data-points": 0 });
-    charts.append(div);
-    return div;
+    const existing = new Map([...charts.querySelectorAll("div.chart")].map((div) => [div.dataset.metric, div]));
+    const divs = groups.map((names) => {
+      const key = names.join(",");
+      const div = existing.get(key) || tlq.el("div", { class: "chart", "data-metric": key });
+      existing.delete(key);
+      if (!div.isConnected) charts.append(div);
+      const series = names.map((name) => ({ label: name, steps: metrics[name].steps, values: metrics[name].values }));
+      tlq.chart(div, names.join(", "), series);
+      div.dataset.points = names.map((name) => metrics[name].steps.length).join(",");
+      div.dataset.rows = names.map((name) => metrics[name].points).join(",");
+      return div;
+    });
+    for (const div of existing.values()) {
+      if (div._plot) div._plot.destroy();
+      div.remove();
+    }
+    if (divs.some((div, i) => charts.children[i] !== div)) charts.append(...divs);
   }
 
   async function drawMetrics() {
     const answer = await tlq.getJSON(`/api/jobs/${jobId}/metrics?max_points=${maxPoints}`);
     if (!answer.ok) return tlq.showError(answer.data.error);
-    for (const [name, s] of Object.entries(answer.data.metrics)) {
-      const div = chartDiv(name);
-      div.dataset.rows = String(s.points);
-      tlq.chart(div, name, [{ label: name, steps: s.steps, values: s.values }]);
-    }
+    const { metrics, scalars, charts } = answer.data;
+    showScalars(scalars, metrics);
+    showCharts(charts, metrics);
+    document.getElementById("no-metrics").hidden = scalars.length + charts.length > 0;
   }
 
   // The server renders these sections; a fresh copy replaces them whole (parsed, never assigned as HTML).
@@ -90,5 +124,8 @@
     window.location.href = `/jobs/${answer.data.id}`;
   });
 
-  drawMetrics().then(() => tlq.poll(refresh, 1000));
+  // The first call draws the metrics (the page holds none of their history); then one a second.
+  refresh()
+    .catch((e) => tlq.showError(String(e)))
+    .finally(() => tlq.poll(refresh, 1000));
 })();

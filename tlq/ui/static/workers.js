@@ -1,4 +1,5 @@
-// The workers page: live workers and queue depths from /api/workers every second.
+// The workers page: live workers and queue depths from /api/workers every second ("nothing queued or running"
+// in place of an empty queues table).
 "use strict";
 
 (() => {
@@ -51,5 +52,7 @@
     sync(workers, answer.data.workers.map(workerRow));
     sync(queues, answer.data.queues.map(queueRow));
     document.getElementById("no-workers").hidden = answer.data.workers.length > 0;
+    document.getElementById("queues").hidden = answer.data.queues.length === 0;
+    document.getElementById("no-queues").hidden = answer.data.queues.length > 0;
   }, 1000);
 })();
