@@ -156,7 +156,7 @@ def test_order_by_puts_numbers_in_numeric_order_then_text_and_missing_last(datab
     ("order_by", "points_at", "says"),
     [
         ("val_acc,,name", "val_acc,-->,name", "--order-by: empty name"),
-        ("name, -nope", "name, -->-nope", "unknown name 'nope'"),
+        ("name, -nam", "name, -->-nam", "unknown name 'nam': did you mean name?"),
         ("name,val_acc;x", "name,-->val_acc;x", "is not a name"),
         ("name, priority,,val_acc", "priority,-->,val_acc", "empty name"),
         ("-", "-->-", "is not a name"),
@@ -175,9 +175,10 @@ def test_order_by_errors_point_at_the_term(database, order_by, points_at, says):
         ("name in ('a', nope)", "'a', -->nope", "expected a value"),
         ("name in ('a' 'b')", "'a' -->'b'", "expected ',' or ')'"),
         ("name in ()", "in (-->)", "expected a value"),
-        ("nope in ('a')", "-->nope", "unknown name 'nope'"),
-        ("nope like 'a%'", "-->nope", "unknown name 'nope'"),
-        ("nope is null", "-->nope", "unknown name 'nope'"),
+        ("nam in ('a')", "-->nam", "unknown name 'nam': did you mean name?"),
+        ("nam like 'a%'", "-->nam", "unknown name 'nam'"),
+        ("nam is null", "-->nam", "unknown name 'nam'"),
+        ("nope like 'a%'", "-->nope", "nope is not text"),  # an unrecorded metric, a number
         ("priority like 'a%'", "-->priority", "is not text"),
         ("name like 3", "like -->3", "quoted pattern"),
         ("name not = 'a'", "not -->=", "expected in or like after not"),
@@ -192,7 +193,7 @@ def test_order_by_errors_point_at_the_term(database, order_by, points_at, says):
         ("params.lr = 1e999", "= -->1e999", "out of range"),
         ("priority > -3000000000", "> -->-3000000000", "out of range"),
         ("priority < 2147483648", "< -->2147483648", "out of range"),
-        ("name = 'it''s' and x = 1", "and -->x", "unknown name 'x'"),
+        ("name = 'it''s' and nme = 1", "and -->nme", "unknown name 'nme'"),
         ("params.aug < true", "aug -->< true", "compare only with = or !="),
         ('name = "a', '= -->"a', "never closed"),
         ("name = 'a' @", "'a' -->@", "unexpected '@'"),
@@ -206,8 +207,8 @@ def test_order_by_errors_point_at_the_term(database, order_by, points_at, says):
         ("priority in ('high')", "(-->'high'", "priority is a number; compare it with a number, not 'high'"),
         ("priority = true", "= -->true", "compare it with a number, not true"),
         ("name = 3.5", "= -->3.5", "name is text; quote the value, as in name = '3.5'"),
-        ("tag is null", "-->tag", "unknown name 'tag'"),
-        ("foo.bar is null", "-->foo.bar", "dotted names start with params. or tags."),
+        ("tag is null", "-->tag", "unknown name 'tag': did you mean tags.NAME?"),
+        ("foo.bar is null", "-->foo.bar", "dotted names start with params., tags. or metrics."),
     ],
 )
 def test_malformed_filters_point_at_the_problem(database, where, points_at, says):
@@ -225,18 +226,32 @@ def test_in_range_numbers_at_the_edges_are_accepted(database):
     assert names(database, "priority > -2147483648 and priority < 2147483647") != []
 
 
-def test_an_unknown_name_lists_every_field_and_the_metrics(database):
-    with pytest.raises(FilterError) as caught:
-        names(database, "nope = 1")
-    message = str(caught.value)
-    assert ", ".join(field_names()) in message
-    assert field_names()[-2:] == ["params.NAME", "tags.NAME"]
+def test_a_metric_none_recorded_matches_nothing_and_a_likely_typo_is_refused(database):
+    """A name that is no field and no recorded metric is a metric no job has recorded yet: it matches no job
+    (and every job is null on it), on a fresh database too; a name close to a known one is taken for a typo."""
+    assert names(database, "top5_acc > 0.5") == [] and names(database, "metrics.top5_acc > 0.5") == []
+    assert set(names(database, "top5_acc is null")) == set(JOBS)
+    assert names(database, order_by="-top5_acc,name") == ["p", "q", "r", "s"]
+    assert compile_where("val_acc > 1", FieldResolver("sqlite", [])) is not None  # a fresh database
+    # MLflow's spelling is the same metric
+    assert set(names(database, "metrics.val_acc >= 0.6")) == set(names(database, "val_acc >= 0.6")) == {"p", "q", "s"}
+    for where, says in [
+        ("val_ac > 0.5", "did you mean val_acc? (for a metric no job has recorded yet, write metrics.val_ac)"),
+        ("xp > 0", "did you mean Xp?"),
+        ("backbon = 'x'", "did you mean backbone? at column 1"),
+        ("epoch > 1", "did you mean epochs?"),
+        ("param = 1", "did you mean params.NAME?"),
+    ]:
+        with pytest.raises(FilterError) as caught:
+            names(database, where)
+        message = str(caught.value)
+        assert message.startswith(f"--where: unknown name '{where.split()[0]}': ") and says in message
+    assert names(database, "metrics.val_ac > 0.5") == []  # metrics.NAME is never taken for a typo
+    with pytest.raises(FilterError, match=r"dotted names start with params\., tags\. or metrics\."):
+        names(database, "metric_s.x = 1")
     assert {"seconds", "epochs", "created", "status", "backbone"} <= set(field_names())
-    with pytest.raises(FilterError, match=r"dotted names start with params\. or tags\."):
-        names(database, "metrics.x = 1")
-    assert "or a metric (Xp, val_acc) at column 1" in message
-    with pytest.raises(FilterError, match=r"or a metric \(none recorded yet\) at column"):
-        compile_where("val_acc > 1", FieldResolver("sqlite", []))
+    with pytest.raises(FilterError, match=r"unknown name 'val_ac': did you mean val_acc\?"):
+        compile_where("val_ac > 1", FieldResolver("sqlite", ["val_acc"]))
 
 
 def test_the_metrics_a_filter_or_order_uses_are_reported_once_each(database):

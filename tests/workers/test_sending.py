@@ -38,3 +38,20 @@ def test_unsent_jobs_are_sent_even_when_the_broker_will_not_say_when_it_started(
     broker = redis.Redis.from_url(no_info_redis)
     messages = [m for key in broker.keys("cpu*") if broker.type(key) == b"list" for m in broker.lrange(key, 0, -1)]
     assert len(messages) == 1 and f"[{job_id}]".encode() in messages[0]  # the job id went to the cpu queue
+
+
+def test_a_job_sent_again_shows_its_task_and_backbone_in_celerys_tools(tmp_path, redis_url):
+    """Flower and `celery inspect` show the message's shadow name; only the job id travels as the argument."""
+    import json
+
+    env = Environment(Settings.load(home=tmp_path, broker_url=redis_url, environ={}))
+    with env.db.session() as session:  # requeued, or its submitter died before it published
+        job_id = queries.create_job(
+            session, task="finetune", backbone="convnext_tiny.in12k", params={}, queue="cpu", sending_since=None
+        ).id
+    assert send_unsent(env, create_app(env.settings)) == [job_id]
+    broker = redis.Redis.from_url(redis_url)
+    [raw] = [m for key in broker.keys("cpu*") if broker.type(key) == b"list" for m in broker.lrange(key, 0, -1)]
+    message = json.loads(raw)
+    assert message["headers"]["shadow"] == f"tlq.run_job[finetune convnext_tiny.in12k #{job_id}]"
+    assert message["headers"]["task"] == "tlq.run_job" and message["headers"]["argsrepr"] == f"[{job_id}]"

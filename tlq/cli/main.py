@@ -31,6 +31,7 @@ SUBCOMMANDS = {
     "config": "tlq.cli.admin:config",
     "db": "tlq.cli.admin:db",
     "ui": "tlq.cli.ui:ui",
+    "export": "tlq.cli.export:export",
 }
 
 
@@ -46,6 +47,14 @@ class RootGroup(click.Group):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:
+            # Click suggests from the commands it holds, and this group loads them only by name: suggest from
+            # the names (`tlq sbumit`: "Did you mean 'submit'?").
+            raise click.exceptions.NoSuchCommand(exc.command_name, possibilities=SUBCOMMANDS, ctx=ctx) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         from tlq.cli.errors import run_with_error_handling

@@ -16,8 +16,9 @@ def print_json(obj: Any) -> None:
 
 
 def print_csv(header: list[str], rows: list[list[Any]]) -> None:
-    """CSV on stdout; floats are written in full (repr), so they parse back to the same numbers, and text that
-    a spreadsheet would run as a formula is neutralized (see ``csv_cell``)."""
+    """CSV on stdout; floats are written in full (repr; a whole number as an integer: counts are stored as
+    floats), so they parse back to the same numbers, and text that a spreadsheet would run as a formula is
+    neutralized (see ``csv_cell``)."""
     import csv
     import sys
 
@@ -26,7 +27,26 @@ def print_csv(header: list[str], rows: list[list[Any]]) -> None:
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow([csv_cell(v) for v in header])
     for row in rows:
-        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else csv_cell(v) for v in row])
+        writer.writerow(["" if v is None else exact_number(v) if isinstance(v, float) else csv_cell(v) for v in row])
+
+
+def exact_number(value: float) -> str:
+    """A float in full, as it parses back: ``10`` for 10.0 (a count stored as a float), else its repr."""
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
+def cell(value: Any) -> str:
+    """A value (a parameter, a tag) in a table or a line for people: empty for a missing one, never ``None``;
+    a whole float as an integer; lists, dicts and booleans as JSON writes them, as `tlq show` prints params."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return exact_number(value)
+    if isinstance(value, bool | list | dict):
+        return json.dumps(value, default=str)
+    return str(value)
 
 
 def console():
@@ -95,7 +115,7 @@ def show_job(data: dict[str, Any], brief: bool = False) -> None:
             ("started", data.get("started_at")),
             ("finished", data.get("finished_at")),
             ("took", duration(data.get("started_at"), data.get("finished_at"))),
-            ("tags", ", ".join(f"{k}={v}" for k, v in (data.get("tags") or {}).items())),
+            ("tags", ", ".join(f"{k}={cell(v)}" for k, v in (data.get("tags") or {}).items())),
             ("params", json.dumps(data.get("params"), default=str)),
         ]
         progress = data.get("progress") or {}

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tlq.cli.output import console, duration, format_value, print_csv, print_json
+from tlq.cli.output import cell, console, duration, format_value, print_csv, print_json
 from tlq.cli.state import CliState, pass_state
 
 WHERE_HELP = """Filter jobs on final metrics, parameters, task, status, tags and dates.
@@ -18,8 +18,9 @@ WHERE_HELP = """Filter jobs on final metrics, parameters, task, status, tags and
   tlq results --where "created >= '2026-11-01' and tags.dataset in ('pets', 'digits')"
 
 \b
-Names: a metric (its final value: val_acc, val_loss, ...), a job field (id, task, backbone, status, name,
-group, attempts, created, started, finished, seconds, epochs, ...), params.NAME or tags.NAME.
+Names: a metric (its final value: val_acc or metrics.val_acc, val_loss, ...), a job field (id, task, backbone,
+status, name, group, attempts, created, started, finished, seconds, epochs, ...), params.NAME or tags.NAME.
+A metric no job has recorded yet matches nothing; a name close to a known one gets a "did you mean".
 Operators: = != < <= > >= in (...) like 'res%' is [not] null, joined by and, or, not and parentheses.
 Text goes in quotes; dates are 'YYYY-MM-DD' or 'YYYY-MM-DDTHH:MM' (UTC).
 """
@@ -92,7 +93,7 @@ def results(state: CliState, where, order_by, tag, limit, json_out, csv_out) -> 
             job["task"],
             job["backbone"] or "",
             job["status"],
-            *[str(job["params"].get(k, "")) for k in shown_params],
+            *[cell(job["params"].get(k)) for k in shown_params],
             *[_number(job["metrics"].get(m)) for m in shown_metrics],
             duration(job["started_at"], job["finished_at"]),
         )
@@ -133,7 +134,7 @@ def print_leaderboard(client, rows: list[dict], metric: str, subject: str, goal:
             Text("★", style="bold green") if row["best_run"] else str(row["rank"]),
             str(row["job"]),
             row["backbone"] or "",
-            *[str(row["params"].get(k, "")) for k in params],
+            *[cell(row["params"].get(k)) for k in params],
             _number(row["best"]),
             _number(row["final"]),
             _number(row["epochs"]),

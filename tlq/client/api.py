@@ -163,13 +163,14 @@ class Client:
         tags: dict[str, str] | None = None,
         group: int | None = None,
         limit: int | None = 50,
+        name: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Jobs, newest first, as ``get`` returns them."""
+        """Jobs, newest first, as ``get`` returns them; ``name`` keeps those whose name holds it, in any case."""
         from tlq.db import queries
 
         with self.env.db.read_session() as session:
             rows = queries.list_jobs(
-                session, status=status, task=task, backbone=backbone, tags=tags, group=group, limit=limit
+                session, status=status, task=task, backbone=backbone, tags=tags, group=group, limit=limit, name=name
             )
             return [queries.job_as_dict(session, job, self.settings.artifacts_dir) for job in rows]
 

@@ -5,7 +5,9 @@
     created >= '2026-11-01' and not error is null
 
 A name is a job column (``task``, ``backbone``, ``status``, ``created``, ...), ``params.NAME``, ``tags.NAME``,
-or the name of a metric, which stands for its final value (the value at the job's last step). Values are
+or the name of a metric (also written ``metrics.NAME``, as MLflow does), which stands for its final value (the
+value at the job's last step). A metric no job has recorded yet matches nothing, but a bare name close to a
+known one (``backbon``, ``val_ac``) is refused with a "did you mean"; ``metrics.NAME`` is never refused. Values are
 always bound parameters, and names are looked up in a fixed table, so no text of a filter ever reaches the
 SQL: a filter cannot inject SQL.
 
@@ -15,6 +17,7 @@ and why those bounds, are in tlq/db/filter_parser.py.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -179,13 +182,31 @@ class FieldResolver:
                 return json_value(Job.params, key, kind, self.dialect), kind
             if prefix.lower() in ("tags", "tag"):
                 return json_value(Job.tags, key, "str", self.dialect), "str"
-            raise fail(f"unknown name {name!r}: dotted names start with params. or tags.")
-        if name in self.metric_names:
-            if name not in self.used_metrics:
-                self.used_metrics.append(name)
-            return final_metric(name), "float"
-        known = ", ".join(sorted(self.metric_names)[:30]) or "none recorded yet"
-        raise fail(f"unknown name {name!r}: use a job field ({', '.join(field_names())}) or a metric ({known})")
+            if prefix.lower() in ("metrics", "metric"):
+                return self.metric(key), "float"  # MLflow's spelling; a metric by that name, recorded or not
+            raise fail(f"unknown name {name!r}: dotted names start with params., tags. or metrics.")
+        if name not in self.metric_names:
+            close = self.close_names(name)
+            if close:
+                message = f"unknown name {name!r}: did you mean {' or '.join(close)}?"
+                if any(match in self.metric_names for match in close):
+                    message += f" (for a metric no job has recorded yet, write metrics.{name})"
+                raise fail(message)
+        return self.metric(name), "float"
+
+    def metric(self, name: str) -> ColumnElement:
+        """The final value of metric ``name``: NULL for every job while none has recorded it, so a condition on
+        it matches nothing (and ``is null`` everything), as for any job that lacks it."""
+        if name not in self.used_metrics:
+            self.used_metrics.append(name)
+        return final_metric(name)
+
+    def close_names(self, name: str) -> list[str]:
+        """The job fields and recorded metrics ``name`` is likely a typo of (``backbon``, ``val_ac``, ``tag``)."""
+        spelled = {**{field: field for field in [*COLUMNS, *ALIASES, *DERIVED]}, "params": "params.NAME"}
+        spelled |= {"tags": "tags.NAME", **{metric.lower(): metric for metric in self.metric_names}}
+        close = difflib.get_close_matches(name.lower(), spelled, n=3, cutoff=0.8)
+        return [spelled[match] for match in close]
 
 
 def compile_where(source: str, resolver: FieldResolver) -> ColumnElement:

@@ -59,11 +59,15 @@ def list_jobs(
     limit: int | None = 50,
     tags: dict[str, str] | None = None,
     group: int | None = None,
+    name: str | None = None,
 ) -> list[Job]:
-    """Jobs, newest first, filtered by the given columns and tags."""
+    """Jobs, newest first, filtered by the given columns and tags; ``name`` matches any part of a job's name,
+    in any case (``%`` and ``_`` in it are plain characters)."""
     from tlq.db.results import tag_conditions
 
     query = select(Job).order_by(Job.id.desc())
+    if name:
+        query = query.where(Job.name.icontains(name, autoescape=True))
     for condition in tag_conditions(tags or {}, session.get_bind().dialect.name):
         query = query.where(condition)
     if group is not None:

@@ -147,10 +147,10 @@ def _app(env: Environment):
 def _queue(env: Environment, spec: JobSpec, params: dict, app, queue: str) -> int:
     job_id = create_job_row(env, spec, queue, params)
     app = app or _app(env)
-    from tlq.workers.app import publish
+    from tlq.workers.app import job_label, publish
 
     try:
-        publish(app, job_id, queue, spec.priority)
+        publish(app, job_id, queue, spec.priority, job_label(job_id, spec.task, spec.backbone))
     except Exception as exc:
         reason = mask_secrets_in(
             f"cannot reach the broker at {mask_url(env.settings.broker_url)} ({type(exc).__name__}: "

@@ -150,7 +150,7 @@ def create_app(settings: Settings) -> Celery:
         except DatabaseAway as exc:
             # The message would be spent with the job still queued: send it again, for when the database is back.
             log.error("%s; the job is sent again in 10 s", exc)
-            raise task.retry(countdown=10, max_retries=None) from exc
+            raise task.retry(countdown=10, max_retries=None, shadow=task.request.shadow) from exc
 
     def _after_fork(**_kwargs) -> None:
         # Pooled connections must not cross a fork: the child opens its own.
@@ -218,12 +218,23 @@ def redis_priority(priority: int) -> int:
     return 9 - max(0, min(9, priority))
 
 
-def publish(app: Celery, job_id: int, queue: str, priority: int = 0) -> None:
-    """Sends a job id to ``queue``; raises the broker's error when it cannot be reached."""
+def job_label(job_id: int, task: str, backbone: str | None) -> str:
+    """The name a job's message shows in Flower, `celery events`, `celery inspect active` and the worker's log:
+    ``tlq.run_job[finetune resnet18 #42]``. Display only: the worker runs the task by its real name and reads
+    everything but the id from the job's row."""
+    what = " ".join(part for part in (task, backbone) if part)
+    what = "".join(c if c.isprintable() else "?" for c in what)[:120]
+    return f"{TASK_NAME}[{what} #{job_id}]"
+
+
+def publish(app: Celery, job_id: int, queue: str, priority: int = 0, label: str | None = None) -> None:
+    """Sends a job id to ``queue``, shown under ``label`` (``job_label``) by Celery's tools; raises the broker's
+    error when it cannot be reached."""
     ensure_broker_queues(app)
     app.send_task(
         TASK_NAME,
         args=[job_id],
+        shadow=label,
         queue=queue,
         priority=redis_priority(priority),
         retry=True,

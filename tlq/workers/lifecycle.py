@@ -25,7 +25,7 @@ import threading
 import time
 
 from celery import Celery
-from celery.signals import task_failure, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import task_failure, task_revoked, worker_ready, worker_shutdown, worker_shutting_down
 
 from tlq.db import queries
 from tlq.db.models import WorkerRecord
@@ -35,6 +35,7 @@ from tlq.workers.execute import heartbeat_interval
 from tlq.workers.keeper import is_transient
 from tlq.workers.recovery import (
     DatabaseHealth,
+    cancel_revoked_job,
     end_overdue_jobs,
     process_alive,
     record_lost_process,
@@ -261,7 +262,17 @@ def start_worker(
         if isinstance(exception, WorkerLostError) and args and isinstance(args[0], int):
             record_lost_process(runtime.env, app, name, args[0], f"the worker process running it died ({exception})")
 
+    def on_task_revoked(request=None, terminated=False, expired=False, **_kwargs) -> None:
+        args = getattr(request, "args", None) or ()
+        if expired or not args or isinstance(args[0], bool) or not isinstance(args[0], int):
+            return
+        try:
+            cancel_revoked_job(runtime.env, args[0], terminated)
+        except Exception as exc:
+            log_failure(f"job {args[0]} was revoked from Celery but could not be cancelled", exc)
+
     worker_ready.connect(on_ready, weak=False)
+    task_revoked.connect(on_task_revoked, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
     worker_shutting_down.connect(on_shutting_down, weak=False)
     task_failure.connect(on_task_failure, weak=False)

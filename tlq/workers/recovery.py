@@ -8,7 +8,8 @@ inside one step, ``claims.end_overdue``; ``tlq.workers.lifecycle`` says when eac
 - a job whose pool process died under it is recovered at once, with the reason (``record_lost_process``);
 - a worker told to stop hands its running jobs back without spending an attempt (``release_running_jobs``);
 - a job that overran its ``--timeout``, did not stop after a cancel, or made no progress for
-  ``TLQ_STALL_AFTER`` is failed, and its pool process ended (``end_overdue_jobs``).
+  ``TLQ_STALL_AFTER`` is failed, and its pool process ended (``end_overdue_jobs``);
+- a job whose message was revoked from Celery's tools is cancelled, as by `tlq cancel` (``cancel_revoked_job``).
 """
 
 from __future__ import annotations
@@ -172,6 +173,21 @@ def record_lost_process(env: Environment, app: Celery, name: str, job_id: int, r
         _send_requeued(env, app, [job_id])
 
 
+def cancel_revoked_job(env: Environment, job_id: int, terminated: bool) -> str:
+    """A revoke from Celery's tools (Flower's Revoke and Terminate, `celery control revoke`) becomes the cancel
+    `tlq cancel` makes (``claims.request_cancel``), and returns its outcome.
+
+    Celery only drops a revoked message, or with terminate kills the process running it; the job's row would
+    still say queued, with its message spent and nothing to send it again, or running, to be requeued when its
+    heartbeat stops. As a cancel, a queued job ends cancelled, and a running one whose process was killed is
+    ended cancelled within ``CANCEL_GRACE_S``.
+    """
+    with env.db.session() as session:
+        outcome = claims.request_cancel(session, job_id)
+    log.warning("job %s was %s from Celery: %s", job_id, "terminated" if terminated else "revoked", outcome)
+    return outcome
+
+
 def overdue_reason(job: HeldJob, stall_after_s: float, beat_every: float, check_stall: bool) -> str | None:
     """Why a running job must be ended by force, or None: it overran ``--timeout`` by the grace, did not stop
     within ``CANCEL_GRACE_S`` of a cancel, or (with ``check_stall``) took no step for ``stall_after_s`` while
@@ -214,6 +230,8 @@ def end_overdue_jobs(env: Environment, name: str, check_stall: bool = True) -> l
 
 
 def _kill_stuck_process(env: Environment, name: str, job: HeldJob) -> None:
+    if job.process_id and not process_alive(job.process_id):
+        return  # already gone (a terminate from Celery's tools killed it): nothing to end
     if not job.process_id or not is_child(job.process_id):
         log.error(
             "job %s is stuck in process %s, which this worker cannot end (the solo or threads pool); restart "

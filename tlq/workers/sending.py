@@ -12,11 +12,13 @@ import datetime as dt
 import logging
 
 from celery import Celery
+from sqlalchemy import select
 
 from tlq.db import claims
 from tlq.db.clock import database_time
+from tlq.db.models import Job
 from tlq.env import Environment
-from tlq.workers.app import publish
+from tlq.workers.app import job_label, publish
 
 log = logging.getLogger("tlq.worker")
 
@@ -29,9 +31,10 @@ def send_held(env: Environment, app: Celery, held: list[tuple[int, str, int]]) -
     Each job is published, then confirmed or released on its own: one failure does not stop the others.
     """
     sent = []
+    labels = _labels(env, [job_id for job_id, _, _ in held])
     for job_id, queue, priority in held:
         try:
-            publish(app, job_id, queue, priority)
+            publish(app, job_id, queue, priority, labels.get(job_id))
         except Exception as exc:
             log.warning("job %s could not be sent to the %s queue (%s); it will be sent again", job_id, queue, exc)
             _settle(env, claims.release_send, job_id)
@@ -39,6 +42,20 @@ def send_held(env: Environment, app: Celery, held: list[tuple[int, str, int]]) -
         _settle(env, claims.confirm_sent, job_id)
         sent.append(job_id)
     return sent
+
+
+def _labels(env: Environment, job_ids: list[int]) -> dict[int, str]:
+    """What each job's message is shown as in Celery's tools (``job_label``); display only, so a read that fails
+    sends the jobs unlabelled rather than not at all."""
+    if not job_ids:
+        return {}
+    try:
+        with env.db.read_session() as session:
+            rows = session.execute(select(Job.id, Job.task, Job.backbone).where(Job.id.in_(job_ids))).tuples().all()
+    except Exception as exc:
+        log.debug("could not read the labels of jobs %s (%s)", job_ids, exc)
+        return {}
+    return {job_id: job_label(job_id, task, backbone) for job_id, task, backbone in rows}
 
 
 def _settle(env: Environment, change, job_id: int) -> None:
