@@ -425,7 +425,9 @@ def test_every_ending_records_when_and_why_on_the_job_and_its_attempt(db):
         assert claims.recover(session, spent, leases[spent], "frozen") == "failed"  # its one attempt is spent
     for job_id in (failed, cancelled, local, spent):
         assert row(db, job_id).finished_at is not None, job_id
-    assert row(db, local).error == "its process died; it ran in `tlq run`, which no worker can resume: run it again"
+    assert row(db, local).error == (
+        "its process died; it ran in `tlq run` or `tlq.client.track`, which no worker can resume: run it again"
+    )
     [attempt] = attempts_of(db, failed)
     assert attempt.outcome == "failed" and len(attempt.reason) == 4000 and attempt.ended_at is not None
     other = new_job(db)

@@ -8,11 +8,15 @@
     client.compare(group=sweep["group"])[0]          # the best run
     client.results(where="val_acc > 0.9 and backbone = 'vgg16'", order_by="-val_acc")
 
+    with client.track("my-loop", backbone="resnet18", params={"lr": 1e-3}) as run:   # your own script as a job
+        run.log(step=1, val_acc=0.91)
+
 Each function takes the same settings as the CLI (``home``, ``database_url``, ``broker_url``, ``artifacts_dir``,
 else the TLQ_* environment variables). A ``Client`` holds them for several calls.
 
 The modules: ``api`` (``Client``), ``functions`` (the plain functions), ``sweeps`` (checking a grid),
-``copying`` (copying artifacts out), ``workers_view`` (the workers as `tlq workers` shows them).
+``copying`` (copying artifacts out), ``workers_view`` (the workers as `tlq workers` shows them), ``tracking``
+(``track``: a run of your own script as a job), ``mlflow_export`` (`tlq export mlflow`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tlq.client.functions import (
     sweep,
     wait,
 )
+from tlq.client.tracking import TrackedRun, track
 from tlq.errors import BadInput
 
 # `list` is left out so that `from tlq.client import *` never hides the builtin.
@@ -39,6 +44,7 @@ __all__ = [
     "SPEC_FIELDS",
     "BadInput",
     "Client",
+    "TrackedRun",
     "artifacts",
     "compare",
     "get",
@@ -47,6 +53,7 @@ __all__ = [
     "results",
     "submit",
     "sweep",
+    "track",
     "wait",
 ]
 

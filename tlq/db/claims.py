@@ -61,7 +61,7 @@ def decide_recovery(
 ) -> str:
     """What becomes of a running job whose attempt ended without an outcome (its process died, its heartbeat
     stopped, its worker is shutting down): ``cancelled`` if a cancel was asked for, ``failed`` once its
-    attempts are spent or when no worker could take it (``requeueable=False``: it ran in `tlq run`), else
+    attempts are spent or when no worker could take it (``requeueable=False``: it ran in `tlq run` or ``track``), else
     ``requeued``. An attempt that is handed back (``spend_attempt=False``) never spends the last attempt."""
     if cancel_requested:
         return "cancelled"
@@ -326,7 +326,7 @@ def _recovery_values(outcome: str, row, reason: str, spend_attempt: bool) -> dic
         return dict(
             status=JobStatus.FAILED.value,
             finished_at=db_now(),
-            error=f"{reason}; it ran in `tlq run`, which no worker can resume: run it again",
+            error=f"{reason}; it ran in `tlq run` or `tlq.client.track`, which no worker can resume: run it again",
         )
     if outcome == "failed":
         return dict(

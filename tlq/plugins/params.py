@@ -63,7 +63,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
         loc = [str(p) for p in error.get("loc", ()) if not isinstance(p, int)]
-        flag = "--" + loc[0].replace("_", "-") if loc else "value"
+        flag = "--" + loc[0].replace("_", "-") if loc else ""
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         if error.get("type") == "extra_forbidden":
             message = "is not an option of this task (see its --help)"
@@ -71,5 +71,5 @@ def describe_validation_error(exc: ValidationError) -> str:
             message = "is required"
         elif "input" in error and not isinstance(error["input"], dict | list):
             message = f"{message} (got {error['input']!r})"
-        parts.append(f"{flag}: {message}")
+        parts.append(f"{flag}: {message}" if loc else message)  # a check of the options together names none
     return "; ".join(parts)
