@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,12 +41,12 @@ def record_file(session, root: Path, job_id: int, name: str, kind: str, data: by
     return path
 
 
-def build_setup(root: Path) -> SimpleNamespace:
+def build_setup(root: Path, database_url: str | None = None) -> SimpleNamespace:
     """The jobs of ``populate_results`` (a-d; a and b make up the group ``group``), plus: ``xss`` (a name and a
     tag that are markup), ``long`` (failed with ``LONG_ERROR``, a 5,000-step loss history), ``retryable`` (a
     queued finetune whose spec validates: real digits, test_resnet); job ``a``'s training curves (``A_TRAINING``)
     and artifacts: a PNG, a CSV, a log, a file in a sub-folder, a recorded symbolic link that leads out, and a
-    file the job never recorded."""
+    file the job never recorded. ``database_url``: a database other than the home's SQLite file."""
     from sqlalchemy import insert
 
     from tlq.config import Settings
@@ -52,7 +54,7 @@ def build_setup(root: Path) -> SimpleNamespace:
     from tlq.db.models import Metric, utcnow
     from tlq.env import Environment
 
-    settings = Settings.load(home=root / "home", environ={})
+    settings = Settings.load(home=root / "home", database_url=database_url, environ={})
     env = Environment(settings)
     ids = populate_results(env.db)
     artifacts = settings.artifacts_dir
@@ -100,3 +102,100 @@ def build_setup(root: Path) -> SimpleNamespace:
         queries.record_artifact(session, a, "notes", f"{a}/leak.txt", 15, hashlib.sha256(b"x").hexdigest())
         (artifacts / str(a) / "unrecorded.txt").write_text("never recorded")
     return SimpleNamespace(settings=settings, env=env, ids=ids, group=group, files=files, secret=secret, root=root)
+
+
+class TcpRelay:
+    """A TCP relay on 127.0.0.1 to ``target`` (host, port) that a test can cut (``stop``: the port refuses, every
+    relayed connection drops) and restore (``start``, on the same port): a database going away and coming back."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._server: socket.socket | None = None
+        self._open: list[socket.socket] = []
+
+    def start(self) -> TcpRelay:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen()
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            try:
+                self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread: close alone leaves it listening
+            except OSError:
+                pass
+            self._server.close()
+            self._server = None
+        for conn in self._open:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        self._open.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # stopped
+            upstream = socket.create_connection(self.target)
+            self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for conn in (source, sink):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class AppServer:
+    """An ASGI app served by uvicorn in a thread of this process on 127.0.0.1 (so a test can patch what it runs),
+    stopped and started again on the same port: tlq ui going away and coming back."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = self._thread = None
+
+    def start(self) -> AppServer:
+        import time
+
+        import uvicorn
+
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            assert time.monotonic() < deadline and self._thread.is_alive(), f"no server on port {self.port}"
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(20)
+            self._server = None

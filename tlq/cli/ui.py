@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from tlq.cli.state import CliState, pass_state
@@ -39,12 +41,57 @@ def ui(state: CliState, host: str, port: int) -> None:
 
     from tlq.ui.app import create_app
 
+    sockets = listen(host, port)  # before the URL is printed: a port in use is one line, not a dead URL
     state.env.db.ensure_schema()
     app = create_app(state.settings, token=token or "")
-    shown = f"[{host}]" if ":" in host else host
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     click.echo(f"tlq ui: serving {url} (Ctrl-C stops it)")
     if token:
         click.echo(f"log in once with {url}login?token=$TLQ_UI_TOKEN (or send Authorization: Bearer $TLQ_UI_TOKEN)")
     # No access log: it would write every URL, /login?token=... included, to the terminal.
-    uvicorn.run(app, host=host.strip("[]"), port=port, access_log=False, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning")).run(sockets=sockets)
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address of ``host`` on ``port`` (``::`` takes IPv4 as well as IPv6, as "every
+    address" means), for uvicorn to serve on.
+
+    Raises:
+        BadInput: The port is in use, or ``host`` is no address of this machine; the message names the fix.
+    """
+    import errno
+
+    from tlq.errors import BadInput
+
+    name = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BadInput(f"--host {host}: {exc.strerror}; give an address of this machine, such as 127.0.0.1") from None
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in found:
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if address[0] == "::" else 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRNOTAVAIL and len(found) > 1:
+                continue  # ::1 of "localhost" where IPv6 is off: its IPv4 address serves
+            for bound in sockets:
+                bound.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise BadInput(
+                    f"port {port} on {host} is in use (another tlq ui?); stop that one, or pick another port: "
+                    f"tlq ui --port {port + 1 if port < 65535 else 8765}"
+                ) from None
+            raise BadInput(
+                f"cannot listen on {host} port {port} ({exc.strerror}); give another --host or --port"
+            ) from None
+        sockets.append(sock)
+    if not sockets:
+        raise BadInput(f"--host {host} has no address this machine can listen on; give one such as 127.0.0.1")
+    return sockets

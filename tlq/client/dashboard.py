@@ -7,11 +7,28 @@ Plain functions over a ``Client``: they use its settings, database and task regi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from tlq.client.api import Client
 from tlq.client.headlines import headline_metrics
 from tlq.errors import BadInput
+
+MAX_ID = 2**31 - 1  # the largest job or group id: their columns are INTEGER, 32 bits on PostgreSQL
+
+
+def check_ids(jobs: Iterable[int] = (), group: int | None = None) -> None:
+    """Refuses as unknown an id that no job or group can have (above ``MAX_ID``), which the database would fail
+    on (SQLite past 64 bits, PostgreSQL past 32) rather than find nothing.
+
+    Raises:
+        BadInput: The client's message for an unknown job or group.
+    """
+    if group is not None and not 0 <= group <= MAX_ID:
+        raise BadInput(f"there is no group {group}; `tlq sweep` prints the group of the jobs it queues")
+    for job_id in jobs:
+        if not 0 <= job_id <= MAX_ID:
+            raise BadInput(f"there is no job {job_id}; `tlq jobs` lists the jobs")
 
 
 def _iso(value) -> str | None:
@@ -88,6 +105,7 @@ def job_detail(client: Client, job_id: int) -> dict[str, Any]:
     """
     from tlq.db import dashboard, queries
 
+    check_ids([job_id])
     with client.env.db.read_session() as session:
         job = queries.get_job(session, job_id)
         if job is None:
@@ -151,7 +169,15 @@ def queue_depths(client: Client) -> list[dict[str, Any]]:
 
 def web_artifacts(client: Client, job_id: int) -> list[dict[str, Any]]:
     """A job's artifacts as the dashboard lists them: ``name`` (the path inside the job's folder), ``kind``,
-    ``bytes``, ``sha256`` and ``url`` (``/artifacts/ID/NAME``)."""
+    ``bytes``, ``sha256`` and ``url`` (``/artifacts/ID/NAME``, the name percent-encoded: it may hold ``#``, ``?``
+    or ``%``).
+
+    Raises:
+        BadInput: There is no job ``job_id``.
+    """
+    from urllib.parse import quote
+
+    check_ids([job_id])
     prefix = f"{job_id}/"
     listed = []
     for artifact in client.artifacts(job_id):
@@ -165,7 +191,7 @@ def web_artifacts(client: Client, job_id: int) -> list[dict[str, Any]]:
                 "kind": artifact["kind"],
                 "bytes": artifact["bytes"],
                 "sha256": artifact["sha256"],
-                "url": f"/artifacts/{job_id}/{name}",
+                "url": f"/artifacts/{job_id}/{quote(name)}",
             }
         )
     return listed
@@ -174,6 +200,7 @@ def web_artifacts(client: Client, job_id: int) -> list[dict[str, Any]]:
 def job_exists(client: Client, job_id: int) -> bool:
     """Whether there is a job ``job_id``."""
     try:
+        check_ids([job_id])
         client.jobs_of(jobs=[job_id])
     except BadInput:
         return False

@@ -10,6 +10,7 @@ import mimetypes
 from pathlib import PurePosixPath
 from typing import Any
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -53,8 +54,11 @@ def client_of(request: Request):
     return request.app.state.client
 
 
-def int_param(request: Request, name: str, default: int | None, low: int = 1, high: int | None = None) -> int | None:
-    """Query parameter ``name`` as a whole number in [low, high]; HTTPProblem 400 otherwise."""
+def int_param(
+    request: Request, name: str, default: int | None, low: int = 1, high: int = dashboard.MAX_ID
+) -> int | None:
+    """Query parameter ``name`` as a whole number in [low, high] (by default no larger than an id can be, which
+    the database could not even compare); HTTPProblem 400 otherwise."""
     raw = request.query_params.get(name, "").strip()
     if not raw:
         return default
@@ -62,9 +66,8 @@ def int_param(request: Request, name: str, default: int | None, low: int = 1, hi
         value = int(raw)
     except ValueError:
         raise HTTPProblem(400, f"{name}={raw!r} is not a whole number") from None
-    if value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
-        raise HTTPProblem(400, f"{name}={value} is out of range; give a number {bounds}")
+    if not low <= value <= high:
+        raise HTTPProblem(400, f"{name}={value} is out of range; give a number from {low} to {high}")
     return value
 
 
@@ -192,6 +195,7 @@ def compare_rows(request: Request) -> list[dict[str, Any]]:
     if goal not in (None, "max", "min"):
         raise HTTPProblem(400, f"goal={goal!r} is neither max nor min")
     metric = request.query_params.get("metric") or None
+    dashboard.check_ids(ids, group)
     return client_of(request).compare(group=group, jobs=ids, metric=metric, goal=goal)
 
 
@@ -266,6 +270,20 @@ def artifact(request: Request) -> Response:
     )
 
 
+class AnyPath(Convertor):
+    """A path of any characters, newlines too (Starlette's ``path`` stops at one): a job names its artifacts."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", AnyPath())
+
 routes = [
     Route("/api/jobs", jobs),
     Route("/api/jobs/{job_id:int}", job),
@@ -277,5 +295,5 @@ routes = [
     Route("/api/compare", compare),
     Route("/api/results", results),
     Route("/api/workers", workers),
-    Route("/artifacts/{job_id:int}/{path:path}", artifact),
+    Route("/artifacts/{job_id:int}/{path:anypath}", artifact),
 ]

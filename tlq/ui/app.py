@@ -18,18 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from tlq.client import Client
 from tlq.config import Settings
+from tlq.db.engine import DatabaseUnavailable
 from tlq.ui import api, pages
 from tlq.ui.security import Guard, check_token, token_from_environment
 
 HERE = Path(__file__).resolve().parent
+# What a database that does not answer raises mid-request (connection refused or lost, locked, pool exhausted).
+DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, DatabaseUnavailable)
 
 
 def format_number(value: Any) -> str:
@@ -66,6 +73,28 @@ def format_param(value: Any) -> str:
 
 def format_tags(tags: Mapping[str, Any] | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in (tags or {}).items())
+
+
+def database_unavailable(request: Request, exc: Exception) -> Response:
+    """503 for a database that does not answer (stopped, restarting, locked past the busy timeout, out of pooled
+    connections): the CLI's one line, its URL masked, never a traceback; the pages' scripts keep polling and
+    recover when it is back, and a page that could not be rendered reloads itself."""
+    from tlq.config import mask_secrets_in
+
+    url = request.app.state.client.env.db.masked_url
+    reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, PoolTimeout):
+        message = f"the database at {url} is busy: every connection of the dashboard stayed in use; close some tabs"
+    else:
+        message = (
+            f"cannot reach the database at {url} ({mask_secrets_in(reason)}); "
+            "start it, or point TLQ_DATABASE_URL / --database-url at one that runs"
+        )
+    if request.url.path.startswith("/api/"):
+        return api.error(503, message)
+    if request.url.path.startswith("/artifacts/"):
+        return PlainTextResponse(f"503: {message}\n", status_code=503)
+    return pages.problem_page(request, 503, message)
 
 
 def templates() -> Jinja2Templates:
@@ -111,6 +140,7 @@ def create_app(
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[Middleware(Guard, token=token or None, allowed_hosts=allowed_hosts)],
+        exception_handlers=dict.fromkeys(DATABASE_ERRORS, database_unavailable),
     )
     client = Client(settings=settings)
     # Built and migrated here, once, not by the first requests' threads racing to do it.

@@ -140,6 +140,7 @@ def comparison(request: Request, group: int | None, ids: list[int]) -> Response:
     context: dict[str, Any] = {"group": group, "ids": ids, "rows": [], "params": [], "metric": metric}
     context.update(charts=[], goal=None, title=f"Group {group}" if group is not None else "Compare jobs")
     try:
+        dashboard.check_ids(ids, group)
         ids = client.jobs_of(group, ids)
         context["ids"] = ids
         if not ids:

@@ -17,8 +17,9 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from http.cookies import SimpleCookie
 from pathlib import Path, PurePosixPath
+
+from starlette.requests import cookie_parser
 
 TOKEN_VARIABLE = "TLQ_UI_TOKEN"
 TOKEN_COOKIE = "tlq_ui_token"
@@ -27,6 +28,8 @@ CSRF_HEADER = "x-csrf-token"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 TOKEN_CHARACTERS = re.compile(r"[A-Za-z0-9._~+/=-]+")
+# A Host header: a name or IPv4 address, or an IPv6 address in brackets, then an optional port; nothing else.
+HOST_HEADER = re.compile(r"(?P<name>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?")
 # Pages and API: scripts, styles and images from this server only; nothing may frame it.
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -82,18 +85,17 @@ def _headers(scope) -> dict[str, str]:
 
 
 def _cookies(headers: dict[str, str]) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(headers.get("cookie", ""))
-    except Exception:  # a malformed Cookie header counts as none
-        return {}
-    return {key: morsel.value for key, morsel in jar.items()}
+    """The request's cookies, parsed as Starlette parses them for the pages: leniently, so that a cookie another
+    site on this host set (a space or a quote in its value) hides none of the dashboard's (the stdlib's
+    SimpleCookie drops every cookie of a header it cannot parse whole)."""
+    return cookie_parser(headers.get("cookie", ""))
 
 
 def _host_name(host_header: str) -> str:
-    if host_header.startswith("["):
-        return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
-    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+    """The name in a Host header (an IPv6 address without its brackets), or "" when the header is anything but
+    ``NAME[:PORT]``: ``localhost:80@evil.example`` or ``[::1].evil.example`` name no host of ours."""
+    found = HOST_HEADER.fullmatch(host_header)
+    return found["name"].strip("[]") if found else ""
 
 
 class Guard:

@@ -95,8 +95,10 @@
     const answer = await tlq.getJSON(`/api/jobs?${params}`);
     if (!answer.ok) {
       tlq.showError(answer.data.error);
-      filterError = true;
-      render({ jobs: [], page: 1, per_page: 50, total: 0 });
+      if (answer.status >= 400 && answer.status < 500) {
+        filterError = true; // a bad filter matches nothing; an outage keeps the rows shown until it ends
+        render({ jobs: [], page: 1, per_page: 50, total: 0 });
+      }
       return;
     }
     if (filterError) tlq.showError("");

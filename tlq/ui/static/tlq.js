@@ -13,30 +13,40 @@ const tlq = (() => {
     return "";
   }
 
-  async function getJSON(url) {
-    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  // Whether #error shows an outage (no answer from the server, or a 5xx: its database is down): the next answer
+  // clears it, so a page recovers by itself. A 4xx (a bad filter) is the caller's to show and clear.
+  let outage = false;
+
+  // {ok, status, data} of a JSON call; status 0 when the server did not answer.
+  async function call(url, options) {
+    let response;
+    try {
+      response = await fetch(url, { credentials: "same-origin", ...options });
+    } catch (e) {
+      outage = true;
+      const error = "no answer from tlq ui (stopped, or the network is down); retrying";
+      return { ok: false, status: 0, data: { error } };
+    }
     let data = null;
     try {
       data = await response.json();
     } catch (e) {
       data = { error: `${response.status} ${response.statusText}` };
+    }
+    if (response.status >= 500) outage = true;
+    else if (outage) {
+      outage = false;
+      showError("");
     }
     return { ok: response.ok, status: response.status, data };
   }
 
-  async function post(url) {
-    const response = await fetch(url, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "X-CSRF-Token": cookie("tlq_csrf"), Accept: "application/json" },
-    });
-    let data = null;
-    try {
-      data = await response.json();
-    } catch (e) {
-      data = { error: `${response.status} ${response.statusText}` };
-    }
-    return { ok: response.ok, status: response.status, data };
+  function getJSON(url) {
+    return call(url, { headers: { Accept: "application/json" } });
+  }
+
+  function post(url) {
+    return call(url, { method: "POST", headers: { "X-CSRF-Token": cookie("tlq_csrf"), Accept: "application/json" } });
   }
 
   // An element with attributes and text; children appended as given (elements or strings, as text nodes).
@@ -95,13 +105,15 @@ const tlq = (() => {
     return typeof value === "string" ? value : JSON.stringify(value);
   }
 
-  // Calls `step` (which may return a promise) every `ms` milliseconds after the previous call ended, while it
-  // does not return false; pauses while the tab is hidden.
+  // Calls `step` (which may return a promise) `ms` milliseconds after the previous call ended, or three times as
+  // long as that call took if longer (the curves of a million-row job take seconds to thin: a tab then costs the
+  // server a quarter of a core, not all of it), while it does not return false; pauses while the tab is hidden.
   function poll(step, ms = 1000) {
     let stopped = false;
     async function loop() {
       if (stopped) return;
       let again = true;
+      const started = Date.now();
       if (!document.hidden) {
         try {
           again = (await step()) !== false;
@@ -109,7 +121,7 @@ const tlq = (() => {
           showError(String(e));
         }
       }
-      if (again) setTimeout(loop, ms);
+      if (again) setTimeout(loop, Math.max(ms, 3 * (Date.now() - started)));
     }
     setTimeout(loop, ms);
     return () => {
