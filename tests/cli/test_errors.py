@@ -169,3 +169,19 @@ def test_unreachable_database_is_one_line(runner, env):
     line = result.stderr.strip()
     assert line.startswith("Error: cannot reach the database at postgresql+psycopg://postgres@127.0.0.1:1/none")
     assert "TLQ_DATABASE_URL" in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "99999999999999999999"],
+        ["cancel", "2147483648"],
+        ["compare", "1", "3000000000"],
+        ["jobs", "--group", "0"],
+    ],
+)
+def test_an_id_no_job_can_have_is_one_line_not_a_traceback(runner, env, args):
+    result = invoke(runner, env, *args)
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "is not in the range 1<=x<=2147483647" in line

@@ -7,7 +7,7 @@ import time
 import click
 
 from tlq.cli.completion import complete_backbone, complete_job_id, complete_live_job_id
-from tlq.cli.options import parse_tags
+from tlq.cli.options import JOB_ID, parse_tags
 from tlq.cli.output import duration, emit_job, format_value, print_json
 from tlq.cli.state import CliState, pass_state
 
@@ -19,7 +19,7 @@ STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 @click.option("--task", metavar="TASK", help="Only jobs of this task.")
 @click.option("--backbone", metavar="NAME", help="Only jobs on this backbone.", shell_complete=complete_backbone)
 @click.option("--tag", multiple=True, metavar="KEY=VALUE", help="Only jobs with this tag; repeatable.")
-@click.option("--group", type=int, metavar="ID", help="Only the jobs of this group (a sweep).")
+@click.option("--group", type=JOB_ID, metavar="ID", help="Only the jobs of this group (a sweep).")
 @click.option("--name", metavar="TEXT", help="Only jobs whose name contains TEXT, in any case.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest N jobs.")
 @click.option("--json", "json_out", is_flag=True, help="Print a list of job objects.")
@@ -71,7 +71,7 @@ def jobs(state: CliState, status, task, backbone, tag, group, name, limit, json_
 
 
 @click.command()
-@click.argument("job_id", type=int, shell_complete=complete_job_id)
+@click.argument("job_id", type=JOB_ID, shell_complete=complete_job_id)
 @click.option("--json", "json_out", is_flag=True, help="Print the job object.")
 @pass_state
 def show(state: CliState, job_id: int, json_out: bool) -> None:
@@ -126,7 +126,7 @@ def wait_for_jobs(state: CliState, job_ids: list[int], quiet: bool = False, poll
 
 
 @click.command()
-@click.argument("job_id", type=int, shell_complete=complete_live_job_id)
+@click.argument("job_id", type=JOB_ID, shell_complete=complete_live_job_id)
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this long (exit 1).")
 @click.option("--json", "json_out", is_flag=True, help="No bar; print the job as JSON at the end.")
 @pass_state
@@ -139,7 +139,7 @@ def wait(state: CliState, job_id: int, timeout: float | None, json_out: bool) ->
 
 
 @click.command()
-@click.argument("job_id", type=int, shell_complete=complete_live_job_id)
+@click.argument("job_id", type=JOB_ID, shell_complete=complete_live_job_id)
 @pass_state
 def cancel(state: CliState, job_id: int) -> int:
     """Cancel a job: a queued job never starts; a running one stops at its next step."""

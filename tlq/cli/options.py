@@ -13,6 +13,9 @@ import click
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+# A job or group id: the INTEGER columns hold no more (32 bits on PostgreSQL); a larger one is refused in one line.
+JOB_ID = click.IntRange(1, 2**31 - 1)
+
 
 def parse_tags(tags: tuple[str, ...]) -> dict[str, str]:
     """``--tag KEY=VALUE`` options (on submit, or as a filter) as a dict; a malformed one is a BadInput."""

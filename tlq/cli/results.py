@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from tlq.cli.options import JOB_ID
 from tlq.cli.output import cell, console, duration, format_value, print_csv, print_json
 from tlq.cli.state import CliState, pass_state
 
@@ -145,8 +146,8 @@ def print_leaderboard(client, rows: list[dict], metric: str, subject: str, goal:
 
 
 @click.command()
-@click.argument("ids", nargs=-1, type=int)
-@click.option("--group", type=int, metavar="ID", help="The jobs of this group (what `tlq sweep` printed).")
+@click.argument("ids", nargs=-1, type=JOB_ID)
+@click.option("--group", type=JOB_ID, metavar="ID", help="The jobs of this group (what `tlq sweep` printed).")
 @click.option("--metric", metavar="NAME", help="Rank by this metric [default: val_acc, else the task's main one].")
 @click.option("--goal", type=click.Choice(["max", "min"]), help="Whether higher or lower is better [default: by name].")
 @click.option("--json", "json_out", is_flag=True, help="Print the rows, best first, as JSON.")
@@ -185,7 +186,7 @@ def compare(state: CliState, ids, group, metric, goal, json_out, csv_out) -> Non
 
 
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--name", metavar="METRIC", help="Only this metric.")
 @click.option("--json", "json_out", is_flag=True, help="Print a list of {name, step, epoch, value, time}.")
 @click.option("--csv", "csv_out", is_flag=True, help="Print CSV with the columns name, step, epoch, value, time.")
@@ -224,8 +225,8 @@ def metrics(state: CliState, job_id: int, name, json_out, csv_out) -> None:
 
 
 @click.command()
-@click.argument("ids", nargs=-1, type=int)
-@click.option("--group", type=int, metavar="ID", help="Plot every job of this group.")
+@click.argument("ids", nargs=-1, type=JOB_ID)
+@click.option("--group", type=JOB_ID, metavar="ID", help="Plot every job of this group.")
 @click.option("--metric", metavar="NAME", help="The metric to plot [default: val_acc, else the task's main one].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
 @click.option("--json", "json_out", is_flag=True, help='Print {"path", "metric", "curves"}.')
@@ -273,7 +274,7 @@ def plot(state: CliState, ids, group, metric, output, json_out) -> None:
 
 
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--kind", metavar="KIND", help="Only artifacts of this kind (model, curves, confusion_matrix, ...).")
 @click.option("--copy-to", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Copy them into DIR.")
 @click.option("--json", "json_out", is_flag=True, help="Print a list of {kind, path, relative, bytes, sha256}.")

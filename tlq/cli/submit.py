@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from tlq.cli.completion import complete_backbone, complete_job_id
-from tlq.cli.options import option_for_field, parse_tags, sweep_separator
+from tlq.cli.options import JOB_ID, option_for_field, parse_tags, sweep_separator
 from tlq.cli.output import emit_job
 from tlq.cli.state import CliState, pass_state
 
@@ -278,7 +278,7 @@ def sweep() -> None:
 
 
 @click.command()
-@click.argument("job_id", type=int, shell_complete=complete_job_id)
+@click.argument("job_id", type=JOB_ID, shell_complete=complete_job_id)
 @click.option("--wait", is_flag=True, help="Wait for the new job; exit 1 unless it succeeds.")
 @click.option("--json", "json_out", is_flag=True, help="Print the new job as JSON.")
 @pass_state

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from tlq.db.filters import FieldResolver, compile_order_by, compile_where, json_value
@@ -147,6 +147,26 @@ def _seconds(job: Job) -> float | None:
     return round((end - job.started_at).total_seconds(), 3)
 
 
+def _metric_summary(session: Session, ids: list[int], metric: str) -> dict[int, tuple[float, float, float]]:
+    """(highest, lowest, final) value of ``metric`` for each of the jobs that recorded it, the final one being the
+    value at its last step; in two grouped queries."""
+    where = (Metric.job_id.in_(ids), Metric.name == metric)
+    spans = session.execute(
+        select(Metric.job_id, func.max(Metric.value), func.min(Metric.value), func.max(Metric.step))
+        .where(*where)
+        .group_by(Metric.job_id)
+    ).all()
+    last = {job_id: step for job_id, _, _, step in spans}
+    finals = dict(
+        session.execute(
+            select(Metric.job_id, Metric.value).where(
+                *where, tuple_(Metric.job_id, Metric.step).in_(list(last.items()) or [(-1, -1)])
+            )
+        ).all()
+    )
+    return {job_id: (high, low, finals.get(job_id)) for job_id, high, low, _ in spans}
+
+
 def leaderboard(session: Session, jobs: list[Job], metric: str, goal: str | None = None) -> list[LeaderboardRow]:
     """The jobs ranked by the best value of ``metric``, best first; jobs without it come last.
 
@@ -155,25 +175,23 @@ def leaderboard(session: Session, jobs: list[Job], metric: str, goal: str | None
     """
     goal = goal or ("min" if lower_is_better(metric) else "max")
     ids = [job.id for job in jobs]
-    history: dict[int, list[Metric]] = defaultdict(list)
-    epochs: dict[int, int] = {}
-    for row in metric_history(session, ids):
-        if row.epoch is not None:
-            epochs[row.job_id] = max(epochs.get(row.job_id, 0), row.epoch)
-        if row.name == metric:
-            history[row.job_id].append(row)
+    summary = _metric_summary(session, ids, metric)  # aggregates in the database: never a job's whole history
+    epochs = dict(
+        session.execute(
+            select(Metric.job_id, func.max(Metric.epoch)).where(Metric.job_id.in_(ids)).group_by(Metric.job_id)
+        ).all()
+    )
     swept = varying_params(jobs)
-    pick = max if goal == "max" else min
     rows = []
     for job in jobs:
-        values = [m.value for m in sorted(history[job.id], key=lambda m: (m.step, m.id))]
+        highest, lowest, final = summary.get(job.id, (None, None, None))
         rows.append(
             LeaderboardRow(
                 job=job.id,
                 backbone=job.backbone,
                 params={k: (job.params or {}).get(k) for k in swept},
-                best=pick(values) if values else None,
-                final=values[-1] if values else None,
+                best=highest if goal == "max" else lowest,
+                final=final,
                 epochs=epochs.get(job.id),
                 seconds=_seconds(job),
                 status=job.status,
