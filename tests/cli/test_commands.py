@@ -55,10 +55,12 @@ def test_tasks_json_lists_parameters(home):
 
 
 def test_backbones_filter_like_timm(home):
-    rows = json.loads(invoke(home, "backbones", "--filter", "vgg1*", "--json").stdout)
+    rows = json.loads(invoke(home, "backbones", "--architectures", "--filter", "vgg1*", "--json").stdout)
     names = [r["name"] for r in rows]
     assert "vgg16" in names and "vgg19" in names and all(n.startswith("vgg1") for n in names)
     assert all(r["source"] == "timm" for r in rows)
+    tags = [r["name"] for r in json.loads(invoke(home, "backbones", "--filter", "vgg1*", "--json").stdout)]
+    assert "vgg16.tv_in1k" in tags and all(n.startswith("vgg1") and "." in n for n in tags)
 
 
 def test_task_help_is_generated_from_the_parameter_model(home):

@@ -95,7 +95,7 @@ def train(data, train_backbone: bool, seed: int, epochs: int = 4, batch_size: in
     model = TinyNet()
     optimizer = make_optimizer(param_groups(model, 0.03, 1.0, train_backbone), "adamw", 0.0)
     loader = training_loader(files, to_tensor, batch_size, seed, workers=0)
-    scheduler = make_scheduler(optimizer, "constant", epochs * len(loader))
+    scheduler = make_scheduler(optimizer, "constant", 1, epochs * len(loader))
     criterion = nn.CrossEntropyLoss()
     history = [
         train_epoch(model, loader, targets, optimizer, scheduler, criterion, "cpu", "fp32", epoch, train_backbone)
@@ -143,7 +143,7 @@ def test_the_reported_epoch_loss_and_accuracy_are_over_every_image_seen(data):
         loader,
         targets,
         optimizer,
-        make_scheduler(optimizer, "constant", 10),
+        make_scheduler(optimizer, "constant", 1, 10),
         nn.CrossEntropyLoss(),
         "cpu",
         "fp32",
@@ -196,7 +196,7 @@ def test_a_linear_probe_on_features_learns_the_true_labels():
     torch.manual_seed(0)
     head = nn.Linear(6, CLASSES)
     optimizer = make_optimizer([{"params": head.parameters(), "lr": 0.05}], "adamw", 0.0)
-    scheduler = make_scheduler(optimizer, "constant", 100)
+    scheduler = make_scheduler(optimizer, "constant", 1, 100)
     criterion = nn.CrossEntropyLoss()
     history = [
         train_head_epoch(head, features, labels, optimizer, scheduler, criterion, 16, seed=epoch) for epoch in range(8)
@@ -215,7 +215,7 @@ def test_a_head_epochs_figures_are_over_every_feature():
     optimizer = make_optimizer([{"params": head.parameters(), "lr": 0.0}], "adamw", 0.0)
     before = time.perf_counter()
     epoch = train_head_epoch(
-        head, features, labels, optimizer, make_scheduler(optimizer, "constant", 4), nn.CrossEntropyLoss(), 8, 0
+        head, features, labels, optimizer, make_scheduler(optimizer, "constant", 1, 4), nn.CrossEntropyLoss(), 8, 0
     )
     with torch.no_grad():
         logits = head(features)
@@ -234,7 +234,7 @@ def test_a_head_epoch_shuffles_by_its_seed_alone():
         optimizer = make_optimizer([{"params": head.parameters(), "lr": 0.05}], "sgd", 0.0)
         torch.manual_seed(seed + 1)  # the global generator moved on differently: it must not matter
         train_head_epoch(
-            head, features, labels, optimizer, make_scheduler(optimizer, "constant", 8), nn.CrossEntropyLoss(), 8, 11
+            head, features, labels, optimizer, make_scheduler(optimizer, "constant", 1, 8), nn.CrossEntropyLoss(), 8, 11
         )
         return head.weight.detach().clone()
 
@@ -281,7 +281,7 @@ def test_the_optimizer_is_the_one_asked_for_with_its_weight_decay():
 def lrs(name: str, steps: int, lr: float = 0.1) -> list[float]:
     model = nn.Linear(2, 2)
     optimizer = make_optimizer([{"params": model.parameters(), "lr": lr}], "sgd", 0.0)
-    scheduler = make_scheduler(optimizer, name, steps)
+    scheduler = make_scheduler(optimizer, name, 1, steps)
     seen = []
     for _ in range(steps):
         seen.append(optimizer.param_groups[0]["lr"])
@@ -340,7 +340,7 @@ def test_a_frozen_backbone_stays_in_eval_mode_while_its_head_trains(data):
     (files, targets), _ = data
     optimizer = make_optimizer(param_groups(model, 0.01, 1.0, False), "adamw", 0.0)
     loader = training_loader(files, to_tensor, 8, 0, workers=0)
-    scheduler = make_scheduler(optimizer, "constant", len(loader))
+    scheduler = make_scheduler(optimizer, "constant", 1, len(loader))
     train_epoch(model, loader, targets, optimizer, scheduler, nn.CrossEntropyLoss(), "cpu", "fp32", 0, False)
     assert model.fc.training and model.fc[0].training  # dropout on while the head learns
     assert not model.norm.training  # batch norm statistics frozen
@@ -356,7 +356,7 @@ def test_an_epoch_of_one_image_reports_that_images_loss_and_accuracy(data):
     # model happens to get this one right: an epoch of it alone has accuracy 1
     optimizer = make_optimizer(param_groups(model, 0.0, 1.0, False), "adamw", 0.0)
     loader = training_loader([files[right]], to_tensor, 8, 0, workers=0)
-    scheduler = make_scheduler(optimizer, "constant", 1)
+    scheduler = make_scheduler(optimizer, "constant", 1, 1)
     label = [targets[right]]
     epoch = train_epoch(model, loader, label, optimizer, scheduler, nn.CrossEntropyLoss(), "cpu", "fp32", 0, False)
     model.eval()
@@ -386,7 +386,7 @@ def test_a_batch_of_only_unreadable_images_is_skipped_not_the_end_of_the_epoch(d
         loader,
         targets,
         optimizer,
-        make_scheduler(optimizer, "constant", 2),
+        make_scheduler(optimizer, "constant", 1, 2),
         nn.CrossEntropyLoss(),
         "cpu",
         "fp32",
@@ -405,7 +405,7 @@ def test_a_bf16_epoch_runs_in_bf16(data):
         model = TinyNet()
         optimizer = make_optimizer(param_groups(model, 0.0, 1.0, False), "adamw", 0.0)
         loader = training_loader(files, to_tensor, 12, 0, workers=0)
-        scheduler = make_scheduler(optimizer, "constant", len(loader))
+        scheduler = make_scheduler(optimizer, "constant", 1, len(loader))
         return train_epoch(
             model, loader, targets, optimizer, scheduler, nn.CrossEntropyLoss(), "cpu", precision, 0, False
         ).loss
@@ -424,7 +424,7 @@ def test_summaries_with_exactly_five_classes_have_a_top5_and_keep_their_time():
 def test_a_one_step_cosine_schedule_ends_at_zero():
     model = nn.Linear(2, 2)
     optimizer = make_optimizer([{"params": model.parameters(), "lr": 0.1}], "sgd", 0.0)
-    scheduler = make_scheduler(optimizer, "cosine", 1)
+    scheduler = make_scheduler(optimizer, "cosine", 1, 1)
     optimizer.step()
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)

@@ -1,4 +1,5 @@
-"""Every timm model as a backbone, by its timm name (``vgg16``, ``convnext_tiny.in12k_ft_in1k``).
+"""Every timm model as a backbone, by its timm name (``vgg16``, ``convnext_tiny.in12k_ft_in1k``), and timm's own
+model folders (``local-dir:PATH``, ``hf-hub:ORG/NAME``; see ``timm_folders``).
 
 Pretrained weights come from the local Hugging Face (or torch hub) cache, or the hub when it can be reached.
 When they are neither cached nor reachable, the check at submit says so within seconds and offers
@@ -12,6 +13,7 @@ import socket
 import threading
 from pathlib import Path
 
+from tlq.backbones import timm_folders
 from tlq.backbones.weights import check_weights_path, read_state_dict
 from tlq.env import Environment
 from tlq.errors import BadInput
@@ -26,10 +28,6 @@ def _timm():
     import timm
 
     return timm
-
-
-def _arch(name: str) -> str:
-    return name.split(":", 1)[1] if name.startswith(("hf-hub:", "hf_hub:")) else name
 
 
 def cached_pretrained_file(name: str) -> Path | None:
@@ -78,32 +76,75 @@ def hub_reachable(host: str = HUB_HOST, timeout: float = REACHABILITY_TIMEOUT_S)
     return bool(result and result[0])
 
 
+def check_name(name: str) -> None:
+    """Checks a timm name (``resnet50`` or ``resnet50.a1_in1k``); an unknown one is answered with the closest names
+    and the `tlq backbones` command that lists them."""
+    import difflib
+    import re
+
+    timm = _timm()
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        known = timm.list_pretrained() if tag else timm.list_models()
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        stem = re.match(r"[A-Za-z]*", close[0] if close else "").group(0)
+        listing = "tlq backbones" if tag else "tlq backbones --architectures"
+        listing += f" --filter '{stem}*'" if stem else ""
+        raise BadInput(unknown_name_message("backbone", name, known, listing))
+    if tag:
+        tags = timm.list_pretrained(f"{arch}.*")
+        if name not in tags:
+            close = difflib.get_close_matches(name, tags, n=3, cutoff=0.5) or tags[:3]
+            offer = f"did you mean {', '.join(close)}? " if close else f"{arch} has no pretrained weights; "
+            raise BadInput(
+                f"unknown pretrained tag '{tag}' for {arch}; {offer}run `tlq backbones --filter '{arch}.*'` to list "
+                "its tags"
+            )
+
+
 class TimmProvider:
     """Backbones by timm name."""
 
     scheme = "timm"
 
     def list(self, pattern: str | None, env: Environment) -> list[dict[str, str]]:
+        """Every pretrained tag (``convnext_tiny.in12k_ft_in1k``), as ``timm.list_pretrained`` names them."""
         timm = _timm()
-        pretrained = set(timm.list_models(pattern or "*", pretrained=True))
+        from timm.models import get_pretrained_cfg
+
         rows = []
-        for name in timm.list_models(pattern or "*"):
-            has_tags = any(p.startswith(name + ".") or p == name for p in pretrained)
-            rows.append({"name": name, "source": "timm", "description": "pretrained weights" if has_tags else ""})
+        for name in timm.list_pretrained(pattern or "*"):
+            cfg = get_pretrained_cfg(name)
+            arch = name.split(".", 1)[0]
+            details = [f"{cfg.input_size[-1]}px"] if cfg.input_size else []
+            details.append(f"{cfg.num_classes} classes" if cfg.num_classes else "features only")
+            if get_pretrained_cfg(arch).tag == cfg.tag:
+                details.append("default")
+            if cached_pretrained_file(name) is not None:
+                details.append("cached")
+            rows.append({"name": name, "source": "timm", "description": ", ".join(details)})
         return rows
 
-    def check(self, ref: BackboneRef, env: Environment) -> None:
+    def architectures(self, pattern: str | None) -> list[dict[str, str]]:
+        """Every bare architecture (``convnext_tiny``), whether or not it has pretrained weights."""
         timm = _timm()
-        arch = _arch(ref.name)
-        if not ref.name.startswith(("hf-hub:", "hf_hub:")):
-            if not timm.is_model(arch):
-                raise BadInput(unknown_name_message("backbone", arch, timm.list_models(), "tlq backbones --filter '*'"))
-            from timm.models import get_pretrained_cfg
+        pretrained = {name.split(".", 1)[0] for name in timm.list_pretrained()}
+        return [
+            {"name": name, "source": "timm", "description": "pretrained weights" if name in pretrained else ""}
+            for name in timm.list_models(pattern or "*")
+        ]
 
-            try:
-                get_pretrained_cfg(arch)
-            except RuntimeError as exc:
-                raise BadInput(f"{exc} Run `tlq backbones --filter '{arch.split('.')[0]}*'` for the names") from exc
+    def check(self, ref: BackboneRef, env: Environment) -> None:
+        if timm_folders.is_folder(ref.name):
+            if ref.weights is not None:
+                raise BadInput(
+                    f"--weights does not combine with {ref.name.split(':')[0]}: (the folder's own weights are used); "
+                    "put the weights in the folder as model.safetensors"
+                )
+            timm_folders.check(ref.name, ref.pretrained, hub_reachable)
+            return
+        arch = ref.name
+        check_name(arch)
         if ref.weights is not None:
             check_weights_path(ref.weights)
             self._build_with_weights(arch, ref.weights, num_classes=None, meta=True)
@@ -115,13 +156,15 @@ class TimmProvider:
             )
 
     def architecture(self, ref: BackboneRef, env: Environment) -> tuple[str, int | None, int | None] | None:
-        if ref.name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
-            return None  # its config lives with its weights; nothing to build it from offline
+        if timm_folders.is_folder(ref.name):
+            return timm_folders.describe(ref.name)  # None for a Hub model not in the local cache
         return ref.name, None, None
 
     def load(self, ref: BackboneRef, env: Environment, num_classes: int | None) -> LoadedBackbone:
         timm = _timm()
-        arch = _arch(ref.name)
+        if timm_folders.is_folder(ref.name):
+            return self._load_folder(ref, num_classes)
+        arch = ref.name
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
         weights_file = None
         if ref.weights is not None:
@@ -156,10 +199,34 @@ class TimmProvider:
             weights_file=weights_file,
         )
 
+    def _load_folder(self, ref: BackboneRef, num_classes: int | None) -> LoadedBackbone:
+        """A ``local-dir:`` or ``hf-hub:`` model, built by timm from its config.json, with its label names."""
+        timm = _timm()
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        model = timm.create_model(timm_folders.timm_name(ref.name), pretrained=ref.pretrained, **kwargs)
+        cfg = model.pretrained_cfg
+        class_names = None
+        if num_classes is None:
+            class_names = timm_folders.label_list(cfg.get("label_names")) or imagenet_names(model.num_classes)
+        return LoadedBackbone(
+            model=model,
+            data_config=timm.data.resolve_data_config({}, model=model),
+            arch=cfg.get("architecture") or ref.name,
+            source=f"{ref.name}" if ref.pretrained else f"random init ({ref.name} architecture)",
+            class_names=class_names,
+            weights_file=timm_folders.weights_path(ref.name) if ref.pretrained else None,
+        )
+
     def class_names(self, ref: BackboneRef, env: Environment) -> list[str] | None:
         from timm.models import get_pretrained_cfg
 
-        arch = _arch(ref.name)
+        if timm_folders.is_folder(ref.name):
+            config = timm_folders.read_config(ref.name)
+            if config is None:
+                return None
+            cfg = timm_folders.pretrained_cfg(config)
+            return timm_folders.label_list(cfg.get("label_names")) or imagenet_names(cfg.get("num_classes") or 0)
+        arch = ref.name
         if ref.weights is not None:
             num = _classifier_outputs(arch, read_state_dict(ref.weights)) or 0
         else:

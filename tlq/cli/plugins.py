@@ -9,26 +9,58 @@ from tlq.cli.state import CliState, pass_state
 
 
 @click.command()
-@click.option("--filter", "pattern", metavar="PATTERN", help="fnmatch pattern, such as 'vgg*' or 'job:*'.")
+@click.option(
+    "--filter", "pattern", metavar="PATTERN", help="fnmatch pattern, such as 'convnext_tiny.*', 'vgg*' or 'job:*'."
+)
+@click.option(
+    "--architectures",
+    is_flag=True,
+    help="List bare timm architectures (resnet50), not pretrained tags (resnet50.a1_in1k).",
+)
 @click.option("--json", "json_out", is_flag=True, help="Print a list of {name, source, description}.")
 @pass_state
-def backbones(state: CliState, pattern: str | None, json_out: bool) -> None:
-    """List backbones: every timm model, and models fine-tuned by earlier jobs (job:ID)."""
+def backbones(state: CliState, pattern: str | None, architectures: bool, json_out: bool) -> None:
+    """List backbones: timm's pretrained tags, and models fine-tuned by earlier jobs (job:ID).
+
+    A tag marked "default" is what its bare architecture loads (--backbone resnet50 is resnet50.a1_in1k).
+
+    \b
+    Any of them goes to --backbone, and so do timm model folders:
+      local-dir:PATH     a folder with config.json and model.safetensors (`tlq export hf` writes one)
+      hf-hub:ORG/NAME    a timm model on the Hugging Face Hub
+    """
     from tlq.plugins.registry import backbone_providers
 
     providers = backbone_providers()
     rows = []
-    for scheme in providers.names():
-        rows.extend(providers.get(scheme).list(pattern, state.env))
+    if architectures:
+        rows = providers.get("timm").architectures(pattern)
+    else:
+        for scheme in providers.names():
+            rows.extend(providers.get(scheme).list(pattern, state.env))
     if json_out:
         print_json(rows)
         return
     if not rows:
-        click.echo(f"no backbone matches {pattern!r}; try a wider pattern such as 'res*'")
+        click.echo(no_match_hint(providers, pattern, architectures))
         return
     for row in rows:
         extra = f"  ({row['description']})" if row.get("description") else ""
         click.echo(f"{row['name']}{extra}")
+
+
+def no_match_hint(providers, pattern: str | None, architectures: bool) -> str:
+    """What to try when nothing matched: bare architectures that match, or a wider pattern."""
+    if not architectures and pattern:
+        bare = providers.get("timm").architectures(pattern)
+        if bare:
+            wider = "" if pattern.endswith("*") else f", or try --filter '{pattern}*'"
+            return (
+                f"no pretrained tag matches {pattern!r}, but {len(bare)} architecture(s) do "
+                f"(`tlq backbones --architectures --filter '{pattern}'`): use them with --no-pretrained or "
+                f"--weights FILE{wider}"
+            )
+    return f"no backbone matches {pattern!r}; try a wider pattern such as 'res*'"
 
 
 @click.command()

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tlq.backbones.timm_folders import absolute
 from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.plugins.backbone import BackboneRef, provider_for
@@ -49,7 +50,8 @@ class JobSpec(BaseModel):
         """The job row's columns for this spec, with its validated ``params`` and the ``queue`` it goes to."""
         row = {_COLUMNS.get(name, name): getattr(self, name) for name in type(self).model_fields}
         weights = str(self.weights.expanduser().resolve()) if self.weights else None
-        return row | {"weights": weights, "params": params, "queue": queue}
+        backbone = absolute(self.backbone) if self.backbone else None  # local-dir:PATH as a worker elsewhere finds it
+        return row | {"weights": weights, "params": params, "queue": queue, "backbone": backbone}
 
     @classmethod
     def of_job(cls, job) -> JobSpec:

@@ -56,6 +56,18 @@ class Fit:
             "history": {k: [list(p) for p in v] for k, v in self.history.items()},
         }
 
+    def restore_optimizer(self, state: dict) -> None:
+        """The optimizer's and scheduler's state from a checkpoint. One written before tlq used timm's optimizer
+        has other parameter groups (no norm/bias split): its moments are dropped, its position in the schedule
+        kept."""
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            self.ctx.log.warning(
+                "job %s: optimizer state not resumed (%s); its moments start afresh", self.ctx.job_id, exc
+            )
+        self.scheduler.load_state_dict(state["scheduler"])
+
     def restore_common(self, state: dict) -> None:
         self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
         self.bad_epochs, self.best_state = state["bad_epochs"], state["best_state"]
@@ -68,7 +80,7 @@ class LinearProbe(Fit):
     def __init__(self, ctx, params, model, train_feats, train_y, val_feats, val_y) -> None:
         import torch
 
-        from tlq.ml.training import make_optimizer, make_scheduler
+        from tlq.ml.training import decay_groups, make_optimizer, make_scheduler
 
         super().__init__(ctx, params, model)
         self.head = model.get_classifier().float().cpu()
@@ -80,11 +92,12 @@ class LinearProbe(Fit):
         self.y_val = torch.as_tensor([val_y[i] for i in val_feats.kept])
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.plain_criterion = torch.nn.CrossEntropyLoss()
-        self.optimizer = make_optimizer(
-            [{"params": list(self.head.parameters()), "lr": params.lr}], params.optimizer, params.weight_decay
+        groups = [group | {"lr": params.lr} for group in decay_groups(self.head, params.weight_decay)]
+        self.optimizer = make_optimizer(groups, params.optimizer, params.weight_decay)
+        steps_per_epoch = -(-len(self.y_train) // params.batch_size)
+        self.scheduler = make_scheduler(
+            self.optimizer, params.schedule, params.epochs, steps_per_epoch, params.warmup_epochs
         )
-        steps = -(-len(self.y_train) // params.batch_size) * params.epochs
-        self.scheduler = make_scheduler(self.optimizer, params.schedule, steps)
 
     def epoch(self, epoch: int) -> dict[str, float]:
         from tlq.ml.training import evaluate_head, train_head_epoch
@@ -116,8 +129,7 @@ class LinearProbe(Fit):
     def restore(self, state: dict) -> None:
         self.restore_common(state)
         self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.restore_optimizer(state)
 
     def finish(self):
         from tlq.ml.training import evaluate_head
@@ -163,11 +175,12 @@ class ImageTraining(Fit):
             return
         self.phase = phase
         p = self.params
-        groups = param_groups(self.model, p.lr, p.backbone_multiplier, train_backbone=phase == "unfrozen")
+        groups = param_groups(self.model, p.lr, p.backbone_multiplier, phase == "unfrozen", p.weight_decay)
         self.optimizer = make_optimizer(groups, p.optimizer, p.weight_decay)
         phase_epochs = sum(1 for e in range(1, p.epochs + 1) if self.phase_of(e) == phase)
         steps_per_epoch = max(1, len(self.train_files) // p.batch_size + (len(self.train_files) % p.batch_size > 1))
-        self.scheduler = make_scheduler(self.optimizer, p.schedule, steps_per_epoch * phase_epochs)
+        # Each phase warms up anew (at most all its epochs but one): unfreezing starts a cold optimizer state.
+        self.scheduler = make_scheduler(self.optimizer, p.schedule, phase_epochs, steps_per_epoch, p.warmup_epochs)
 
     def epoch(self, epoch: int) -> dict[str, float]:
         from tlq.ml.training import evaluate, train_epoch
@@ -216,8 +229,7 @@ class ImageTraining(Fit):
         next_epoch = state["epoch"] + 1
         if next_epoch <= self.params.epochs and self.phase_of(next_epoch) == state["phase"]:
             self._enter_phase(next_epoch)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.restore_optimizer(state)
 
     def finish(self):
         from tlq.ml.training import evaluate

@@ -51,33 +51,99 @@ def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in head]
 
 
-def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float, train_backbone: bool) -> list[dict]:
-    """The head at ``lr``; the backbone at ``lr * backbone_lr_mult`` when it trains, else frozen."""
+def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """``module``'s trainable parameters split as timm's train.py splits them: no weight decay on biases, norm
+    layers and other 1-d tensors, nor on what the model's own ``no_weight_decay()`` names (position embeddings,
+    class tokens); ``weight_decay`` on the rest (``timm.optim.param_groups_weight_decay``)."""
+    from timm.optim import param_groups_weight_decay
+
+    skip = module.no_weight_decay() if hasattr(module, "no_weight_decay") else ()
+    return param_groups_weight_decay(module, weight_decay, no_weight_decay_list=skip)
+
+
+def param_groups(
+    model: nn.Module, lr: float, backbone_lr_mult: float, train_backbone: bool, weight_decay: float = 0.0
+) -> list[dict]:
+    """The head at ``lr``; the backbone at ``lr * backbone_lr_mult`` when it trains, else frozen; each split by
+    ``decay_groups``. The head's groups come first: the recorded ``lr`` is the first group's."""
     for p in backbone_parameters(model):
         p.requires_grad_(train_backbone)
     for p in classifier_parameters(model):
         p.requires_grad_(True)
-    groups = [{"params": classifier_parameters(model), "lr": lr, "name": "head"}]
-    if train_backbone:
-        groups.append({"params": backbone_parameters(model), "lr": lr * backbone_lr_mult, "name": "backbone"})
+    head = {id(p) for p in classifier_parameters(model)}
+    split = decay_groups(model, weight_decay)
+    groups = []
+    for part, part_lr in (("head", lr), ("backbone", lr * backbone_lr_mult)):
+        for group in split:
+            params = [p for p in group["params"] if (id(p) in head) == (part == "head")]
+            if params:
+                decay = group["weight_decay"]
+                groups.append({"params": params, "lr": part_lr, "weight_decay": decay, "name": part})
     return groups
 
 
 def make_optimizer(groups: list[dict], name: str, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    """timm's ``create_optimizer_v2``: ``adamw``, or ``sgd`` (Nesterov momentum 0.9), each group at its own lr and
+    weight decay (``param_groups``)."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(groups, opt=name, lr=groups[0]["lr"], weight_decay=weight_decay, momentum=0.9)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int):
-    total_steps = max(1, total_steps)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+class PerUpdate:
+    """A timm scheduler stepped after every optimizer update, as the loops step torch's schedulers
+    (``scheduler.step()``); it and its update count go into checkpoints."""
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+        self.updates = 0
+
+    def step(self) -> None:
+        self.updates += 1
+        self.scheduler.step_update(self.updates)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        # A checkpoint from before timm's schedulers holds torch's state, whose last_epoch counts the updates.
+        self.updates = state["updates"] if "updates" in state else state.get("last_epoch", 0)
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.step_update(self.updates)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0
+):
+    """The learning rate over ``epochs`` of ``steps_per_epoch`` updates, set after every update.
+
+    ``cosine`` (to 0), ``step`` (x0.1 after each third of the epochs after the warmup) and ``constant`` are
+    timm's (``create_scheduler_v2``), after ``warmup_epochs`` of linear warmup from 0 to the groups' own lr;
+    ``onecycle`` is torch's, which warms up by itself.
+    """
+    steps_per_epoch = max(1, steps_per_epoch)
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=epochs * steps_per_epoch
         )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    from timm.scheduler import create_scheduler_v2
+
+    warmup_epochs = min(warmup_epochs, epochs - 1)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=name,
+        num_epochs=epochs - warmup_epochs,  # after the warmup (warmup_prefix): it ends at --lr, the decay starts there
+        decay_epochs=max(1, -(-(epochs - warmup_epochs) // 3)),
+        decay_rate=0.1,
+        min_lr=0.0,
+        warmup_lr=0.0,  # from 0 for every group: a backbone at lr x 0 must stay where it is
+        warmup_epochs=warmup_epochs,
+        warmup_prefix=True,
+        step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
+    )
+    return PerUpdate(scheduler)
 
 
 def seed_everything(seed: int) -> None:

@@ -55,10 +55,18 @@ class FinetuneParams(TaskParams):
     backbone_lr_mult: Number | None = Field(
         None, ge=0, le=100, description="Backbone lr = lr x this (default 0.1 for freeze-unfreeze, 1 for full)."
     )
-    weight_decay: Number = Field(0.01, ge=0, le=10, description="Weight decay.")
+    weight_decay: Number = Field(0.01, ge=0, le=10, description="Weight decay (not of norm layers and biases).")
     batch_size: BatchSize = Field(32, description="Images per step.")
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
-    schedule: Literal["cosine", "onecycle", "constant"] = Field("cosine", description="Learning-rate schedule.")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="timm's optimizer: adamw, or sgd (Nesterov); no weight decay on norms and biases."
+    )
+    schedule: Literal["cosine", "step", "onecycle", "constant"] = Field(
+        "cosine",
+        description="Learning-rate schedule: cosine to 0, step (x0.1 after each third), onecycle, or constant.",
+    )
+    warmup_epochs: int = Field(
+        0, ge=0, le=1000, description="Epochs of linear warmup from 0 to --lr (not onecycle), anew in each phase."
+    )
     label_smoothing: Number = Field(0.0, ge=0, lt=1, description="Label smoothing of the loss.")
     augment: Literal["none", "light", "strong"] = Field(
         "light", description="none; light: crops and flips; strong: RandAugment and erasing."
@@ -79,6 +87,10 @@ class FinetuneParams(TaskParams):
             raise ValueError(
                 f"freeze-unfreeze needs --freeze-epochs ({self.freeze_epochs}) below --epochs ({self.epochs})"
             )
+        if self.warmup_epochs and self.schedule == "onecycle":
+            raise ValueError("--schedule onecycle warms up by itself; drop --warmup-epochs, or use cosine or step")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"--warmup-epochs ({self.warmup_epochs}) must be below --epochs ({self.epochs})")
         if self.label_pattern is not None:
             try:
                 compile_pattern(self.label_pattern)

@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 
+from tlq.backbones.timm_folders import local_path, weights_path
 from tlq.ml.feature_cache import file_version
 from tlq.plugins.backbone import BackboneRef, LoadedBackbone
 
@@ -23,6 +24,11 @@ def cache_key(ref: BackboneRef, num_classes: int | None) -> tuple | None:
     if ref.weights is not None:
         weights = (str(ref.weights), file_version(ref.weights))  # new bytes under an old size and mtime too
         if weights[1] is None:
+            return None
+    elif ref.name.startswith("local-dir:"):  # the folder's files, rewritten under the same name, are a new model
+        folder = local_path(ref.name)
+        weights = (file_version(folder / "config.json"), file_version(weights_path(ref.name) or folder))
+        if None in weights:
             return None
     return (ref.name, weights, ref.pretrained, num_classes)
 
