@@ -259,6 +259,17 @@ def run_job_here(env, spec) -> dict:
     return job
 
 
+def finetune_here(env, backbone: str, data, weights=None, **params) -> dict:
+    """A finetune of a randomly initialized ``backbone`` (or one from ``weights``) on ``data``, run in this
+    process (`tlq run`); returns the job as `run_job_here` does."""
+    from tlq.jobs.spec import JobSpec
+
+    spec = JobSpec(
+        task="finetune", backbone=backbone, pretrained=False, weights=weights, params={"data": str(data), **params}
+    )
+    return run_job_here(env, spec)
+
+
 def wait_for_status(env: dict, job_id: int, statuses: tuple[str, ...], timeout: float = 180) -> dict:
     """Polls the job's row until it reaches one of ``statuses``."""
     from sqlalchemy.exc import OperationalError

@@ -9,35 +9,16 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from tests.support import make_digits, run_job_here
+from tests.support import finetune_here
 from tlq.cli.main import cli
-from tlq.jobs.spec import JobSpec
 from tlq.ml.training import make_optimizer, param_groups
 
 PROBE = {"strategy": "linear-probe", "batch_size": 16, "precision": "fp32"}
 IMAGES = {"image_size": 32, "batch_size": 16, "augment": "none", "precision": "fp32", "loader_workers": 0}
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory):
-    """Digits 5-9, new to the session's model: 20 of each to train on and 20 others to validate on."""
-    root = tmp_path_factory.mktemp("target")
-    return make_digits(root / "train", range(5, 10), per_class=20), make_digits(
-        root / "val", range(5, 10), per_class=20, offset=20
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """40 digits (0-4): 32 to train on (2 steps of 16 an epoch), 8 to validate on."""
-    return make_digits(tmp_path_factory.mktemp("tiny"), range(5), per_class=8)
-
-
 def finetune(env, backbone, data, weights=None, **params) -> dict:
-    spec = JobSpec(
-        task="finetune", backbone=backbone, pretrained=False, weights=weights, params={"data": str(data), **params}
-    )
-    return run_job_here(env, spec)
+    return finetune_here(env, backbone, data, weights, **params)
 
 
 def lrs(job) -> list[float]:

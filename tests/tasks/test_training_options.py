@@ -14,7 +14,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.support import make_digits, run_job_here
+from tests.support import finetune_here, make_digits, run_job_here
 from tlq.jobs.spec import JobSpec
 
 # fp32 everywhere: bit-exact comparisons between runs, and no precision measurement at job start.
@@ -29,30 +29,8 @@ def env(trained):
     return trained.env
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory):
-    """Digits 5-9, new to the session's model: 20 of each to train on and 20 others to validate on."""
-    root = tmp_path_factory.mktemp("target")
-    return make_digits(root / "train", range(5, 10), per_class=20), make_digits(
-        root / "val", range(5, 10), per_class=20, offset=20
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """40 digits (0-4) for runs that train through the backbone: 30 to train on, 10 to validate on."""
-    return make_digits(tmp_path_factory.mktemp("tiny"), range(5), per_class=8)
-
-
 def finetune(env, backbone, data, weights=None, **params) -> dict:
-    spec = JobSpec(
-        task="finetune",
-        backbone=backbone,
-        pretrained=False,
-        weights=weights,
-        params={"data": str(data), **params},
-    )
-    return run_job_here(env, spec)
+    return finetune_here(env, backbone, data, weights, **params)
 
 
 def probe(env, trained, target, **params) -> dict:
