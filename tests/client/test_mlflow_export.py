@@ -208,3 +208,44 @@ def test_a_server_that_cannot_be_reached_is_one_line_with_its_password_hidden(se
     assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("Error: MLflow at http://me:***@127.0.0.1:1 refused the export: ")
     assert "hunter2" not in result.stderr
+
+
+def test_names_mlflow_would_take_for_other_paths_are_exported_under_a_safe_name(tmp_path):
+    from tlq.client import Client, track
+    from tlq.config import Settings
+
+    client = Client(settings=Settings.load(home=tmp_path / "home", environ={}))
+    with track("paths", params={"out/": "x", "a": {"": 1}}, tags={"/t": "y"}, client=client) as run:
+        run.log(**{"/loss": 1.0, "val/": 2.0, "a//b": 3.0, ".": 4.0, "..x": 5.0, "val/acc": 6.0, "ü név": 7.0})
+    setup = SimpleNamespace(home=tmp_path / "home", uri=f"sqlite:///{tmp_path}/mlflow.db", files=tmp_path / "files")
+    assert [r["action"] for r in export(setup).runs] == ["created"]  # was: MLflow refused the export
+    data = runs_of(setup)[str(run.id)].data
+    assert set(data.metrics) == {"__loss", "_val_", "_a__b", "_.", "_..x", "val/acc", "ü név"}
+    assert data.params["_out_"] == "x" and data.tags["__t"] == "y" and "a." in data.params
+
+
+def test_two_exports_at_once_give_each_job_one_run(tmp_path):
+    import threading
+
+    from tlq.client import Client, track
+    from tlq.client.mlflow_export import export_mlflow
+    from tlq.config import Settings
+
+    client = Client(settings=Settings.load(home=tmp_path / "home", environ={}))
+    for name in ("a", "b", "c", "d"):
+        with track(name, client=client) as run:
+            run.log(loss=1.0)
+    setup = SimpleNamespace(home=tmp_path / "home", uri=f"sqlite:///{tmp_path}/mlflow.db", files=tmp_path / "files")
+    export(setup, "--where", "id = 1")  # the store's tables, made once
+    start = threading.Barrier(2)
+
+    def export_all():
+        start.wait()
+        export_mlflow(client, setup.uri)
+
+    threads = [threading.Thread(target=export_all) for _ in range(2)]
+    [thread.start() for thread in threads]
+    [thread.join(120) for thread in threads]
+    with tracking(setup):
+        runs = mlflow.search_runs(experiment_names=["tlq"], output_format="list")
+    assert sorted(r.data.tags["tlq.job_id"] for r in runs) == ["1", "2", "3", "4"]  # was two runs of jobs 2 to 4

@@ -180,3 +180,32 @@ def test_the_pytorch_loop_example_logs_its_run(tmp_path):
     )
     assert job["params"]["steps"] == 4 and {"train_loss", "train_acc", "val_loss", "val_acc"} == set(job["metrics"])
     assert [a["kind"] for a in job["artifacts"]] == ["model"] and job["artifacts"][0]["path"].endswith(".pt")
+
+
+def test_a_log_or_artifact_after_the_block_is_refused_naming_the_block_not_dropped_or_called_a_takeover(
+    client, tmp_path
+):
+    kept = tmp_path / "kept.txt"
+    kept.write_text("x")
+    with track("done", client=client) as run:
+        run.log(step=0, loss=1.0)
+    with pytest.raises(BadInput, match=r"run\.log: the with block of run 1 has ended.*inside the block"):
+        run.log(step=1, loss=0.5)  # was accepted and silently dropped
+    with pytest.raises(BadInput, match=r"run\.artifact: the with block of run 1 has ended"):
+        run.artifact(kept)  # was JobLost "taken over by another worker"
+    job = client.get(run.id)
+    assert (job["status"], job["metrics"], job["artifacts"]) == ("succeeded", {"loss": 1.0}, [])
+
+
+@pytest.mark.parametrize("value", ["abc", None, [1], 10**400])
+def test_a_value_that_is_no_number_fails_the_run_naming_the_metric(client, value):
+    with pytest.raises(ValueError, match=r"run\.log: metric 'val acc' is .*, not a number"):
+        with track("bad-value", client=client) as run:
+            run.log(**{"val acc": value})
+    assert client.get(run.id)["status"] == "failed"
+
+
+def test_an_artifact_that_is_neither_file_nor_folder_is_not_called_missing(client):
+    with pytest.raises(BadInput, match="/dev/null is not a regular file or folder"):
+        with track("device", client=client) as run:
+            run.artifact("/dev/null")

@@ -17,7 +17,10 @@ values it lacks, the files, its end), and a model version is registered once per
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import hashlib
 import json
 import posixpath
 import re
@@ -93,6 +96,24 @@ def export_mlflow(
     ml = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     report = Exported(tracking_uri, experiment, _experiment(ml, experiment, artifact_location))
     instance = client.env.db.instance_id
+    with _one_export_at_a_time(client, tracking_uri, report.experiment_id):
+        _export_jobs(ml, client, report, ids, instance, model_name)
+    return report
+
+
+@contextlib.contextmanager
+def _one_export_at_a_time(client: Client, tracking_uri: str, experiment_id: str):
+    """Holds a lock (a file in TLQ_HOME) while this export of the tlq home to the experiment runs: two at once
+    would each find no run for a job and create one, so the job would have two."""
+    digest = hashlib.sha256(f"{tracking_uri}\n{experiment_id}".encode()).hexdigest()[:16]
+    lock = client.settings.home / "cache" / f"mlflow-export-{digest}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
+def _export_jobs(ml, client: Client, report: Exported, ids: list[int], instance: str, model_name) -> None:
     existing = _tlq_runs(ml, report.experiment_id, instance)
     jobs = [client.get(job_id) for job_id in ids]
     parents = {
@@ -104,7 +125,6 @@ def export_mlflow(
         run_id = _sync_job(ml, client, report, job, run, parents.get(job["group_id"]), instance)
         if job["task"] == "finetune" and job["status"] == "succeeded":
             _register(ml, report, job, run_id, model_name, instance)
-    return report
 
 
 def _job_ids(client: Client, group: int | None, where: str | None) -> list[int]:
@@ -307,8 +327,14 @@ def _ms(iso: str | None) -> int | None:
 
 
 def _key(name: Any) -> str:
-    """A name MLflow takes for a metric, param or tag: letters, digits and ``_-. /:``, the rest replaced by ``_``."""
-    return re.sub(r"[^\w\-. /:]", "_", str(name))[:MAX_KEY]
+    """A name MLflow takes for a metric, param or tag: letters, digits and ``_-. /:``, the rest replaced by ``_``;
+    and, as MLflow takes names for file paths, one that would be another path (``/a``, ``a/``, ``a//b``, ``.``,
+    ``..x``, empty) with its slashes replaced and a ``_`` before it."""
+    key = re.sub(r"[^\w\-. /:]", "_", str(name))[:MAX_KEY]
+    norm = posixpath.normpath(key)
+    if norm != key or norm == "." or norm.startswith(("..", "/")):
+        key = "_" + key.replace("/", "_")[: MAX_KEY - 1]
+    return key
 
 
 def _text(value: Any, limit: int) -> str:

@@ -53,6 +53,7 @@ class TrackedRun:
         self.id = job_id
         self._ctx = context
         self._next_step = 0
+        self._ended = False  # set as the block ends: nothing can be recorded for the run after that
 
     def log(self, step: int | None = None, **metrics: float) -> None:
         """Records metrics at ``step``: by default the step after the last one logged (0 at first). A metric
@@ -61,11 +62,13 @@ class TrackedRun:
         Raises:
             ValueError: A name is empty or longer than 64 characters, or a value is not a finite number.
             JobCancelled: `tlq cancel` asked the run to stop; the block ends and the run is recorded cancelled.
+            BadInput: The ``with`` block has ended.
         """
+        self._check_open("run.log")
         if not metrics:
             raise BadInput("run.log() needs at least one metric, as in run.log(step=3, val_acc=0.91)")
         step = self._next_step if step is None else int(step)
-        self._ctx.metrics({name: float(value) for name, value in metrics.items()}, step=step)
+        self._ctx.metrics({name: _number(name, value) for name, value in metrics.items()}, step=step)
         self._next_step = max(self._next_step, step + 1)
 
     def artifact(self, path: str | Path, kind: str | None = None) -> Path:
@@ -79,11 +82,14 @@ class TrackedRun:
         Returns:
             The path of the copy.
         """
+        self._check_open("run.artifact")
         source = Path(path).expanduser()
         if source.is_file():
             files = [source]
         elif source.is_dir():
             files = sorted(p for p in source.rglob("*") if p.is_file())
+        elif source.exists():
+            raise BadInput(f"run.artifact: {source} is not a regular file or folder; pass the path of one to keep")
         else:
             raise BadInput(f"run.artifact: {source} does not exist; pass the path of a file or folder to keep")
         for file in files:
@@ -91,6 +97,13 @@ class TrackedRun:
             with self._ctx.artifacts.target(kind or file.suffix.lstrip(".").lower() or "file", name) as tmp:
                 shutil.copyfile(file, tmp)
         return self._ctx.artifacts.path(source.name)
+
+    def _check_open(self, call: str) -> None:
+        if self._ended:
+            raise BadInput(
+                f"{call}: the with block of run {self.id} has ended and its outcome is recorded; "
+                "call it inside the block"
+            )
 
 
 @contextlib.contextmanager
@@ -138,7 +151,16 @@ def track(
     except BaseException:  # Ctrl-C: as in `tlq run`, the run must not stay running
         _end(keeper, run.id, JobStatus.CANCELLED, INTERRUPTED)
         raise
+    finally:
+        run._ended = True
     _end(keeper, run.id, JobStatus.SUCCEEDED)
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"run.log: metric {name!r} is {value!r:.80}, not a number; log numbers only") from None
 
 
 def _json_value(value: Any) -> Any:
