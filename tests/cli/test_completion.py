@@ -101,3 +101,35 @@ def test_completion_on_a_fresh_home_offers_nothing_and_creates_nothing(home):
     assert complete(home, "tlq show ") == [] and complete(home, "tlq submit finetune --backbone job:") == []
     assert not (home / "tlq.sqlite").exists()
     assert "submit" in complete(home, "tlq su") and complete(home, "tlq jobs --status q") == ["queued"]
+
+
+def test_a_job_name_with_newlines_or_escapes_is_one_line_of_help_not_a_made_up_completion(home):
+    database = Database(Settings.load(home=home, environ={}).database_url)
+    with database.session() as session:
+        name = "evil\nrm -rf ~\nspoofed\x1b[31mred\ttab" + "x" * 300
+        queries.create_job(session, task="finetune", backbone="resnet18", params={}, queue="cpu", name=name)
+    database.dispose()
+    offered = complete(home, "tlq show ", shell="zsh")  # was 2 items, the second "rm -rf ~" (zsh's framing broken)
+    assert len(offered) == 1 and offered[0].startswith("1  finetune resnet18 queued evil rm -rf ~ spoofed [31mred tabx")
+    assert len(offered[0]) == len("1  ") + 100  # and cut to 100 characters
+
+
+@pytest.mark.parametrize("poison", ["huge", "symlink to a huge file", "not utf-8"])
+def test_a_poisoned_names_cache_is_listed_again_and_replaced_not_read(home, poison):
+    from importlib.metadata import version
+
+    from tlq.cli.completion import MAX_NAMES_BYTES
+
+    cache = home / "cache" / f"timm-{version('timm')}-names.txt"
+    cache.parent.mkdir(parents=True)
+    if poison in ("huge", "symlink to a huge file"):  # was read whole on every Tab (/dev/zero: until memory ran out)
+        huge = cache if poison == "huge" else home / "huge"
+        with open(huge, "wb") as f:
+            f.truncate(MAX_NAMES_BYTES + 1)
+        if huge != cache:
+            cache.symlink_to(huge)
+    else:
+        cache.write_bytes(b"resnet50\n\xff\xfe")
+    assert "resnet50" in complete(home, "tlq submit finetune --backbone resnet5")
+    assert not cache.is_symlink() and cache.stat().st_size < MAX_NAMES_BYTES
+    assert "resnet50" in cache.read_text(encoding="utf-8").split()

@@ -185,6 +185,11 @@ def test_group_and_where_choose_the_jobs(setup):
         cli, ["export", "mlflow", "--tracking-uri", setup.uri, "--group", "1", "--where", "id = 1"], env=env
     )
     assert both.exit_code == 2 and "give --group or --where, not both" in both.stderr
+    huge = CliRunner().invoke(cli, ["export", "mlflow", "--tracking-uri", setup.uri, "--group", "9" * 20], env=env)
+    assert (
+        huge.exit_code == 2
+        and huge.stderr == f"Error: there is no group {'9' * 20}; `tlq sweep` prints the group of the jobs it queues\n"
+    )  # was an OverflowError traceback
 
 
 def test_without_mlflow_the_error_names_the_extra(tmp_path, monkeypatch):
@@ -249,3 +254,37 @@ def test_two_exports_at_once_give_each_job_one_run(tmp_path):
     with tracking(setup):
         runs = mlflow.search_runs(experiment_names=["tlq"], output_format="list")
     assert sorted(r.data.tags["tlq.job_id"] for r in runs) == ["1", "2", "3", "4"]  # was two runs of jobs 2 to 4
+
+
+def test_a_store_that_cannot_be_opened_is_one_line_not_a_traceback(tmp_path):
+    from tlq.client import Client, track
+    from tlq.config import Settings
+
+    with track("one", client=Client(settings=Settings.load(home=tmp_path / "home", environ={}))) as run:
+        run.log(loss=1.0)
+    (tmp_path / "file").write_text("not a folder")
+    env = {"TLQ_HOME": str(tmp_path / "home"), "TLQ_DATABASE_URL": "", "TLQ_BROKER_URL": ""}
+    argv = ["export", "mlflow", "--tracking-uri", f"sqlite:///{tmp_path}/file/sub/mlflow.db"]
+    result = CliRunner().invoke(cli, argv, env=env)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "refused the export: the tracking store could not be opened: " in result.stderr
+
+
+def test_an_error_the_next_attempt_cleared_leaves_the_run_on_the_next_export(tmp_path):
+    from tlq.config import Settings
+    from tlq.db import queries
+    from tlq.env import Environment
+
+    env = Environment(Settings.load(home=tmp_path / "home", environ={}))
+    with env.db.session() as session:
+        job = queries.create_job(session, task="finetune", backbone="resnet18", params={}, queue="cpu", name="x")
+        job.error, job.attempts = "no heartbeat for 70 s from worker w; requeued (attempt 1 of 3)", 1
+    setup = SimpleNamespace(home=tmp_path / "home", uri=f"sqlite:///{tmp_path}/mlflow.db", files=tmp_path / "files")
+    export(setup)
+    assert "requeued" in runs_of(setup)["1"].data.tags["tlq.error"]
+    with env.db.session() as session:  # the second attempt succeeds: its claim cleared the error
+        job = queries.get_job(session, 1)
+        job.status, job.error, job.finished_at = "succeeded", None, job.created_at
+    assert [r["action"] for r in export(setup).runs] == ["updated"]
+    tags = runs_of(setup)["1"].data.tags
+    assert tags["tlq.status"] == "succeeded" and "tlq.error" not in tags  # was the first attempt's error

@@ -252,6 +252,8 @@ def test_a_metric_none_recorded_matches_nothing_and_a_likely_typo_is_refused(dat
     assert {"seconds", "epochs", "created", "status", "backbone"} <= set(field_names())
     with pytest.raises(FilterError, match=r"unknown name 'val_ac': did you mean val_acc\?"):
         compile_where("val_ac > 1", FieldResolver("sqlite", ["val_acc"]))
+    # a recorded name no filter can spell is never offered: x_ is not taken for a typo of x%_ or x_/
+    assert compile_where("x_ > 1", FieldResolver("sqlite", ["x%_", "x_/", "x'_"])) is not None
 
 
 def test_the_metrics_a_filter_or_order_uses_are_reported_once_each(database):

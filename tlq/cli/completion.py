@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 MAX_JOBS = 200  # the newest job ids offered on one Tab
 JOB_SCHEME = "job:"
+MAX_NAMES_BYTES = 16 * 2**20  # timm 1.0's list is about 80 kB
 
 
 def complete_job_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
@@ -117,9 +118,15 @@ def _job_rows(
     finally:
         database.dispose()
     return [
-        CompletionItem(str(job_id), help=" ".join(part for part in (task, backbone, status, name) if part))
+        CompletionItem(str(job_id), help=_one_line(" ".join(part for part in (task, backbone, status, name) if part)))
         for job_id, task, backbone, status, name in rows
     ]
+
+
+def _one_line(text: str, limit: int = 100) -> str:
+    """A help text the shells' protocols carry: zsh's reads type, value and help a line each, so a newline in a
+    job's name would start a made-up completion; control characters (escapes) would reach the terminal."""
+    return "".join(c if c.isprintable() else " " for c in text)[:limit]
 
 
 def timm_names(home: Path) -> list[str]:
@@ -129,15 +136,19 @@ def timm_names(home: Path) -> list[str]:
 
     release = re.sub(r"[^\w.]", "_", version("timm"))
     cache = Path(home) / "cache" / f"timm-{release}-names.txt"
-    try:
-        return cache.read_text(encoding="utf-8").split()
-    except OSError:
+    try:  # only a plain file of a list's size: not a symlink to /dev/zero, a FIFO or a huge file, read on every Tab
+        if cache.is_file() and cache.stat().st_size <= MAX_NAMES_BYTES:
+            return cache.read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):  # unreadable or not text: listed again, and replaced
         pass
     import timm
 
     names = sorted(set(timm.list_models()) | set(timm.list_pretrained()))
-    cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    partial.write_text("\n".join(names) + "\n", encoding="utf-8")
-    partial.replace(cache)
+    try:  # a cache that cannot be written costs the next Tab the listing again, not the names
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text("\n".join(names) + "\n", encoding="utf-8")
+        partial.replace(cache)
+    except OSError:
+        partial.unlink(missing_ok=True)
     return names

@@ -93,8 +93,8 @@ def export_mlflow(
     """
     MlflowClient = import_mlflow()
     ids = _job_ids(client, group, where)
-    ml = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    report = Exported(tracking_uri, experiment, _experiment(ml, experiment, artifact_location))
+    ml, experiment_id = _first_contact(MlflowClient, tracking_uri, experiment, artifact_location)
+    report = Exported(tracking_uri, experiment, experiment_id)
     instance = client.env.db.instance_id
     with _one_export_at_a_time(client, tracking_uri, report.experiment_id):
         _export_jobs(ml, client, report, ids, instance, model_name)
@@ -131,12 +131,29 @@ def _job_ids(client: Client, group: int | None, where: str | None) -> list[int]:
     if group is not None and where:
         raise BadInput("give --group or --where, not both")
     if group is not None:
+        from tlq.client.dashboard import check_ids
+
+        check_ids(group=group)  # an id no column holds: "no group", not the driver's OverflowError
         ids = client.jobs_of(group)
     else:
         ids = sorted(job["id"] for job in client.results(where, limit=None))
     if not ids:
         raise BadInput("no jobs to export" + (f" match {where!r}" if where else "") + "; `tlq jobs` lists them")
     return ids
+
+
+def _first_contact(MlflowClient, tracking_uri: str, name: str, artifact_location: str | None) -> tuple[Any, str]:
+    """MLflow's client and the experiment's id; a store MLflow cannot open (a database down, a folder not made) is an
+    MlflowException, as a server that cannot be reached is, not the database driver's or the OS's error."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        ml = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        return ml, _experiment(ml, name, artifact_location)
+    except (OSError, SQLAlchemyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise MlflowException(f"the tracking store could not be opened: {reason}") from exc
 
 
 def _experiment(ml, name: str, artifact_location: str | None) -> str:
@@ -191,6 +208,8 @@ def _sync_job(ml, client: Client, report: Exported, job: dict, run, parent: str 
         if (_key(m["name"]), m["step"]) not in known
     ]
     _log_batches(ml, run_id, params=params, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+    if "tlq.error" in run.data.tags and "tlq.error" not in tags:  # an attempt's error, cleared by the next one
+        ml.delete_tag(run_id, "tlq.error")
     _log_files(ml, client, report, job, run_id)
     if job["status"] in FINAL:
         ml.set_terminated(run_id, RUN_STATUS[job["status"]], end_time=_ms(job["finished_at"]))

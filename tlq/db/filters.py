@@ -63,6 +63,7 @@ COLUMNS: dict[str, tuple[Any, str]] = {
 }
 ALIASES = {"created_at": "created", "started_at": "started", "finished_at": "finished", "group_id": "group"}
 DERIVED = ("seconds", "epochs")
+FILTER_NAME = re.compile(r"[A-Za-z_][\w-]*")  # a metric name the parser reads as one name (filter_parser.TOKEN)
 
 
 def field_names() -> list[str]:
@@ -204,7 +205,9 @@ class FieldResolver:
     def close_names(self, name: str) -> list[str]:
         """The job fields and recorded metrics ``name`` is likely a typo of (``backbon``, ``val_ac``, ``tag``)."""
         spelled = {**{field: field for field in [*COLUMNS, *ALIASES, *DERIVED]}, "params": "params.NAME"}
-        spelled |= {"tags": "tags.NAME", **{metric.lower(): metric for metric in self.metric_names}}
+        # only the metrics a filter can name: "did you mean x%_?" would point at a name the parser refuses
+        readable = (metric for metric in self.metric_names if FILTER_NAME.fullmatch(metric))
+        spelled |= {"tags": "tags.NAME", **{metric.lower(): metric for metric in readable}}
         close = difflib.get_close_matches(name.lower(), spelled, n=3, cutoff=0.8)
         return [spelled[match] for match in close]
 
