@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.cli.test_commands import invoke
+from tests.cli.test_commands import invoke as invoke_cli
 from tests.support import populate_results, run_tlq, tlq_env
 from tlq.config import Settings
 from tlq.db import Database, queries
@@ -21,6 +21,11 @@ JOBS = {
     "pets_lr-sweep": ({"data": "./pets", "lr": 0.0001, "batch_size": 32}, {"team": "x"}, {"images": 120.5}),
     "digits 100%": ({"data": "./digits", "lr": 0.001, "batch_size": 32}, {}, {"images": 40, "skipped": 0}),
 }
+
+
+def invoke(home, *args, **env):
+    """The CLI on a terminal wide enough for every column (rich fits tables to COLUMNS, 80 when unset)."""
+    return invoke_cli(home, *args, **({"COLUMNS": "200"} | env))
 
 
 @pytest.fixture
