@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session, aliased
 
-from tlq.db.filters import FieldResolver, compile_order_by, compile_where, json_value
+from tlq.db.filters import FieldResolver, compile_order_by, compile_where, final_metric, job_epochs, json_value
 from tlq.db.models import Job, JobGroup, Metric, utcnow
 
 # Metrics where a lower value is the better one; every other metric is better higher.
@@ -147,24 +147,20 @@ def _seconds(job: Job) -> float | None:
     return round((end - job.started_at).total_seconds(), 3)
 
 
-def _metric_summary(session: Session, ids: list[int], metric: str) -> dict[int, tuple[float, float, float]]:
-    """(highest, lowest, final) value of ``metric`` for each of the jobs that recorded it, the final one being the
-    value at its last step; in two grouped queries."""
-    where = (Metric.job_id.in_(ids), Metric.name == metric)
-    spans = session.execute(
-        select(Metric.job_id, func.max(Metric.value), func.min(Metric.value), func.max(Metric.step))
-        .where(*where)
-        .group_by(Metric.job_id)
-    ).all()
-    last = {job_id: step for job_id, _, _, step in spans}
-    finals = dict(
-        session.execute(
-            select(Metric.job_id, Metric.value).where(
-                *where, tuple_(Metric.job_id, Metric.step).in_(list(last.items()) or [(-1, -1)])
-            )
-        ).all()
+def _metric_summary(session: Session, ids: list[int], metric: str) -> dict[int, tuple]:
+    """(highest, lowest, final value of ``metric``, last epoch) for each of the jobs, in one query of correlated
+    subqueries (``final_metric`` and ``job_epochs``, as the ``--where`` language has them): no job's history is
+    loaded. A job without the metric has None for its three values."""
+    recorded = aliased(Metric)
+
+    def over(aggregate) -> ColumnElement:
+        where = (recorded.job_id == Job.id, recorded.name == metric)
+        return select(aggregate(recorded.value)).where(*where).correlate(Job).scalar_subquery()
+
+    rows = session.execute(
+        select(Job.id, over(func.max), over(func.min), final_metric(metric), job_epochs()).where(Job.id.in_(ids))
     )
-    return {job_id: (high, low, finals.get(job_id)) for job_id, high, low, _ in spans}
+    return {job_id: tuple(values) for job_id, *values in rows}
 
 
 def leaderboard(session: Session, jobs: list[Job], metric: str, goal: str | None = None) -> list[LeaderboardRow]:
@@ -175,16 +171,11 @@ def leaderboard(session: Session, jobs: list[Job], metric: str, goal: str | None
     """
     goal = goal or ("min" if lower_is_better(metric) else "max")
     ids = [job.id for job in jobs]
-    summary = _metric_summary(session, ids, metric)  # aggregates in the database: never a job's whole history
-    epochs = dict(
-        session.execute(
-            select(Metric.job_id, func.max(Metric.epoch)).where(Metric.job_id.in_(ids)).group_by(Metric.job_id)
-        ).all()
-    )
+    summary = _metric_summary(session, ids, metric)
     swept = varying_params(jobs)
     rows = []
     for job in jobs:
-        highest, lowest, final = summary.get(job.id, (None, None, None))
+        highest, lowest, final, epochs = summary.get(job.id, (None, None, None, None))
         rows.append(
             LeaderboardRow(
                 job=job.id,
@@ -192,7 +183,7 @@ def leaderboard(session: Session, jobs: list[Job], metric: str, goal: str | None
                 params={k: (job.params or {}).get(k) for k in swept},
                 best=highest if goal == "max" else lowest,
                 final=final,
-                epochs=epochs.get(job.id),
+                epochs=epochs,
                 seconds=_seconds(job),
                 status=job.status,
             )
