@@ -104,69 +104,6 @@ def build_setup(root: Path, database_url: str | None = None) -> SimpleNamespace:
     return SimpleNamespace(settings=settings, env=env, ids=ids, group=group, files=files, secret=secret, root=root)
 
 
-class TcpRelay:
-    """A TCP relay on 127.0.0.1 to ``target`` (host, port) that a test can cut (``stop``: the port refuses, every
-    relayed connection drops) and restore (``start``, on the same port): a database going away and coming back."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self._server: socket.socket | None = None
-        self._open: list[socket.socket] = []
-
-    def start(self) -> TcpRelay:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen()
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            try:
-                self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread: close alone leaves it listening
-            except OSError:
-                pass
-            self._server.close()
-            self._server = None
-        for conn in self._open:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
-        self._open.clear()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return  # stopped
-            upstream = socket.create_connection(self.target)
-            self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for conn in (source, sink):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
 class AppServer:
     """An ASGI app served by uvicorn in a thread of this process on 127.0.0.1 (so a test can patch what it runs),
     stopped and started again on the same port: tlq ui going away and coming back."""

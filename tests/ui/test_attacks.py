@@ -13,8 +13,8 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from tests.support import tlq_env
-from tests.ui.app_support import TOKEN, AppServer, TcpRelay, build_setup, record_file
+from tests.support import ToggleProxy, tlq_env
+from tests.ui.app_support import TOKEN, AppServer, build_setup, record_file
 
 HUGE = 10**20  # past SQLite's 64 bits; 2**31 is past PostgreSQL's INTEGER
 
@@ -139,7 +139,7 @@ def flaky(pg_url, tmp_path):
 
     from tlq.ui.app import create_app
 
-    relay = TcpRelay(("127.0.0.1", 5432)).start()
+    relay = ToggleProxy(5432).up()
     parts = urlsplit(pg_url)
     url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{relay.port}{parts.path}"
     setup = build_setup(tmp_path, database_url=url)
@@ -149,7 +149,7 @@ def flaky(pg_url, tmp_path):
             assert client.get("/").status_code == 200
             yield client, relay, setup
     finally:
-        relay.stop()
+        relay.down()
         setup.env.db.engine.dispose()
 
 
@@ -159,7 +159,7 @@ def test_a_database_that_stops_answering_is_a_503_naming_it_masked_and_the_dashb
     paths = ["/", f"/jobs/{a}", "/workers", "/api/jobs", f"/api/jobs/{a}", f"/api/jobs/{a}/metrics", "/api/workers"]
     paths += [f"/artifacts/{a}/curves.png", f"/compare?jobs={a},{setup.ids['b']}"]
     caplog.set_level(logging.DEBUG)
-    relay.stop()
+    relay.down()
     for path in paths:
         answer = client.get(path)
         assert answer.status_code == 503, (path, answer.status_code)
@@ -171,7 +171,7 @@ def test_a_database_that_stops_answering_is_a_503_naming_it_masked_and_the_dashb
     csrf = {"X-CSRF-Token": client.cookies["tlq_csrf"]}
     assert client.post(f"/api/jobs/{setup.ids['d']}/cancel", headers=csrf).status_code == 503
     assert PASSWORD not in caplog.text
-    relay.start()
+    relay.up()
     for path in paths:
         assert client.get(path).status_code == 200, path
 

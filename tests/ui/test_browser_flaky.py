@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.ui.app_support import AppServer, TcpRelay, build_setup, record_file
+from tests.support import ToggleProxy
+from tests.ui.app_support import AppServer, build_setup, record_file
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +83,7 @@ def test_pages_say_the_database_is_gone_without_its_password_and_recover(pg_url,
 
     from tlq.ui.app import create_app
 
-    relay = TcpRelay(("127.0.0.1", 5432)).start()
+    relay = ToggleProxy(5432).up()
     url = f"postgresql://postgres:Pw-S3cret-9@127.0.0.1:{relay.port}{urlsplit(pg_url).path}"
     setup = build_setup(tmp_path, database_url=url)
     server = AppServer(create_app(setup.settings, token="")).start()
@@ -92,7 +93,7 @@ def test_pages_say_the_database_is_gone_without_its_password_and_recover(pg_url,
             pages[path] = browser.new_page()
             pages[path].goto(server.url + path)
         rows = pages["/"].locator("#jobs tbody tr").count()
-        relay.stop()
+        relay.down()
         for path, page in pages.items():
             text = wait_for_text(page, "#error", bool)
             assert text.startswith("cannot reach the database at postgresql+psycopg://postgres:***@"), (path, text)
@@ -100,7 +101,7 @@ def test_pages_say_the_database_is_gone_without_its_password_and_recover(pg_url,
         assert pages["/"].locator("#jobs tbody tr").count() == rows
         loaded = browser.new_page()  # a page opened meanwhile says so, then reloads itself
         assert loaded.goto(server.url + "/workers").status == 503
-        relay.start()
+        relay.up()
         for page in pages.values():
             wait_for_text(page, "#error", lambda text: text == "")
         loaded.wait_for_url("**/workers", timeout=15_000)
@@ -109,7 +110,7 @@ def test_pages_say_the_database_is_gone_without_its_password_and_recover(pg_url,
         for page in pages.values():
             page.close()
         server.stop()
-        relay.stop()
+        relay.down()
         setup.env.db.engine.dispose()
 
 
