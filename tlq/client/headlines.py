@@ -4,14 +4,12 @@ better."""
 from __future__ import annotations
 
 
-def headline_metrics(registry=None) -> dict[str, tuple[str, str]]:
-    """The headline metric and its goal (``max`` or ``min``) of each task in ``registry`` (an Environment's,
-    read once; else the installed tasks) that declares one; a task that fails to load is left out (its own
-    commands say why)."""
+def headline_metrics(registry) -> dict[str, tuple[str, str]]:
+    """The headline metric and its goal (``max`` or ``min``) of each task in ``registry`` (an Environment's, read
+    once) that declares one; a task that fails to load is left out (its own commands say why)."""
     from tlq.errors import BadInput
-    from tlq.plugins.registry import task_registry
 
-    registry, found = registry or task_registry(), {}
+    found = {}
     for name in registry.names():
         try:
             plugin = registry.get(name)
