@@ -85,7 +85,7 @@ def list_jobs(
 
 def job_statuses(session: Session, job_ids: list[int]) -> dict[int, str]:
     """The status of each of the jobs that exist."""
-    return dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids))).tuples().all())
+    return dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids))).all())
 
 
 # --- metrics and artifacts ------------------------------------------------------------------------------------

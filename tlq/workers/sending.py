@@ -51,7 +51,7 @@ def _labels(env: Environment, job_ids: list[int]) -> dict[int, str]:
         return {}
     try:
         with env.db.read_session() as session:
-            rows = session.execute(select(Job.id, Job.task, Job.backbone).where(Job.id.in_(job_ids))).tuples().all()
+            rows = session.execute(select(Job.id, Job.task, Job.backbone).where(Job.id.in_(job_ids))).all()
     except Exception as exc:
         log.debug("could not read the labels of jobs %s (%s)", job_ids, exc)
         return {}
