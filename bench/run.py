@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # the test helpers (tests/support.py): real data, workers, databases
 
+import lr_rows  # noqa: E402
 import rows as bench  # noqa: E402
 
 SIZES = {
@@ -59,7 +60,7 @@ def table(rows: list[bench.Row]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7", help="Which rows to run (1-7).")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8", help="Which rows to run (1-8).")
     parser.add_argument("--work", default=str(HERE / "work"), help="Scratch folder for images and homes.")
     parser.add_argument("--out", default=str(HERE / "results"), help="Where the table is saved.")
     args = parser.parse_args()
@@ -107,6 +108,9 @@ def main() -> int:
                 "7 database at scale, PostgreSQL",
                 lambda: bench.database_scale_rows(work, "postgresql", fresh_pg_database("tlq_bench_scale")),
             )
+
+    if 8 in chosen:
+        run("8 --lr auto against a hand grid", lambda: lr_rows.lr_auto_row(work, args.device))
 
     info = bench.machine_info(args.device)
     report = "\n".join(

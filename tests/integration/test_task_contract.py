@@ -26,7 +26,16 @@ pytestmark = pytest.mark.integration
 
 EXAMPLE_PLUGIN = REPO / "examples" / "tlq-example-plugin"
 QUEUE_TEST_TASKS = REPO / "tests" / "fixtures" / "tlq-test-tasks"
-BUILT_INS = {"finetune", "feature-extract", "predict", "ideal-image", "adversarial"}
+BUILT_INS = {
+    "finetune",
+    "feature-extract",
+    "predict",
+    "ideal-image",
+    "adversarial",
+    "feature-maps",
+    "transferability",
+    "lr-find",
+}
 
 
 def entry_point_names(package: Path) -> set[str]:
@@ -90,7 +99,16 @@ def recipe_for(task: str, plugin, setup: SimpleNamespace) -> Recipe:
         "adversarial": Recipe(
             {"backbone": parent, "data": data, "method": "pgd", "precision": "fp32"}, {"steps": [1, 3]}
         ),
+        # The stem's 16 x 16 maps fire in more of their channels than the last stage's single cell.
+        "feature-maps": Recipe(
+            {"backbone": parent, "image": str(setup.image), "top": 4}, {"layer": ["act1", "layer4"]}
+        ),
         "pixel-stats": Recipe({"data": data}, {"max_images": [1, 12]}),
+        # Two backbones in one job, as `tlq submit transferability --backbone job:ID,test_resnet` names them.
+        "transferability": Recipe(
+            {"backbone": f"{parent},test_resnet", "pretrained": False, "data": data, **inference},
+            {"image_size": [32, 48]},
+        ),
     }
     if task in known:
         return known[task]

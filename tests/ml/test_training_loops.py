@@ -241,15 +241,19 @@ def test_a_head_epoch_shuffles_by_its_seed_alone():
     assert torch.equal(head_after_an_epoch(0), head_after_an_epoch(1))
 
 
-def test_summaries_report_top5_only_with_five_classes_or_more():
+def test_summaries_report_the_top_k_asked_for_capped_at_the_classes():
     logits = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0.0, 1, 2, 3, 4, 5], [1.0, 2, 0, 0, 0, 9]])
     labels = torch.tensor([0, 0, 1])
     summary = summarize([logits[:2], logits[2:]], [labels[:2], labels[2:]], nn.CrossEntropyLoss(), 2.0)
-    assert summary.acc == pytest.approx(1 / 3) and summary.top5 == pytest.approx(2 / 3)
+    assert summary.acc == pytest.approx(1 / 3) and (summary.k, summary.top_k) == (5, pytest.approx(2 / 3))
     assert summary.loss == pytest.approx(nn.functional.cross_entropy(logits, labels).item())
     assert (summary.predictions, summary.targets, summary.images) == ([0, 5, 5], [0, 0, 1], 3)
     assert summary.images_per_second == pytest.approx(1.5)
-    assert summarize([logits[:, :4]], [labels], nn.CrossEntropyLoss(), 1.0).top5 is None
+    # Top-2: the first image's class is its likeliest, the third's its second likeliest, the second's its last.
+    top2 = summarize([logits], [labels], nn.CrossEntropyLoss(), 1.0, k=2)
+    assert (top2.k, top2.top_k) == (2, pytest.approx(2 / 3))
+    four = summarize([logits[:, :4]], [labels], nn.CrossEntropyLoss(), 1.0)  # k=5 of 4 classes: a top-4
+    assert (four.k, four.top_k) == (4, 1.0)
     empty = summarize([], [], nn.CrossEntropyLoss(), 1.0)
     assert math.isnan(empty.loss) and empty.acc == 0 and empty.images == 0
 
@@ -417,7 +421,7 @@ def test_a_bf16_epoch_runs_in_bf16(data):
 def test_summaries_with_exactly_five_classes_have_a_top5_and_keep_their_time():
     logits = torch.tensor([[5.0, 4, 3, 2, 1], [0.0, 1, 2, 3, 4]])
     summary = summarize([logits], [torch.tensor([0, 0])], nn.CrossEntropyLoss(), 3.0)
-    assert summary.top5 == 1.0 and summary.seconds == 3.0
+    assert (summary.k, summary.top_k, summary.seconds) == (5, 1.0, 3.0)
     assert summarize([], [], nn.CrossEntropyLoss(), 2.5).seconds == 2.5
 
 

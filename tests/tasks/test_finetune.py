@@ -200,7 +200,7 @@ def one_class(tmp_path, source_dir):
 
 
 BAD = {
-    "lr <= 0": (["--lr", "0"], "--lr: Input should be greater than 0"),
+    "lr <= 0": (["--lr", "0"], "--lr: 0 is out of range; give a learning rate above 0 and at most 10, or auto"),
     "epochs < 1": (["--epochs", "0"], "--epochs: Input should be greater than or equal to 1"),
     "NaN lr": (["--lr", "nan"], "--lr: must be a finite number"),
     "one class": (["--data", "{one}"], "has one class (3)"),

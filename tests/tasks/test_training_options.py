@@ -304,10 +304,12 @@ def test_val_top5_is_the_top5_accuracy_of_the_final_model(env, trained, tmp_path
         rows = list(csv.DictReader(fh))
     in_top5 = [r["label"] in {c.split(":")[0] for c in r["top_k"].split(";")} for r in rows]
     assert len(rows) == 100 and top5[-1] == pytest.approx(sum(in_top5) / 100)
+    assert predicted["metrics"]["top5_accuracy"] == pytest.approx(top5[-1])
     assert predicted["metrics"]["accuracy"] == pytest.approx(job["metrics"]["final_val_acc"])
-    # Fewer than 5 classes: a top-5 would always be 1, so none is recorded.
+    # Fewer than 5 classes: --top-k is capped at the classes, and the metric's name says so (a top-4 of 4 is 1).
     few = make_digits(tmp_path / "four", range(4), per_class=10)
-    assert "val_top5" not in finetune(env, trained.backbone, few, epochs=1, **PROBE)["history"]
+    few_history = finetune(env, trained.backbone, few, epochs=1, **PROBE)["history"]
+    assert "val_top5" not in few_history and few_history["val_top4"] == [(1, 1.0)]
 
 
 # --- --seed ------------------------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tlq.errors import BadInput
+from tlq.plugins.backbone import LOCAL, local_path
 
-LOCAL = "local-dir:"
 HUB = ("hf-hub:", "hf_hub:")
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
@@ -27,19 +27,9 @@ def is_folder(name: str) -> bool:
     return name.startswith((LOCAL, *HUB))
 
 
-def local_path(name: str) -> Path:
-    """The folder of a ``local-dir:PATH`` name, ``~`` expanded."""
-    return Path(name[len(LOCAL) :]).expanduser()
-
-
 def timm_name(name: str) -> str:
     """The name to hand ``timm.create_model``: a local folder's path expanded, the rest as written."""
     return f"{LOCAL}{local_path(name)}" if name.startswith(LOCAL) else name
-
-
-def absolute(name: str) -> str:
-    """``local-dir:`` with an absolute path, so a worker with another working directory finds the same folder."""
-    return f"{LOCAL}{local_path(name).resolve()}" if name.startswith(LOCAL) else name
 
 
 def _hub_repo(name: str) -> tuple[str, str | None]:

@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "worker": "tlq.cli.workers:worker",
     "workers": "tlq.cli.workers:workers",
     "backbones": "tlq.cli.plugins:backbones",
+    "layers": "tlq.cli.plugins:layers",
     "tasks": "tlq.cli.plugins:tasks",
     "config": "tlq.cli.admin:config",
     "db": "tlq.cli.admin:db",

@@ -46,9 +46,21 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
+def _members(annotation: Any) -> list[Any]:
+    """The plain types of a union that is more than ``X | None`` (``--lr``: ``Literal["auto"] | float``), else the
+    one plain type."""
+    base = _unwrap_optional(annotation)
+    if typing.get_origin(base) in (typing.Union, types.UnionType):
+        return [_unwrap_optional(a) for a in typing.get_args(base) if a is not type(None)]
+    return [base]
+
+
 def describe_type(annotation: Any) -> str:
     """A short type name for `tlq tasks`."""
-    base = _unwrap_optional(annotation)
+    members = _members(annotation)
+    if len(members) > 1:
+        return "|".join(describe_type(member) for member in members)
+    base = members[0]
     if typing.get_origin(base) is Literal:
         return "|".join(str(a) for a in typing.get_args(base))
     return getattr(base, "__name__", str(base)).lower()
@@ -63,8 +75,7 @@ def default_text(field: FieldInfo) -> str | None:
 def sweep_separator(field: FieldInfo) -> str:
     """What separates the values of an option in `tlq sweep`: ',' for numbers and choices; ';' for text, paths
     and lists, whose values may hold commas themselves (a regex, 'tench, Tinca tinca', --eps 1/255,2/255)."""
-    base = _unwrap_optional(field.annotation)
-    if typing.get_origin(base) is Literal or base in (int, float):
+    if all(typing.get_origin(base) is Literal or base in (int, float) for base in _members(field.annotation)):
         return ","
     return ";"
 
@@ -91,6 +102,8 @@ def option_for_field(name: str, field: FieldInfo, sweep: bool = False) -> click.
         choices = [str(a) for a in typing.get_args(base)]
         return click.Option([flag], type=click.Choice(choices), default=None, help=help_text)
     metavar = {int: "N", float: "X"}.get(base, "TEXT")
+    if len(members := _members(field.annotation)) > 1:  # --lr X|auto
+        metavar = "|".join({int: "N", float: "X"}.get(m, describe_type(m)) for m in reversed(members))
     if "Path" in getattr(base, "__name__", ""):
         metavar = "PATH"
     return click.Option([flag], type=str, default=None, metavar=metavar, help=help_text)

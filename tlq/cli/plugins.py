@@ -1,9 +1,10 @@
-"""`tlq backbones` and `tlq tasks`: what the installed plugins offer."""
+"""`tlq backbones`, `tlq layers` and `tlq tasks`: what the installed plugins offer."""
 
 from __future__ import annotations
 
 import click
 
+from tlq.cli.completion import complete_backbone
 from tlq.cli.output import print_json
 from tlq.cli.state import CliState, pass_state
 
@@ -64,6 +65,29 @@ def no_match_hint(providers, pattern: str | None, architectures: bool) -> str:
 
 
 @click.command()
+@click.argument("backbone", shell_complete=complete_backbone)
+@click.option("--json", "json_out", is_flag=True, help="Print a list of {index, from_end, name, channels, reduction}.")
+@pass_state
+def layers(state: CliState, backbone: str, json_out: bool) -> None:
+    """List the layers of BACKBONE that `tlq submit feature-maps --layer` can name (timm's feature_info).
+
+    The model is built without weights (nothing is downloaded); a job:ID model is read from its model card.
+    """
+    from tlq.ml.feature_maps import backbone_layers
+    from tlq.plugins.backbone import BackboneRef, provider_for
+
+    ref = BackboneRef(backbone.strip(), pretrained=False)
+    provider_for(ref.name, state.env.backbones).check(ref, state.env)
+    _, found = backbone_layers(ref, state.env, load=True)
+    if json_out:
+        print_json([layer.as_dict() for layer in found])
+        return
+    click.echo(f"{'index':>5} {'from end':>8}  {'name':<24} {'channels':>8} {'reduction':>9}")
+    for layer in found:
+        click.echo(f"{layer.index:>5} {layer.from_end:>8}  {layer.name:<24} {layer.channels:>8} {layer.reduction:>9}")
+
+
+@click.command()
 @click.option("--json", "json_out", is_flag=True, help="Print tasks with their parameters.")
 def tasks(json_out: bool) -> None:
     """List tasks and their parameters."""
@@ -79,6 +103,7 @@ def tasks(json_out: bool) -> None:
                 "name": name,
                 "summary": plugin.summary,
                 "needs_backbone": plugin.needs_backbone,
+                "many_backbones": plugin.many_backbones,  # --backbone a,b,c
                 "headline": plugin.headline,
                 "headline_goal": plugin.headline_goal,
                 "params": describe_params(plugin.params),

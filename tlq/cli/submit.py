@@ -16,13 +16,15 @@ from tlq.cli.state import CliState, pass_state
 COMMON = {"backbone", "weights", "pretrained", "device", "priority", "name", "max_attempts", "timeout", "tag"}
 
 
-def _common_options(mode: str) -> list[click.Option]:
+def _common_options(mode: str, many_backbones: bool = False) -> list[click.Option]:
     sweep = mode == "sweep"
+    # A task that compares backbones takes the list whole, in every job of a sweep too (each ranks them all).
+    listing = " Comma-separate to compare several." if many_backbones else " Comma-separate to sweep." if sweep else ""
     options = [
         click.Option(
             ["--backbone"],
-            metavar="NAME" + (",..." if sweep else ""),
-            help="timm model name (resnet18, vgg16, ...) or job:ID." + (" Comma-separate to sweep." if sweep else ""),
+            metavar="NAME" + (",..." if listing else ""),
+            help="timm model name (resnet18, vgg16, ...) or job:ID." + listing,
             shell_complete=complete_backbone,
         ),
         click.Option(["--weights"], metavar="FILE", help="Local weights (.safetensors, or .pth read weights-only)."),
@@ -121,7 +123,7 @@ class TaskCommands(click.Group):
         fields = plugin.params.model_fields
         mode = self.mode
         sweep = mode == "sweep"
-        params = _common_options(mode) + [
+        params = _common_options(mode, plugin.many_backbones) + [
             option_for_field(n, f, sweep=sweep) for n, f in fields.items() if n not in COMMON
         ]
 
@@ -129,6 +131,8 @@ class TaskCommands(click.Group):
         def callback(state: CliState, **options):
             if sweep:
                 separators = {n: sweep_separator(f) for n, f in fields.items()} | SWEEPABLE_COMMON
+                if plugin.many_backbones:
+                    separators.pop("backbone")
                 return _sweep(state, name, options, separators)
             spec = build_spec(state, name, options, set(fields))
             if mode == "submit":

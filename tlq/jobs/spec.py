@@ -7,15 +7,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tlq.backbones.timm_folders import absolute
 from tlq.env import Environment
 from tlq.errors import BadInput
-from tlq.plugins.backbone import BackboneRef, provider_for
+from tlq.plugins.backbone import LOCAL, BackboneRef, absolute, local_path, provider_for
 from tlq.plugins.params import describe_validation_error
 from tlq.plugins.registry import Registry
 from tlq.plugins.task import TaskParams, TaskPlugin
 
 Device = Literal["auto", "cpu", "cuda"]
+BACKBONE_CHARS = 255  # the job row's backbone column
 
 
 class JobSpec(BaseModel):
@@ -50,7 +50,10 @@ class JobSpec(BaseModel):
         """The job row's columns for this spec, with its validated ``params`` and the ``queue`` it goes to."""
         row = {_COLUMNS.get(name, name): getattr(self, name) for name in type(self).model_fields}
         weights = str(self.weights.expanduser().resolve()) if self.weights else None
-        backbone = absolute(self.backbone) if self.backbone else None  # local-dir:PATH as a worker elsewhere finds it
+        # local-dir:PATH as a worker elsewhere finds it (each of a task's several backbones too)
+        backbone = ",".join(absolute(ref.name) for ref in self.backbone_ref.each()) if self.backbone else None
+        if self.backbone and one_folder(self.backbone):
+            backbone = absolute(self.backbone)  # one folder whose path has a comma (", " kept as written)
         return row | {"weights": weights, "params": params, "queue": queue, "backbone": backbone}
 
     @classmethod
@@ -58,6 +61,11 @@ class JobSpec(BaseModel):
         """The spec job row ``job`` was submitted with, as a retry of it (its parent is the job, no group)."""
         spec = {name: getattr(job, _COLUMNS.get(name, name)) for name in cls.model_fields}
         return cls(**spec | {"tags": job.tags or {}, "params": job.params or {}, "parent_id": job.id, "group_id": None})
+
+
+def one_folder(backbone: str) -> bool:
+    """Whether ``backbone`` is one existing ``local-dir:`` folder, a comma in its path though it may have."""
+    return backbone.startswith(LOCAL) and local_path(backbone).is_dir()
 
 
 _COLUMNS = {"timeout": "timeout_s"}  # the spec's options whose job column has another name
@@ -89,8 +97,34 @@ def validate_spec(
     if spec.weights is not None and not spec.backbone:
         raise BadInput("--weights needs --backbone ARCH naming the architecture the weights belong to")
     if spec.backbone:
-        provider = provider_for(spec.backbone, providers or env.backbones)
-        provider.check(spec.backbone_ref, env)
+        refs = spec.backbone_ref.each()
+        if not refs:
+            raise BadInput(f"--backbone {spec.backbone!r} names no backbone; pass --backbone NAME")
+        if len(refs) > 1 and not plugin.many_backbones and one_folder(spec.backbone):
+            refs = [spec.backbone_ref]  # one model folder whose path has a comma
+        elif len(refs) > 1 and not plugin.many_backbones:
+            raise BadInput(
+                f"{plugin.name} takes one backbone, not {len(refs)}; "
+                f"`tlq sweep {plugin.name} --backbone {spec.backbone}` queues one job for each"
+            )
+        if len(refs) > 1 and spec.weights is not None:
+            raise BadInput("--weights belongs to one backbone; compare fine-tuned models by job:ID instead")
+        stored = ",".join(absolute(ref.name) for ref in refs)
+        if len(stored) > BACKBONE_CHARS:
+            raise BadInput(
+                f"--backbone is {len(stored)} characters as stored, over the {BACKBONE_CHARS} a job keeps; "
+                + ("compare fewer backbones per job" if len(refs) > 1 else "move the model folder to a shorter path")
+            )
+        for ref in refs:
+            try:
+                provider_for(ref.name, providers or env.backbones).check(ref, env)
+            except BadInput as exc:
+                if len(refs) > 1 and ref.name.startswith(LOCAL):  # local-dir:a,b/c is a folder and b/c
+                    raise BadInput(
+                        f"{exc} (a comma ends each name of a --backbone list: link a folder whose path has one "
+                        "to a path without)"
+                    ) from exc
+                raise
     if plugin.check is not None:
         plugin.check(params, env, spec.backbone_ref)
     return plugin, params

@@ -4,9 +4,19 @@ and a checkpoint after every epoch (``Fit``). ``params`` is the task's ``Finetun
 
 from __future__ import annotations
 
+import itertools
+
 from tlq.errors import BadInput
 
 CHECKPOINT = "checkpoint.pt"
+
+
+def endless_batches(order, batch_size: int):
+    """Batches of indices, epoch after epoch, each epoch in the order ``order()`` gives: a range test of 100 steps
+    outlasts an epoch of a small dataset."""
+    while True:
+        indices = order()
+        yield from (indices[i : i + batch_size] for i in range(0, len(indices), batch_size))
 
 
 class Fit:
@@ -25,7 +35,7 @@ class Fit:
             "train_acc": trained.acc,
             "val_loss": checked.loss,
             "val_acc": checked.acc,
-            "val_top5": checked.top5,
+            f"val_top{checked.k}": checked.top_k,  # --top-k, capped at the number of classes
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": trained.seconds + checked.seconds,
             "images_per_second": trained.images_per_second,
@@ -48,6 +58,7 @@ class Fit:
         return {
             "origin": self.ctx.origin.as_dict(),
             "epoch": epoch,
+            "lr": self.params.lr,  # what --lr auto chose: a resumed attempt trains on with it
             "rng": rng,
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
@@ -55,6 +66,16 @@ class Fit:
             "best_state": self.best_state,
             "history": {k: [list(p) for p in v] for k, v in self.history.items()},
         }
+
+    def lr_range_test(self, **options):
+        """The learning-rate range test (``tlq.ml.lr_find.range_test``, with its ``options``) on this fit's own
+        training step, a fresh optimizer of the job's kind over the parameters that train first (the head for
+        linear-probe, freeze and freeze-unfreeze; everything for full); the model is left as it was."""
+        from tlq.ml.lr_find import range_test
+
+        module, optimizer, step = self.probe()
+        on_step = lambda i, n: self.ctx.progress(i, n, "lr range test")  # noqa: E731
+        return range_test(module, optimizer, step, on_step=on_step, **options)
 
     def restore_optimizer(self, state: dict) -> None:
         """The optimizer's and scheduler's state from a checkpoint. One written before tlq used timm's optimizer
@@ -80,8 +101,6 @@ class LinearProbe(Fit):
     def __init__(self, ctx, params, model, train_feats, train_y, val_feats, val_y) -> None:
         import torch
 
-        from tlq.ml.training import decay_groups, make_optimizer, make_scheduler
-
         super().__init__(ctx, params, model)
         self.head = model.get_classifier().float().cpu()
         if not isinstance(self.head, torch.nn.Linear):
@@ -92,16 +111,49 @@ class LinearProbe(Fit):
         self.y_val = torch.as_tensor([val_y[i] for i in val_feats.kept])
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.plain_criterion = torch.nn.CrossEntropyLoss()
-        groups = [group | {"lr": params.lr} for group in decay_groups(self.head, params.weight_decay)]
-        self.optimizer = make_optimizer(groups, params.optimizer, params.weight_decay)
-        steps_per_epoch = -(-len(self.y_train) // params.batch_size)
-        self.scheduler = make_scheduler(
-            self.optimizer, params.schedule, params.epochs, steps_per_epoch, params.warmup_epochs
-        )
+        self.optimizer = self.scheduler = None
+
+    def _optimizer(self, lr: float):
+        from tlq.ml.training import decay_groups, make_optimizer
+
+        groups = [group | {"lr": lr} for group in decay_groups(self.head, self.params.weight_decay)]
+        return make_optimizer(groups, self.params.optimizer, self.params.weight_decay)
+
+    def _start(self) -> None:
+        """The optimizer and schedule, built at the first epoch: ``--lr auto`` is known only by then."""
+        from tlq.ml.training import make_scheduler
+
+        if self.optimizer is not None:
+            return
+        p = self.params
+        self.optimizer = self._optimizer(p.lr)
+        steps_per_epoch = -(-len(self.y_train) // p.batch_size)
+        self.scheduler = make_scheduler(self.optimizer, p.schedule, p.epochs, steps_per_epoch, p.warmup_epochs)
+
+    def probe(self):
+        """(head, optimizer, one step on the next batch of features) for ``lr_range_test``."""
+        import torch
+
+        optimizer = self._optimizer(1.0)
+        generator = torch.Generator().manual_seed(self.params.seed)
+        order = lambda: torch.randperm(len(self.y_train), generator=generator)  # noqa: E731
+        batches = endless_batches(order, self.params.batch_size)
+
+        def step() -> float:  # train_head_epoch's step
+            batch = next(batches)
+            loss = self.criterion(self.head(self.x_train[batch]), self.y_train[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        self.head.train()
+        return self.head, optimizer, step
 
     def epoch(self, epoch: int) -> dict[str, float]:
         from tlq.ml.training import evaluate_head, train_head_epoch
 
+        self._start()
         trained = train_head_epoch(
             self.head,
             self.x_train,
@@ -113,7 +165,7 @@ class LinearProbe(Fit):
             self.params.seed * 1000 + epoch,
         )
         self.ctx.progress(epoch, self.params.epochs, f"epoch {epoch}/{self.params.epochs}")
-        checked = evaluate_head(self.head, self.x_val, self.y_val, self.plain_criterion)
+        checked = evaluate_head(self.head, self.x_val, self.y_val, self.plain_criterion, self.params.top_k)
         return self.note(epoch, trained, checked, self.head.state_dict)
 
     def save(self, epoch: int, rng: dict) -> None:
@@ -129,6 +181,7 @@ class LinearProbe(Fit):
     def restore(self, state: dict) -> None:
         self.restore_common(state)
         self.head.load_state_dict(state["head"])
+        self._start()
         self.restore_optimizer(state)
 
     def finish(self):
@@ -137,7 +190,7 @@ class LinearProbe(Fit):
         if self.best_state is not None:
             self.head.load_state_dict(self.best_state)
         self.model.get_classifier().load_state_dict(self.head.state_dict())
-        return evaluate_head(self.head, self.x_val, self.y_val, self.plain_criterion)
+        return evaluate_head(self.head, self.x_val, self.y_val, self.plain_criterion, self.params.top_k)
 
 
 class ImageTraining(Fit):
@@ -182,6 +235,37 @@ class ImageTraining(Fit):
         # Each phase warms up anew (at most all its epochs but one): unfreezing starts a cold optimizer state.
         self.scheduler = make_scheduler(self.optimizer, p.schedule, phase_epochs, steps_per_epoch, p.warmup_epochs)
 
+    def probe(self):
+        """(model, optimizer, one training step on the next batch) for ``lr_range_test``, in the first epoch's
+        phase: freeze-unfreeze's --lr is the head's, and its backbone's follows it (x --backbone-lr-mult)."""
+        import torch
+
+        from tlq.ml.training import make_optimizer, param_groups, set_backbone_mode, train_step
+
+        p = self.params
+        unfrozen = self.phase_of(1) == "unfrozen"
+        optimizer = make_optimizer(
+            param_groups(self.model, 1.0, p.backbone_multiplier, unfrozen, p.weight_decay), p.optimizer, p.weight_decay
+        )
+        label_of = torch.as_tensor(list(self.train_y), dtype=torch.long)
+
+        def endless():
+            for epoch in itertools.count(10**6):  # orders of their own, apart from the training epochs'
+                self.train_loader.sampler.set_epoch(epoch)
+                yield from ((images, indices) for images, indices, _bad in self.train_loader if images is not None)
+
+        batches = endless()
+
+        def step() -> float:
+            images, indices = next(batches)
+            labels = label_of[indices].to(self.ctx.device)
+            loss, _ = train_step(self.model, images, labels, optimizer, self.criterion, self.ctx.device,
+                                 self.precision, unfrozen)  # fmt: skip
+            return loss.item()
+
+        set_backbone_mode(self.model, unfrozen)
+        return self.model, optimizer, step
+
     def epoch(self, epoch: int) -> dict[str, float]:
         from tlq.ml.training import evaluate, train_epoch
 
@@ -209,6 +293,7 @@ class ImageTraining(Fit):
             self.ctx.device,
             self.precision,
             on_step=lambda i, n: self.ctx.progress(i, n, f"{stage} val"),
+            k=p.top_k,
         )
         return self.note(epoch, trained, checked, self.model.state_dict)
 
@@ -236,4 +321,7 @@ class ImageTraining(Fit):
 
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        return evaluate(self.model, self.val_loader, self.val_y, self.plain_criterion, self.ctx.device, self.precision)
+        p = self.params
+        return evaluate(
+            self.model, self.val_loader, self.val_y, self.plain_criterion, self.ctx.device, self.precision, k=p.top_k
+        )

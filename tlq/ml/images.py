@@ -7,6 +7,7 @@ is skipped with its reason, never a crash. Grayscale, 16-bit, palette, RGBA and 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,10 @@ def load_rgb(path: Path) -> Image.Image:
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UnreadableImage(f"too many pixels to decode safely ({exc.args[0].split('(')[0].strip()})") from exc
+        # PIL: "Image size (100000000 pixels) exceeds limit of 89478485 pixels, could be decompression bomb ..."
+        sizes = re.findall(r"\d+", str(exc.args[0]))[:2]
+        told = f" ({sizes[0]} pixels, over {sizes[1]})" if len(sizes) == 2 else ""
+        raise UnreadableImage(f"too many pixels to decode safely{told}") from exc
     except UnidentifiedImageError as exc:
         raise UnreadableImage("not an image") from exc
     except OSError as exc:

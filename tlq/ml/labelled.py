@@ -51,6 +51,16 @@ def compile_pattern(pattern: str) -> re.Pattern:
         raise BadInput(f"--label-pattern {pattern!r} is not a valid regular expression ({exc})") from exc
 
 
+def label_from_name(regex: re.Pattern, image: ImageFile) -> str | None:
+    """The label ``--label-pattern`` gives a file: the first group of its match on the file name (else on the path
+    under the data folder), the whole match for a pattern without groups; None when neither matches, or the
+    label would be empty (an optional group that took no part, ``^(.*)_`` on ``_1.jpg``)."""
+    match = regex.match(image.path.name) or regex.match(image.rel)
+    if match is None:
+        return None
+    return (match.group(1) if regex.groups else match.group(0)) or None
+
+
 def load_labelled(source: Path, label_pattern: str | None = None) -> LabelledFiles:
     """Reads a labelled image set from a folder (class subfolders or ``label_pattern``) or a CSV manifest."""
     source = Path(source)
@@ -64,11 +74,10 @@ def load_labelled(source: Path, label_pattern: str | None = None) -> LabelledFil
         regex = compile_pattern(label_pattern)
         labelled, unlabelled = [], unreadable
         for f in files:
-            match = regex.match(f.path.name) or regex.match(f.rel)
-            if match is None:
+            label = label_from_name(regex, f)
+            if label is None:
                 unlabelled.append((f.rel, "name does not match --label-pattern"))
                 continue
-            label = match.group(1) if regex.groups else match.group(0)
             labelled.append(ImageFile(f.path, f.rel, label))
         return LabelledFiles(labelled, unlabelled)
     labelled = [f for f in files if f.label is not None]

@@ -28,10 +28,11 @@ class EpochResult:
     acc: float
     images: int
     seconds: float
-    top5: float | None = None
+    top_k: float | None = None  # the share of images whose class is among the ``k`` most likely
     predictions: list[int] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
     wait_seconds: float = 0.0  # of ``seconds``, spent waiting for decoded images
+    k: int = 0  # of ``top_k``: the k asked for, capped at the number of classes
 
     @property
     def images_per_second(self) -> float:
@@ -203,6 +204,33 @@ def training_loader(
     )
 
 
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    device: str,
+    precision: str,
+    train_backbone: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update on one batch: (loss, logits). ``train_epoch`` and the lr range test (``tlq.ml.lr_find``) both
+    take it, so the test's curve is the loss of the job's own step."""
+    images = prepare_batch(images, device, precision)
+    with autocast(device, precision):
+        if train_backbone:
+            logits = model(images)
+        else:
+            with torch.no_grad():
+                features = pooled_features(model, images)
+            logits = model.get_classifier()(features)
+    loss = criterion(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 def train_epoch(
     model: nn.Module,
     loader,
@@ -218,7 +246,6 @@ def train_epoch(
 ) -> EpochResult:
     """One pass over a training loader (see ``training_loader``) in the order of ``epoch``."""
     set_backbone_mode(model, train_backbone)
-    head = model.get_classifier()
     loader.sampler.set_epoch(epoch)
     label_of = torch.as_tensor(list(targets), dtype=torch.long)
     total_loss, correct, seen = 0.0, 0, 0
@@ -228,18 +255,7 @@ def train_epoch(
         if images is None:
             continue
         labels = label_of[indices].to(device)
-        images = prepare_batch(images, device, precision)
-        with autocast(device, precision):
-            if train_backbone:
-                logits = model(images)
-            else:
-                with torch.no_grad():
-                    features = pooled_features(model, images)
-                logits = head(features)
-        loss = criterion(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = train_step(model, images, labels, optimizer, criterion, device, precision, train_backbone)
         scheduler.step()
         total_loss += loss.item() * len(indices)
         correct += (logits.argmax(1) == labels).sum().item()
@@ -259,8 +275,10 @@ def evaluate(
     device: str,
     precision: str,
     on_step: StepCallback | None = None,
+    k: int = 5,
 ) -> EpochResult:
-    """Loss, accuracy and predictions over an evaluation loader (``image_loader``, unshuffled)."""
+    """Loss, accuracy, top-``k`` accuracy and predictions over an evaluation loader (``image_loader``,
+    unshuffled)."""
     model.eval()
     label_of = torch.as_tensor(list(targets), dtype=torch.long)
     logits_all, labels_all = [], []
@@ -273,27 +291,31 @@ def evaluate(
             labels_all.append(label_of[indices])
         if on_step is not None:
             on_step(step, len(loader))
-    return summarize(logits_all, labels_all, criterion, time.perf_counter() - start)
+    return summarize(logits_all, labels_all, criterion, time.perf_counter() - start, k)
 
 
-def summarize(logits_all: list[torch.Tensor], labels_all: list[torch.Tensor], criterion, seconds: float) -> EpochResult:
+def summarize(
+    logits_all: list[torch.Tensor], labels_all: list[torch.Tensor], criterion, seconds: float, k: int = 5
+) -> EpochResult:
+    """The pass's loss, accuracy and top-``k`` accuracy, ``k`` capped at the number of classes so that any
+    dataset has one (the Oxford-IIIT Pets lab reads top-3 of 37 breeds; two classes give a top-2 of 1)."""
     if not logits_all:
         return EpochResult(float("nan"), 0.0, 0, seconds)
     logits = torch.cat(logits_all)
     labels = torch.cat(labels_all)
     loss = criterion(logits, labels).item()
     predictions = logits.argmax(1)
-    top5 = None
-    if logits.shape[1] >= 5:
-        top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean().item()
+    k = min(k, logits.shape[1])
+    top_k = (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
     return EpochResult(
         loss,
         (predictions == labels).float().mean().item(),
         len(labels),
         seconds,
-        top5,
+        top_k,
         predictions.tolist(),
         labels.tolist(),
+        k=k,
     )
 
 
@@ -327,8 +349,8 @@ def train_head_epoch(
 
 
 @torch.no_grad()
-def evaluate_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, criterion) -> EpochResult:
+def evaluate_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, criterion, k: int = 5) -> EpochResult:
     head.eval()
     start = time.perf_counter()
     logits = head(features)
-    return summarize([logits], [labels], criterion, time.perf_counter() - start)
+    return summarize([logits], [labels], criterion, time.perf_counter() - start, k)

@@ -3,7 +3,7 @@ model, and the provider protocol that resolves the names of one scheme; ``provid
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -12,6 +12,18 @@ from tlq.errors import BadInput
 if TYPE_CHECKING:
     from tlq.env import Environment
     from tlq.plugins.registry import Registry
+
+LOCAL = "local-dir:"
+
+
+def local_path(name: str) -> Path:
+    """The folder of a ``local-dir:PATH`` backbone name, ``~`` expanded."""
+    return Path(name[len(LOCAL) :]).expanduser()
+
+
+def absolute(name: str) -> str:
+    """``local-dir:`` with an absolute path, so a worker with another working directory finds the same folder."""
+    return f"{LOCAL}{local_path(name).resolve()}" if name.startswith(LOCAL) else name
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,11 @@ class BackboneRef:
     name: str
     weights: Path | None = None
     pretrained: bool = True
+
+    def each(self) -> list[BackboneRef]:
+        """The backbones a comma-separated name lists (``job:12,resnet18``, for a task that compares several), each
+        with these weights and pretrained flag; a plain name gives itself."""
+        return [replace(self, name=name.strip()) for name in self.name.split(",") if name.strip()]
 
 
 @dataclass

@@ -134,18 +134,24 @@ class JobContext:
 
     # --- the backbone ---------------------------------------------------------------------------------------
 
-    def load_backbone(self, num_classes: int | None = 0) -> LoadedBackbone:
-        """Builds the job's backbone; ``num_classes=0`` gives pooled features, None keeps a trained head."""
-        if self.backbone is None:
+    @property
+    def backbones(self) -> list[BackboneRef]:
+        """The job's backbones, in the order named: one, or each of ``--backbone a,b,c`` for a task that compares
+        several (``TaskPlugin.many_backbones``)."""
+        return self.backbone.each() if self.backbone is not None else []
+
+    def load_backbone(self, num_classes: int | None = 0, ref: BackboneRef | None = None) -> LoadedBackbone:
+        """Builds the job's backbone, or ``ref`` (one of ``backbones``); ``num_classes=0`` gives pooled features,
+        None keeps a trained head."""
+        ref = ref or self.backbone
+        if ref is None:
             raise BadInput("this task needs a backbone; pass --backbone NAME")
         from tlq.plugins.backbone import provider_for
 
-        provider = provider_for(self.backbone.name, self.env.backbones)
+        provider = provider_for(ref.name, self.env.backbones)
         if self._model_cache is None:
-            return provider.load(self.backbone, self.env, num_classes)
-        return self._model_cache.get(
-            self.backbone, num_classes, lambda: provider.load(self.backbone, self.env, num_classes)
-        )
+            return provider.load(ref, self.env, num_classes)
+        return self._model_cache.get(ref, num_classes, lambda: provider.load(ref, self.env, num_classes))
 
     @property
     def feature_cache(self):

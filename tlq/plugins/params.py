@@ -33,6 +33,8 @@ def _data_source(value: Path) -> Path:
 
 def _existing_file(value: Path) -> Path:
     path = Path(value).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass the path of one image file in it")
     if not path.is_file():
         raise ValueError(f"file {path} does not exist; pass the path of an image file")
     return path.resolve()

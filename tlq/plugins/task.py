@@ -66,6 +66,9 @@ class TaskPlugin(Generic[P]):
         params: The pydantic model of the task's options; each field becomes a ``--flag``.
         run: ``run(ctx, params)`` does the work in a worker (or in `tlq run`).
         needs_backbone: Whether ``--backbone`` is required.
+        many_backbones: Whether ``--backbone`` takes a comma-separated list (``job:12,resnet18``) to compare, each
+            checked at submit; the task reads them from ``ctx.backbones`` and loads each with
+            ``ctx.load_backbone(ref=...)``. Other tasks refuse a list (`tlq sweep` runs one job per backbone).
         check: Optional submit-time check beyond field validation, ``check(params, env, backbone)`` with the
             job's BackboneRef (or None); raises BadInput.
         headline: The metric that says how well a job of this task did (``val_acc``); `tlq compare` and
@@ -81,6 +84,7 @@ class TaskPlugin(Generic[P]):
     params: type[P]
     run: Callable[[JobContext, P], None]
     needs_backbone: bool = True
+    many_backbones: bool = False
     check: Callable[[P, Environment, BackboneRef | None], None] | None = None
     memory: Callable[[P, Environment, BackboneRef | None], Any] | None = None
     headline: str | None = None

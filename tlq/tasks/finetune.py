@@ -8,25 +8,40 @@ resume under the same id; its model (safetensors + model card) becomes ``--backb
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.ml.finetune_loops import CHECKPOINT, ImageTraining, LinearProbe
 from tlq.ml.labelled import check_trainable, compile_pattern, load_labelled
 from tlq.plugins.context import JobContext
-from tlq.plugins.params import BatchSize, DataSource, Number, Precision
+from tlq.plugins.params import BatchSize, DataSource, Number, Precision, parse_number
 from tlq.plugins.task import TaskParams, TaskPlugin
 
+
+def _learning_rate(value):
+    """A number in (0, 10], or ``auto``, with one message for anything else (a union would give two)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = parse_number(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or auto to choose it by a range test") from exc
+    if isinstance(value, int | float) and not 0 < value <= 10:
+        raise ValueError(f"{value:g} is out of range; give a learning rate above 0 and at most 10, or auto")
+    return value
+
+
+LearningRate = Annotated[Literal["auto"] | float, BeforeValidator(_learning_rate)]
 Strategy = Literal["linear-probe", "freeze", "freeze-unfreeze", "full"]
 EPOCH_METRICS = (
     "train_loss",
     "train_acc",
     "val_loss",
     "val_acc",
-    "val_top5",
+    "val_top5",  # val_top{K} with --top-k K, K capped at the number of classes
     "lr",
     "epoch_seconds",
     "images_per_second",
@@ -51,7 +66,9 @@ class FinetuneParams(TaskParams):
     )
     epochs: int = Field(10, ge=1, le=100_000, description="Epochs in all.")
     freeze_epochs: int = Field(3, ge=0, description="freeze-unfreeze: head-only epochs before unfreezing.")
-    lr: Number = Field(1e-3, gt=0, le=10, description="Learning rate of the head.")
+    lr: LearningRate = Field(
+        1e-3, description="Learning rate of the head; auto: chosen by a range test on this job's data (lr_find.png)."
+    )
     backbone_lr_mult: Number | None = Field(
         None, ge=0, le=100, description="Backbone lr = lr x this (default 0.1 for freeze-unfreeze, 1 for full)."
     )
@@ -73,6 +90,13 @@ class FinetuneParams(TaskParams):
     )
     early_stop: int | None = Field(
         None, ge=1, description="Stop after this many epochs without a better val_acc; keep the best epoch."
+    )
+    top_k: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Record val_top{K}: the share of validation images whose class is among the K most likely "
+        "(K capped at the number of classes).",
     )
     precision: Precision = Field(
         "auto", description="auto: the fastest of fp32, fp32 in channels_last memory and bf16, measured here."
@@ -171,12 +195,14 @@ def build_transforms(data_config: dict, augment: str):
     return eval_tf, train_tf
 
 
-def run(ctx: JobContext, params: FinetuneParams) -> None:
+def prepare(ctx: JobContext, params: FinetuneParams):
+    """Everything before the first epoch: data, split, model, precision, and the fit (a ``LinearProbe`` or an
+    ``ImageTraining``); returns (fit, model, backbone, data_config, classes). The lr-find task shares it."""
 
     from tlq.ml.calibration import Workload, resolve_precision
     from tlq.ml.features import pooled_features_of, scan_images
     from tlq.ml.precision import prepare_model
-    from tlq.ml.training import load_checkpoint, rng_state, seed_everything, set_rng_state
+    from tlq.ml.training import seed_everything
 
     train, val = load_sets(params)
     train_files, train_y, val_files, val_y, classes = split_sets(params, train, val)
@@ -241,6 +267,13 @@ def run(ctx: JobContext, params: FinetuneParams) -> None:
             ctx, len(train_files), len(val_files), classes, [(every[i].rel, r) for i, r in bad] + unlabelled
         )
         fit = ImageTraining(ctx, params, model, precision, train_files, train_y, val_files, val_y, eval_tf, train_tf)
+    return fit, model, backbone, data_config, classes
+
+
+def run(ctx: JobContext, params: FinetuneParams) -> None:
+    from tlq.ml.training import load_checkpoint, rng_state, set_rng_state
+
+    fit, model, backbone, data_config, classes = prepare(ctx, params)
 
     checkpoint_path = ctx.artifacts.path(CHECKPOINT)
     start_epoch = 1
@@ -257,6 +290,8 @@ def run(ctx: JobContext, params: FinetuneParams) -> None:
         ctx.log.warning("job %s: %s was not written by this job; training from epoch 1", ctx.job_id, CHECKPOINT)
         ctx.artifacts.remove(CHECKPOINT)
         state = None
+    if params.lr == "auto":  # before the optimizer is built; a resumed attempt keeps what the first one chose
+        params.lr = state["lr"] if state is not None and "lr" in state else choose_lr(ctx, fit, backbone.arch)
     if state is not None:
         fit.restore(state)
         set_rng_state(state["rng"])
@@ -276,6 +311,16 @@ def run(ctx: JobContext, params: FinetuneParams) -> None:
     final = fit.finish()
     write_reports(ctx, params, model, backbone, data_config, classes, final, fit)
     ctx.artifacts.remove(CHECKPOINT)
+
+
+def choose_lr(ctx: JobContext, fit, arch: str) -> float:
+    """``--lr auto``: the lr range test on the job's own data, strategy and optimizer (``tlq.ml.lr_find``), its
+    curve recorded as lr-find's is."""
+    from tlq.ml.lr_find import record
+
+    curve = fit.lr_range_test()
+    record(ctx, curve, f"job {ctx.job_id}: {arch}, {fit.params.strategy}, --lr auto")
+    return curve.chosen
 
 
 def record_data_metrics(ctx, n_train: int, n_val: int, classes, skipped) -> None:

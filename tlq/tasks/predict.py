@@ -2,16 +2,19 @@
 backbone that keeps its classifier (an ImageNet timm model, say).
 
 Artifacts: ``predictions.csv`` (path, label, prediction, probability, top-k). When the images sit in class
-folders named like the model's classes, also the metric ``accuracy`` and a confusion matrix.
+folders named like the model's classes, or ``--label-pattern`` reads those from their names as finetune's does,
+also the metrics ``accuracy`` and ``top{K}_accuracy`` (the true class among the K listed, as finetune's
+``val_top{K}``), and a confusion matrix.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tlq.env import Environment
 from tlq.errors import BadInput
-from tlq.ml.images import discover_files
+from tlq.ml.images import ImageFile, discover_files
+from tlq.ml.labelled import compile_pattern, label_from_name
 from tlq.ml.memory import inference_memory
 from tlq.plugins.context import JobContext
 from tlq.plugins.params import BatchSize, DataDir, Precision
@@ -20,7 +23,12 @@ from tlq.plugins.task import TaskParams, TaskPlugin
 
 class PredictParams(TaskParams):
     data: DataDir = Field(description="Folder of images; class subfolders, if any, are taken as true labels.")
-    top_k: int = Field(5, ge=1, le=1000, description="Classes to list per image.")
+    label_pattern: str | None = Field(
+        None, description="Regex on file names whose first group is the true label (a flat folder), as finetune's."
+    )
+    top_k: int = Field(
+        5, ge=1, le=1000, description="Classes to list per image (at most the model's); labelled: top{K}_accuracy."
+    )
     batch_size: BatchSize | None = Field(
         None, description="Images per forward pass (default: 16 on a CPU, 64 on a GPU)."
     )
@@ -29,10 +37,36 @@ class PredictParams(TaskParams):
     )
     loader_workers: int | None = Field(None, ge=0, le=64, description="Image-decoding processes.")
 
+    @field_validator("label_pattern")
+    @classmethod
+    def _valid_pattern(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                compile_pattern(pattern)
+            except BadInput as exc:
+                raise ValueError(str(exc)) from exc
+        return pattern
+
+
+def labelled_files(params: PredictParams) -> list[ImageFile]:
+    """Every file under ``--data``, labelled by its class folder, or by ``--label-pattern`` on its name (a file
+    that does not match is still predicted, with no label)."""
+    files = discover_files(params.data)
+    if params.label_pattern is None:
+        return files
+    regex = compile_pattern(params.label_pattern)
+    return [ImageFile(f.path, f.rel, label_from_name(regex, f), f.problem) for f in files]
+
 
 def check(params: PredictParams, env: Environment, backbone=None) -> None:
-    if not discover_files(params.data):
+    files = labelled_files(params)
+    if not files:
         raise BadInput(f"no files under {params.data}; point --data at a folder of images")
+    if params.label_pattern is not None and not any(f.label for f in files):
+        raise BadInput(
+            f"--label-pattern {params.label_pattern!r} matches none of the {len(files)} files under {params.data}; "
+            "test it on a file name, e.g. '^(.+)_\\d+\\.jpg$' for Abyssinian_12.jpg, or drop it"
+        )
 
 
 def run(ctx: JobContext, params: PredictParams) -> None:
@@ -45,7 +79,7 @@ def run(ctx: JobContext, params: PredictParams) -> None:
     from tlq.ml.reports import confusion_csv, confusion_figure, confusion_matrix, per_class_csv
     from tlq.tasks.feature_extract import csv_text
 
-    files = discover_files(params.data)
+    files = labelled_files(params)
     backbone = ctx.load_backbone(num_classes=None)
     num_classes = getattr(backbone.model, "num_classes", 0)
     if not num_classes:
@@ -92,10 +126,17 @@ def run(ctx: JobContext, params: PredictParams) -> None:
     }
     index = {name: i for i, name in enumerate(classes)}
     labelled = [(row, index[files[i].label]) for row, i in enumerate(result.kept) if files[i].label in index]
+    given = sorted({files[i].label for i in result.kept if files[i].label})
+    if given and not labelled:
+        ctx.log.warning(
+            "no accuracy: none of the true labels %s names a class of %s %s; labels must match its class names",
+            given[:5], ctx.backbone.name, classes[:3],
+        )  # fmt: skip
     if labelled:
         predicted = [int(top[row, 0]) for row, _ in labelled]
         truth = [label for _, label in labelled]
         metrics["accuracy"] = float(np.mean(np.asarray(predicted) == np.asarray(truth)))
+        metrics[f"top{k}_accuracy"] = float(np.mean([label in top[row] for row, label in labelled]))
         metrics["labelled_images"] = len(labelled)
         present = sorted(set(truth) | set(predicted))
         names = [classes[c] for c in present]
