@@ -48,15 +48,6 @@ def test_ideal_image_raises_the_target_from_chance_to_certainty(trained):
     assert Image.open(job["files"]["image"]).size == (64, 64)
 
 
-def test_total_variation_is_lower_with_the_tv_term(trained):
-    # Over model seeds 0-4: tv with the term / without 0.419, 0.445, 0.413, 0.367, 0.376; target_prob >= 0.976.
-    target = least_likely_class_of_noise(trained)
-    plain = run_job(trained, "ideal-image", target=target, steps=150, tv_weight=0, snapshots=0)
-    smooth = run_job(trained, "ideal-image", target=target, steps=150, tv_weight=0.005, snapshots=0)
-    assert smooth["metrics"]["tv"] < 0.7 * plain["metrics"]["tv"]
-    assert smooth["metrics"]["target_prob"] >= 0.9
-
-
 # success_rate at 8/255 towards class 3 over model seeds 0-4: pgd 1.0 on each; fgsm 0.512, 0.873, 0.975, 1.0, 0.988
 # (0.0 when fgsm steps away from the target).
 @pytest.mark.parametrize(("method", "least"), [("pgd", 0.8), ("fgsm", 0.3)])

@@ -1,0 +1,56 @@
+"""ideal-image's defaults convince the model, and the readable preset and its judge (bench/ideal_digits.py)."""
+
+import sys
+
+import numpy as np
+from PIL import Image
+
+from tests.support import REPO, make_digits
+from tests.tasks.test_attacks import least_likely_class_of_noise, run_job
+
+
+def test_defaults_convince_in_the_png_and_the_tv_term_still_smooths(trained):
+    # On a model of the session model's recipe, every default, classes 0-4: target_prob_png 0.984-1.0 after the
+    # 1000 steps (--min-prob 0.9 never had to go on); tv with the term / without it 0.012-0.07.
+    target = least_likely_class_of_noise(trained)
+    smooth = run_job(trained, "ideal-image", target=target, snapshots=0)
+    plain = run_job(trained, "ideal-image", target=target, snapshots=0, tv_weight=0)
+    assert smooth["metrics"]["target_prob_png"] >= 0.9
+    assert smooth["metrics"]["tv"] < 0.2 * plain["metrics"]["tv"]
+
+
+def test_min_prob_goes_on_past_steps_until_the_png_convinces(trained):
+    target = least_likely_class_of_noise(trained)
+    short = run_job(trained, "ideal-image", target=target, snapshots=0, steps=3, min_prob=0)
+    assert short["metrics"]["steps_taken"] == 3 and short["metrics"]["target_prob_png"] < 0.5
+    job = run_job(trained, "ideal-image", target=target, snapshots=2, steps=3, min_prob=0.9)
+    assert 3 < job["metrics"]["steps_taken"] <= 12  # the default budget: 4 x steps
+    assert open(job["files"]["snapshots"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    budget = run_job(trained, "ideal-image", target=target, snapshots=0, steps=3, max_steps=400, min_prob=0.9)
+    assert 3 < budget["metrics"]["steps_taken"] < 400 and budget["metrics"]["target_prob_png"] >= 0.9
+
+
+def test_readable_preset_renders_a_grey_convincing_image(trained):
+    target = least_likely_class_of_noise(trained)
+    job = run_job(trained, "ideal-image", target=target, snapshots=0, preset="readable", steps=300)
+    pixels = np.asarray(Image.open(job["files"]["image"]), dtype=np.int16)
+    assert pixels.shape == (64, 64, 3) and np.abs(pixels - pixels[..., :1]).max() == 0  # grey, as digits are
+    assert pixels.std() > 10  # not a flat square
+    assert job["metrics"]["target_prob_png"] >= 0.9
+
+
+def test_the_digit_judge_reads_tlq_digit_files_and_not_their_negatives(tmp_path, monkeypatch):
+    """The judge's preprocessing maps tlq's digit images back to scikit-learn's: a wrong polarity or scale would
+    fail here."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    monkeypatch.delitem(sys.modules, "ideal_digits", raising=False)
+    from ideal_digits import digit_judge, judge_images
+
+    files = make_digits(tmp_path / "digits", per_class=3, size=64, offset=150)
+    judge = digit_judge()
+    pngs = sorted(files.rglob("*.png"))
+    right = sum(judge_images(judge, {int(p.parent.name): p})[int(p.parent.name)] == int(p.parent.name) for p in pngs)
+    for p in pngs:
+        Image.fromarray(255 - np.asarray(Image.open(p))).save(p)
+    inverted = sum(judge_images(judge, {int(p.parent.name): p})[int(p.parent.name)] == int(p.parent.name) for p in pngs)
+    assert right >= 28 and inverted <= 10
