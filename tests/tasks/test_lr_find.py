@@ -123,3 +123,87 @@ def test_the_range_test_leaves_model_optimizer_and_random_state_as_they_were_and
     ratios = [b / a for a, b in zip(curve.lrs, curve.lrs[1:], strict=False)]
     assert max(ratios) == pytest.approx(min(ratios))  # exponentially rising
     assert len(curve.lrs) < 100 and max(curve.smoothed) > 4 * min(curve.smoothed)  # stopped once it diverged
+
+
+def test_a_worker_killed_after_the_range_test_resumes_at_its_lr_and_trains_as_that_lr_by_hand(tmp_path, monkeypatch):
+    """The choice is checkpointed at once (epoch 0): the next attempt neither runs the test again nor trains
+    otherwise than a job given the chosen lr; with decoding processes and augmentation, the test's batches come
+    from a loader of its own, so the training epochs' augmentation is what it would have been."""
+    from tests.support import make_digits, run_job_here
+    from tlq.config import Settings
+    from tlq.db import claims, queries
+    from tlq.env import Environment
+    from tlq.jobs.spec import JobSpec
+    from tlq.ml.finetune_loops import Fit, ImageTraining
+    from tlq.plugins.context import JobLost
+    from tlq.workers.execute import execute_job
+
+    env = Environment(Settings.load(home=tmp_path / "home", environ={}))
+    data = make_digits(tmp_path / "d", classes=range(3), per_class=6)
+    params = {"data": str(data), "strategy": "freeze", "epochs": 1, "image_size": 32, "batch_size": 8,
+              "augment": "light", "loader_workers": 1, "precision": "fp32"}  # fmt: skip
+    with env.db.session() as session:
+        job_id = queries.create_job(
+            session, task="finetune", backbone="test_resnet", pretrained=False, params={**params, "lr": "auto"}
+        ).id
+
+    save = ImageTraining.save
+
+    def killed(self, epoch, rng):  # after the range test and epoch 1, before epoch 1's checkpoint lands
+        if epoch == 1:
+            raise JobLost("the worker was killed")
+        save(self, epoch, rng)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ImageTraining, "save", killed)
+        assert execute_job(env, job_id, "w") == "lost"
+    with env.db.session() as session:
+        first = [m.value for m in queries.metric_history(session, job_id, "train_loss")]  # the uninterrupted path
+        claims.recover(session, job_id, queries.get_job(session, job_id).lease, "worker died")
+
+    def again(self, **options):
+        raise AssertionError("the range test ran again")
+
+    monkeypatch.setattr(Fit, "lr_range_test", again)
+    assert execute_job(env, job_id, "w") == "succeeded"
+    with env.db.read_session() as session:
+        resumed = queries.job_as_dict(session, queries.get_job(session, job_id), env.settings.artifacts_dir)
+        losses = [m.value for m in queries.metric_history(session, job_id, "train_loss")]
+    metrics = resumed["metrics"]
+    assert metrics["resumed_from_epoch"] == 0 and resumed["attempts"] == 2
+    assert sorted(a["kind"] for a in resumed["artifacts"]).count("lr_find") == 1
+    by_hand = run_job_here(
+        env,
+        JobSpec(
+            task="finetune", backbone="test_resnet", pretrained=False, params={**params, "lr": metrics["lr_chosen"]}
+        ),
+    )
+    assert [v for _, v in by_hand["history"]["train_loss"]] == losses == first
+
+
+def test_a_loss_not_a_number_from_the_start_or_a_cancel_mid_test_leaves_the_model_and_says_why():
+    import torch
+
+    from tlq.errors import BadInput, JobCancelled
+    from tlq.ml.lr_find import range_test
+
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def step() -> float:
+        model.weight.data.add_(1.0)  # a step that changes the weights, then a loss that is no number
+        return float("nan")
+
+    with pytest.raises(BadInput) as refused:
+        range_test(model, optimizer, step)
+    assert "not a number at its first step" in str(refused.value) and "--precision fp32" in str(refused.value)
+    assert "--start-lr" not in str(refused.value)  # finetune's --lr auto has none to lower
+
+    def cancelled(i: int, n: int) -> None:
+        if i == 3:
+            raise JobCancelled("job 1 was cancelled")
+
+    with pytest.raises(JobCancelled):
+        range_test(model, optimizer, lambda: model.weight.data.add_(1.0).sum().item(), on_step=cancelled)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -77,6 +77,20 @@ class Fit:
         on_step = lambda i, n: self.ctx.progress(i, n, "lr range test")  # noqa: E731
         return range_test(module, optimizer, step, on_step=on_step, **options)
 
+    def choose_lr(self, title: str) -> float:
+        """``--lr auto``: the range test, its curve recorded as lr-find's is (``lr_find.record``), the lr it chose
+        set as ``params.lr``, and an epoch-0 checkpoint at once: an attempt that dies before epoch 1 ends resumes
+        at this lr and never runs the test again."""
+        from tlq.ml.lr_find import record
+        from tlq.ml.training import rng_state
+
+        curve = self.lr_range_test()
+        record(self.ctx, curve, title)
+        self.params.lr = curve.chosen
+        self.begin()
+        self.save(0, rng_state())
+        return curve.chosen
+
     def restore_optimizer(self, state: dict) -> None:
         """The optimizer's and scheduler's state from a checkpoint. One written before tlq used timm's optimizer
         has other parameter groups (no norm/bias split): its moments are dropped, its position in the schedule
@@ -119,7 +133,7 @@ class LinearProbe(Fit):
         groups = [group | {"lr": lr} for group in decay_groups(self.head, self.params.weight_decay)]
         return make_optimizer(groups, self.params.optimizer, self.params.weight_decay)
 
-    def _start(self) -> None:
+    def begin(self) -> None:
         """The optimizer and schedule, built at the first epoch: ``--lr auto`` is known only by then."""
         from tlq.ml.training import make_scheduler
 
@@ -153,7 +167,7 @@ class LinearProbe(Fit):
     def epoch(self, epoch: int) -> dict[str, float]:
         from tlq.ml.training import evaluate_head, train_head_epoch
 
-        self._start()
+        self.begin()
         trained = train_head_epoch(
             self.head,
             self.x_train,
@@ -181,7 +195,7 @@ class LinearProbe(Fit):
     def restore(self, state: dict) -> None:
         self.restore_common(state)
         self.head.load_state_dict(state["head"])
-        self._start()
+        self.begin()
         self.restore_optimizer(state)
 
     def finish(self):
@@ -201,7 +215,7 @@ class ImageTraining(Fit):
 
         super().__init__(ctx, params, model)
         self.precision = precision
-        self.train_files, self.train_y, self.val_y = train_files, train_y, val_y
+        self.train_files, self.train_y, self.val_y, self.train_tf = train_files, train_y, val_y, train_tf
         from tlq.ml.features import image_loader
         from tlq.ml.training import training_loader
 
@@ -235,12 +249,15 @@ class ImageTraining(Fit):
         # Each phase warms up anew (at most all its epochs but one): unfreezing starts a cold optimizer state.
         self.scheduler = make_scheduler(self.optimizer, p.schedule, phase_epochs, steps_per_epoch, p.warmup_epochs)
 
+    def begin(self) -> None:
+        self._enter_phase(1)
+
     def probe(self):
         """(model, optimizer, one training step on the next batch) for ``lr_range_test``, in the first epoch's
         phase: freeze-unfreeze's --lr is the head's, and its backbone's follows it (x --backbone-lr-mult)."""
         import torch
 
-        from tlq.ml.training import make_optimizer, param_groups, set_backbone_mode, train_step
+        from tlq.ml.training import make_optimizer, param_groups, set_backbone_mode, train_step, training_loader
 
         p = self.params
         unfrozen = self.phase_of(1) == "unfrozen"
@@ -248,11 +265,22 @@ class ImageTraining(Fit):
             param_groups(self.model, 1.0, p.backbone_multiplier, unfrozen, p.weight_decay), p.optimizer, p.weight_decay
         )
         label_of = torch.as_tensor(list(self.train_y), dtype=torch.long)
+        # A loader of its own: the training loader's decoding processes persist across epochs, and 100 batches of
+        # augmentation drawn from them would change every epoch's augmentation from what the chosen lr by hand gets.
+        loader = training_loader(
+            self.train_files, self.train_tf, p.batch_size, p.seed, p.loader_workers, self.ctx.device
+        )
 
         def endless():
             for epoch in itertools.count(10**6):  # orders of their own, apart from the training epochs'
-                self.train_loader.sampler.set_epoch(epoch)
-                yield from ((images, indices) for images, indices, _bad in self.train_loader if images is not None)
+                loader.sampler.set_epoch(epoch)
+                read = 0
+                for images, indices, _bad in loader:
+                    if images is not None:
+                        read += 1
+                        yield images, indices
+                if not read:  # else an endless loop that never reaches a step, nor a cancel
+                    raise BadInput("no training image could be read for the lr range test; see skipped.csv")
 
         batches = endless()
 

@@ -178,9 +178,12 @@ def range_test(
     # Averaged over about a tenth of the test (beta 0.9 over 100 steps; fastai's 0.98 averages over 50 steps, half
     # the test, and its curve lags the loss by more than a decade of lr).
     beta = max(0.0, 1 - 10 / steps)
-    saved_model = copy.deepcopy(model.state_dict())
+    # Kept in host memory: a second copy of the weights on the device could run a model that trains out of memory.
+    saved_model = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
     saved_optimizer = copy.deepcopy(optimizer.state_dict())
     saved_rng = rng_state()
+    # The GPU's generator too (dropout, drop-path on the device): a job at the chosen lr must train as one given it.
+    saved_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     first = optimizer.param_groups[0]["lr"] or 1.0
     ratios = [group["lr"] / first for group in optimizer.param_groups]
     lrs, losses = [], []
@@ -203,8 +206,12 @@ def range_test(
             model.load_state_dict(saved_model)
         optimizer.load_state_dict(saved_optimizer)
         set_rng_state(saved_rng)
+        if saved_cuda is not None:
+            torch.cuda.set_rng_state_all(saved_cuda)
     if not lrs:
-        raise BadInput(f"the loss was not a number at the first step (lr {start_lr:g}); lower --start-lr")
+        # At 1e-7 the lr is not the cause (finetune's --lr auto has no --start-lr to lower).
+        fix = "lower --start-lr" if start_lr > 1e-4 else "try --precision fp32, or check the model and the images"
+        raise BadInput(f"the lr range test's loss was not a number at its first step (lr {start_lr:g}); {fix}")
     smoothed = smooth(losses, beta)
     return LrCurve(lrs, losses, smoothed, rule, suggest(lrs, smoothed))
 

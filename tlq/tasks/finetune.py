@@ -290,8 +290,10 @@ def run(ctx: JobContext, params: FinetuneParams) -> None:
         ctx.log.warning("job %s: %s was not written by this job; training from epoch 1", ctx.job_id, CHECKPOINT)
         ctx.artifacts.remove(CHECKPOINT)
         state = None
-    if params.lr == "auto":  # before the optimizer is built; a resumed attempt keeps what the first one chose
-        params.lr = state["lr"] if state is not None and "lr" in state else choose_lr(ctx, fit, backbone.arch)
+    if params.lr == "auto" and state is not None:  # a resumed attempt keeps what the first one chose
+        params.lr = state["lr"]
+    elif params.lr == "auto":  # the range test, before the optimizer is built; it checkpoints its choice (epoch 0)
+        fit.choose_lr(f"job {ctx.job_id}: {backbone.arch}, {params.strategy}, --lr auto")
     if state is not None:
         fit.restore(state)
         set_rng_state(state["rng"])
@@ -311,16 +313,6 @@ def run(ctx: JobContext, params: FinetuneParams) -> None:
     final = fit.finish()
     write_reports(ctx, params, model, backbone, data_config, classes, final, fit)
     ctx.artifacts.remove(CHECKPOINT)
-
-
-def choose_lr(ctx: JobContext, fit, arch: str) -> float:
-    """``--lr auto``: the lr range test on the job's own data, strategy and optimizer (``tlq.ml.lr_find``), its
-    curve recorded as lr-find's is."""
-    from tlq.ml.lr_find import record
-
-    curve = fit.lr_range_test()
-    record(ctx, curve, f"job {ctx.job_id}: {arch}, {fit.params.strategy}, --lr auto")
-    return curve.chosen
 
 
 def record_data_metrics(ctx, n_train: int, n_val: int, classes, skipped) -> None:
