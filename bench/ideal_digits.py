@@ -1,6 +1,6 @@
 """Do ideal images look like their class? An independent judge counts the digits it recognizes.
 
-    python bench/ideal_digits.py                          # the default and the readable preset
+    python bench/ideal_digits.py                          # the default, the readable preset and the data prior
     python bench/ideal_digits.py --setting tv0='{"tv_weight": 0}'
 
 Trains test_resnet on all ten of scikit-learn's digits the way `make demo` trains its source model (100 per
@@ -25,7 +25,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the test helpers (tests/support.py): real digits
 
-SETTINGS = {"default": {}, "readable": {"preset": "readable"}}
+# "{digits}" stands for the folder of the model's training digits (a data prior needs real images).
+SETTINGS = {"default": {}, "readable": {"preset": "readable"}, "prior": {"prior": "{digits}", "grey": True}}
 
 
 def digit_judge():
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     judge = digit_judge()
     rows = {}
     for name, setting in settings.items():
+        setting = {k: str(root / "digits") if v == "{digits}" else v for k, v in setting.items()}
         hits, lowest = 0, 1.0
         for seed in args.seeds:
             started = time.monotonic()

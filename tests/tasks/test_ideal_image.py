@@ -54,3 +54,54 @@ def test_the_digit_judge_reads_tlq_digit_files_and_not_their_negatives(tmp_path,
         Image.fromarray(255 - np.asarray(Image.open(p))).save(p)
     inverted = sum(judge_images(judge, {int(p.parent.name): p})[int(p.parent.name)] == int(p.parent.name) for p in pngs)
     assert right >= 28 and inverted <= 10
+
+
+def test_min_prob_1_ends_at_the_budget_and_the_pngs_probability_is_the_files(trained):
+    """--min-prob 1 cannot be reached in 5 steps: the descent ends at --max-steps, not never; target_prob_png is
+    what the saved file gives when classified anew; a budget below --steps is refused, not ignored."""
+    import pytest
+    import torch
+    from pydantic import ValidationError
+
+    from tlq.plugins.backbone import BackboneRef, provider_for
+    from tlq.plugins.registry import backbone_providers
+    from tlq.tasks.ideal_image import IdealImageParams
+
+    target = least_likely_class_of_noise(trained)
+    job = run_job(trained, "ideal-image", target=target, snapshots=0, steps=2, max_steps=5, min_prob=1.0)
+    assert job["metrics"]["steps_taken"] == 5
+    ref = BackboneRef(trained.backbone)
+    loaded = provider_for(ref.name, backbone_providers()).load(ref, trained.env, None)
+    mean, std = (torch.tensor(loaded.data_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    png = torch.from_numpy(np.asarray(Image.open(job["files"]["image"]), dtype=np.float32) / 255)
+    with torch.no_grad():
+        probs = torch.softmax(loaded.model.eval()((png.permute(2, 0, 1)[None] - mean) / std), 1)[0]
+    assert job["metrics"]["target_prob_png"] == pytest.approx(probs[int(target)].item(), abs=1e-5)
+    with pytest.raises(ValidationError, match="--max-steps"):
+        IdealImageParams(target="1", steps=10, max_steps=5)
+
+
+def test_options_given_with_a_preset_win_over_it():
+    from tlq.tasks.ideal_image import IdealImageParams
+
+    params = IdealImageParams(target="1", preset="readable", grey=False, param_size=16)
+    assert (params.grey, params.param_size, params.objective, params.decay) == (False, 16, "logit", 0.01)
+
+
+def test_a_prior_of_real_digits_makes_ideal_images_a_digit_judge_reads(trained, monkeypatch):
+    """--prior: the image stays in the span of the training digits' main components. The judge, which no tlq model
+    saw, then reads each class's ideal image as that digit (bench/ideal_digits.py: 9 of 10 on a ten-digit model),
+    and the model is still convinced by the saved PNG; without the prior it reads none of the same classes."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    monkeypatch.delitem(sys.modules, "ideal_digits", raising=False)
+    from ideal_digits import digit_judge, judge_images
+
+    judge = digit_judge()
+    classes = ["0", "2", "3"]
+    prior = {c: run_job(trained, "ideal-image", target=c, snapshots=0, steps=300, prior=str(trained.data), grey=True)
+             for c in classes}  # fmt: skip
+    read = judge_images(judge, {int(c): job["files"]["image"] for c, job in prior.items()})
+    assert read == {int(c): int(c) for c in classes}
+    assert min(job["metrics"]["target_prob_png"] for job in prior.values()) >= 0.9
+    plain = run_job(trained, "ideal-image", target="3", snapshots=0, steps=300, grey=True)
+    assert judge_images(judge, {3: plain["files"]["image"]})[3] != 3

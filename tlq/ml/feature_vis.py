@@ -8,12 +8,15 @@ cheat:
 - a Fourier parameterization (`Spectrum`) moves low frequencies first;
 - a lower-resolution parameterization (`ImageParam` with ``param_size``) cannot hold detail finer than its grid;
 - a grey parameterization holds no colour the training images never had;
-- random shifts, zooms and rotations (`random_transform`) reward only features that survive them.
+- random shifts, zooms and rotations (`random_transform`) reward only features that survive them;
+- a data prior (`ImagePrior`) keeps the image in the span of real images' principal components, with a Gaussian
+  penalty on how far it goes: the network then chooses among images of the kind it was trained on.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -52,6 +55,65 @@ class Pixels:
         return self.variable
 
 
+class ImagePrior:
+    """An image as a point of the principal subspace of real images (a PCA Gaussian prior).
+
+    The images' pixels, clipped to [0.02, 0.98], are taken to logits (the sigmoid's input, as the other
+    parameterizations); the optimized values are coefficients on the leading principal components, scaled so that
+    the real images have coefficients of about unit variance, and ``penalty()`` is their sum of squares.
+
+    Args:
+        images: (N, C, H, W) in [0, 1], at the side the model sees.
+        components: How many principal components span the image (at most N - 1).
+        generator: Seeds the small random start near the mean image.
+    """
+
+    def __init__(self, images: torch.Tensor, components: int, generator: torch.Generator) -> None:
+        logits = torch.logit(images.clamp(0.02, 0.98)).flatten(1).double()
+        self.shape = tuple(images.shape[1:])
+        self.mean = logits.mean(0)
+        _, spread, basis = torch.linalg.svd(logits - self.mean, full_matrices=False)
+        k = max(1, min(components, len(images) - 1))
+        self.basis = (basis[:k] * (spread[:k] / len(images) ** 0.5)[:, None]).float()
+        self.mean = self.mean.float()
+        self.variable = (torch.randn(k, generator=generator) * 0.1).requires_grad_(True)
+
+    def image(self) -> torch.Tensor:
+        return (self.mean + self.variable @ self.basis).view(1, *self.shape)
+
+    def penalty(self) -> torch.Tensor:
+        return self.variable.pow(2).sum()
+
+
+def load_prior_images(folder: Path, size: int, grey: bool, limit: int = 500) -> torch.Tensor:
+    """Up to ``limit`` images under ``folder`` (evenly spread over the sorted list, so the same ones every run), at
+    ``size`` x ``size``, as (N, 1 or 3, size, size) in [0, 1]; unreadable files are skipped.
+
+    Raises:
+        BadInput: Fewer than two readable images.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from tlq.errors import BadInput
+    from tlq.ml.images import UnreadableImage, discover_files, load_rgb
+
+    files = discover_files(folder)
+    if len(files) > limit:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
+    arrays = []
+    for file in files:
+        try:
+            image = load_rgb(file.path).resize((size, size), Image.BILINEAR)
+        except UnreadableImage:
+            continue
+        arrays.append(np.asarray(image.convert("L") if grey else image, dtype=np.float32) / 255)
+    if len(arrays) < 2:
+        raise BadInput(f"--prior {folder} holds {len(arrays)} readable image(s); point it at a folder of real images")
+    stacked = torch.from_numpy(np.stack(arrays))
+    return stacked[:, None] if grey else stacked.permute(0, 3, 1, 2)
+
+
 class ImageParam:
     """The optimized image in [0, 1]: sigmoid of a pixel or Fourier parameterization.
 
@@ -62,15 +124,25 @@ class ImageParam:
         param_size: The side of the optimized grid (default ``size``); a smaller grid is upsampled bilinearly,
             so the image holds no detail finer than it.
         grey: One channel repeated three times, for models trained on grey images.
+        prior: Real images' principal components to optimize in instead of pixels or a spectrum.
     """
 
     def __init__(
-        self, kind: str, size: int, generator: torch.Generator, param_size: int | None = None, grey: bool = False
+        self,
+        kind: str,
+        size: int,
+        generator: torch.Generator,
+        param_size: int | None = None,
+        grey: bool = False,
+        prior: ImagePrior | None = None,
     ) -> None:
         self.size = size
         side = min(param_size or size, size)
         shape = (1, 1 if grey else 3, side, side)
-        self.source = Spectrum(shape, generator) if kind == "fft" else Pixels(shape, generator)
+        if prior is not None:
+            self.source = prior
+        else:
+            self.source = Spectrum(shape, generator) if kind == "fft" else Pixels(shape, generator)
         self.variable = self.source.variable
         self.kind = kind
 
@@ -82,16 +154,21 @@ class ImageParam:
             )
         return torch.sigmoid(raw).expand(1, 3, self.size, self.size)
 
+    def penalty(self) -> torch.Tensor:
+        """The prior's penalty (0 without a prior)."""
+        return self.source.penalty() if isinstance(self.source, ImagePrior) else torch.zeros(())
+
     @torch.no_grad()
     def step(self, grad: torch.Tensor, lr: float) -> None:
         """One descent step.
 
-        Spectrum gradients vary in size from model to model by orders of magnitude, and a coarse grid sums the
-        gradients of every pixel it covers; there steps of a fixed size along the normalized gradient (lr x 0.01
-        RMS per value) were stable on every model tried, where plain steps either saturated the image or barely
-        moved it. Full-resolution pixels take the lesson's plain steps.
+        Spectrum gradients vary in size from model to model by orders of magnitude, a coarse grid sums the
+        gradients of every pixel it covers, and a prior's coefficient those of the whole image; there steps of a
+        fixed size along the normalized gradient (lr x 0.01 RMS per value) were stable on every model tried,
+        where plain steps either saturated the image or barely moved it. Full-resolution pixels take the lesson's
+        plain steps.
         """
-        if self.kind == "fft" or self.variable.shape[-1] != self.size:
+        if self.kind == "fft" or self.variable.dim() == 1 or self.variable.shape[-1] != self.size:
             self.variable -= lr * 0.01 * grad / grad.pow(2).mean().sqrt().clamp_min(1e-12)
         else:
             self.variable -= lr * grad
