@@ -105,3 +105,28 @@ def test_a_prior_of_real_digits_makes_ideal_images_a_digit_judge_reads(trained, 
     assert min(job["metrics"]["target_prob_png"] for job in prior.values()) >= 0.9
     plain = run_job(trained, "ideal-image", target="3", snapshots=0, steps=300, grey=True)
     assert judge_images(judge, {3: plain["files"]["image"]})[3] != 3
+
+
+def test_a_prior_reads_only_image_files_spans_at_most_n_minus_1_and_a_preset_does_not_clash(tmp_path):
+    """Non-image files are not sampled in place of images; --prior-components beyond the images is cut to N - 1;
+    the readable preset's --param-size gives way to --prior (the user typed neither clashing option); an explicit
+    --param-size with --prior is refused in one line."""
+    import pytest
+    import torch
+    from pydantic import ValidationError
+
+    from tlq.ml.feature_vis import ImageParam, ImagePrior, load_prior_images
+    from tlq.tasks.ideal_image import IdealImageParams
+
+    for i in range(3):
+        Image.fromarray(np.random.RandomState(i).randint(0, 256, (9, 7), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text("a label")
+    images = load_prior_images(tmp_path, 12, grey=True, limit=3)
+    assert images.shape == (3, 1, 12, 12)
+    prior = ImagePrior(images, 20, torch.Generator().manual_seed(0))
+    assert prior.variable.shape == (2,)
+    assert ImageParam("pixel", 24, torch.Generator(), grey=True, prior=prior).pixels().shape == (1, 3, 24, 24)
+    params = IdealImageParams(target="1", preset="readable", prior=str(tmp_path))
+    assert (params.param_size, params.grey, params.objective) == (None, True, "logit")
+    with pytest.raises(ValidationError, match="--prior replaces"):
+        IdealImageParams(target="1", prior=str(tmp_path), param_size=8)

@@ -71,7 +71,10 @@ class IdealImageParams(TaskParams):
     @classmethod
     def _apply_preset(cls, data):
         if isinstance(data, dict) and data.get("preset") in PRESETS:
-            return {**PRESETS[data["preset"]], **data}
+            preset = PRESETS[data["preset"]]
+            if data.get("prior") is not None:  # the prior replaces the preset's grid, as an option typed would
+                preset = {k: v for k, v in preset.items() if k not in ("param", "param_size")}
+            return {**preset, **data}
         return data
 
     @model_validator(mode="after")
@@ -123,7 +126,12 @@ def run(ctx: JobContext, params: IdealImageParams) -> None:
     # saved PNG is what the model saw.
     prior = None
     if params.prior is not None:
-        prior = ImagePrior(load_prior_images(params.prior, size, params.grey), params.prior_components, generator)
+        real = load_prior_images(params.prior, size, params.grey)
+        prior = ImagePrior(real, params.prior_components, generator)
+        k = len(prior.variable)
+        ctx.log.info("prior: %d images from %s at %d px, %d components", len(real), params.prior, real.shape[-1], k)
+        if k < params.prior_components:
+            ctx.log.warning("--prior-components %d: %d images span at most %d", params.prior_components, len(real), k)
     image = ImageParam(params.param, size, generator, params.param_size, params.grey, prior)
     variable = image.variable
 
