@@ -133,6 +133,19 @@ def check_trainable(labelled: LabelledFiles, source: Path, what: str = "--data")
         raise BadInput(f"class {empty[0]!r} in {what} {source} has no usable image file; add images or remove it")
 
 
+def load_trainable(source: Path, label_pattern: str | None = None) -> LabelledFiles:
+    """``load_labelled``, then refused in one line where it cannot train (or score) a classifier: a label pattern
+    that matches no file name, fewer than 2 classes, a class without an image file."""
+    labelled = load_labelled(source, label_pattern)
+    if label_pattern and not labelled.files:
+        raise BadInput(
+            f"--label-pattern {label_pattern!r} matches none of the {len(labelled.unlabelled)} files under "
+            f"{source}; test it on a file name, e.g. '^(.+)_\\d+\\.jpg$' for Abyssinian_12.jpg"
+        )
+    check_trainable(labelled, source)
+    return labelled
+
+
 def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Train and validation indices: ``fraction`` of each class (at least one image once it has two), chosen
     by ``seed``; the same seed gives the same split."""

@@ -15,7 +15,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.ml.finetune_loops import CHECKPOINT, ImageTraining, LinearProbe
-from tlq.ml.labelled import check_trainable, compile_pattern, load_labelled
+from tlq.ml.labelled import compile_pattern, load_labelled, load_trainable
 from tlq.plugins.context import JobContext
 from tlq.plugins.params import BatchSize, DataSource, Number, Precision, parse_number
 from tlq.plugins.task import TaskParams, TaskPlugin
@@ -131,13 +131,7 @@ class FinetuneParams(TaskParams):
 
 def load_sets(params: FinetuneParams):
     """Training and validation files with class indices; validation classes must be training classes."""
-    train = load_labelled(params.data, params.label_pattern)
-    if params.label_pattern and not train.files:
-        raise BadInput(
-            f"--label-pattern {params.label_pattern!r} matches none of the {len(train.unlabelled)} files under "
-            f"{params.data}; test it on a file name, e.g. '^(.+)_\\d+\\.jpg$' for Abyssinian_12.jpg"
-        )
-    check_trainable(train, params.data)
+    train = load_trainable(params.data, params.label_pattern)
     val = None
     if params.val_data is not None:
         val = load_labelled(params.val_data, params.label_pattern)

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from tlq.env import Environment
 from tlq.errors import BadInput
-from tlq.ml.labelled import check_trainable, compile_pattern, load_labelled
+from tlq.ml.labelled import compile_pattern, load_trainable
 from tlq.ml.reports import csv_text, pyplot
 from tlq.plugins.backbone import BackboneRef, absolute
 from tlq.plugins.context import JobContext
@@ -71,14 +71,7 @@ def metric_name(backbone: str) -> str:
 
 def load_set(params: TransferabilityParams):
     """The labelled files, checked to hold two classes or more."""
-    labelled = load_labelled(params.data, params.label_pattern)
-    if params.label_pattern and not labelled.files:
-        raise BadInput(
-            f"--label-pattern {params.label_pattern!r} matches none of the {len(labelled.unlabelled)} files under "
-            f"{params.data}; test it on a file name, e.g. '^(.+)_\\d+\\.jpg$' for Abyssinian_12.jpg"
-        )
-    check_trainable(labelled, params.data)
-    return labelled
+    return load_trainable(params.data, params.label_pattern)
 
 
 def check(params: TransferabilityParams, env: Environment, backbone: BackboneRef | None = None) -> None:
