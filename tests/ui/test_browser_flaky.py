@@ -7,6 +7,7 @@ The dashboard runs in a thread of this process (``AppServer``), on the database 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 
@@ -54,27 +55,36 @@ def wait_for_text(page, selector: str, wanted, timeout: float = 15) -> str:
         page.wait_for_timeout(200)
 
 
+@contextlib.contextmanager
+def three_pages(browser, url: str, setup):
+    """The job list, a job's page and the workers page, each in a tab of its own, closed afterwards."""
+    pages = {}
+    try:
+        for path in ("/", f"/jobs/{setup.ids['d']}", "/workers"):
+            pages[path] = browser.new_page()
+            pages[path].goto(url + path)
+        yield pages
+    finally:
+        for page in pages.values():
+            page.close()
+
+
 def test_pages_say_the_server_is_gone_and_clear_it_when_it_is_back(tmp_path, browser):
     from tlq.ui.app import create_app
 
     setup = build_setup(tmp_path)
     server = AppServer(create_app(setup.settings, token="")).start()
-    pages = {}
     try:
-        for path in ("/", f"/jobs/{setup.ids['d']}", "/workers"):
-            pages[path] = browser.new_page()
-            pages[path].goto(server.url + path)
-        rows = pages["/"].locator("#jobs tbody tr").count()
-        server.stop()
-        for path, page in pages.items():
-            assert "no answer from tlq ui" in wait_for_text(page, "#error", bool), path
-        assert pages["/"].locator("#jobs tbody tr").count() == rows  # the last rows stay while it is away
-        server.start()
-        for page in pages.values():
-            wait_for_text(page, "#error", lambda text: text == "")
+        with three_pages(browser, server.url, setup) as pages:
+            rows = pages["/"].locator("#jobs tbody tr").count()
+            server.stop()
+            for path, page in pages.items():
+                assert "no answer from tlq ui" in wait_for_text(page, "#error", bool), path
+            assert pages["/"].locator("#jobs tbody tr").count() == rows  # the last rows stay while it is away
+            server.start()
+            for page in pages.values():
+                wait_for_text(page, "#error", lambda text: text == "")
     finally:
-        for page in pages.values():
-            page.close()
         server.stop()
 
 
@@ -87,28 +97,23 @@ def test_pages_say_the_database_is_gone_without_its_password_and_recover(pg_url,
     url = f"postgresql://postgres:Pw-S3cret-9@127.0.0.1:{relay.port}{urlsplit(pg_url).path}"
     setup = build_setup(tmp_path, database_url=url)
     server = AppServer(create_app(setup.settings, token="")).start()
-    pages = {}
     try:
-        for path in ("/", f"/jobs/{setup.ids['d']}", "/workers"):
-            pages[path] = browser.new_page()
-            pages[path].goto(server.url + path)
-        rows = pages["/"].locator("#jobs tbody tr").count()
-        relay.down()
-        for path, page in pages.items():
-            text = wait_for_text(page, "#error", bool)
-            assert text.startswith("cannot reach the database at postgresql+psycopg://postgres:***@"), (path, text)
-            assert "Pw-S3cret-9" not in page.content()
-        assert pages["/"].locator("#jobs tbody tr").count() == rows
-        loaded = browser.new_page()  # a page opened meanwhile says so, then reloads itself
-        assert loaded.goto(server.url + "/workers").status == 503
-        relay.up()
-        for page in pages.values():
-            wait_for_text(page, "#error", lambda text: text == "")
-        loaded.wait_for_url("**/workers", timeout=15_000)
-        wait_for_text(loaded, "h1", lambda text: text == "Workers")
+        with three_pages(browser, server.url, setup) as pages:
+            rows = pages["/"].locator("#jobs tbody tr").count()
+            relay.down()
+            for path, page in pages.items():
+                text = wait_for_text(page, "#error", bool)
+                assert text.startswith("cannot reach the database at postgresql+psycopg://postgres:***@"), (path, text)
+                assert "Pw-S3cret-9" not in page.content()
+            assert pages["/"].locator("#jobs tbody tr").count() == rows
+            loaded = browser.new_page()  # a page opened meanwhile says so, then reloads itself
+            assert loaded.goto(server.url + "/workers").status == 503
+            relay.up()
+            for page in pages.values():
+                wait_for_text(page, "#error", lambda text: text == "")
+            loaded.wait_for_url("**/workers", timeout=15_000)
+            wait_for_text(loaded, "h1", lambda text: text == "Workers")
     finally:
-        for page in pages.values():
-            page.close()
         server.stop()
         relay.down()
         setup.env.db.engine.dispose()

@@ -51,6 +51,15 @@ def compile_pattern(pattern: str) -> re.Pattern:
         raise BadInput(f"--label-pattern {pattern!r} is not a valid regular expression ({exc})") from exc
 
 
+def check_label_pattern(pattern: str | None) -> None:
+    """For a params model's validator: a pattern that does not compile raises ValueError with the one-line fix."""
+    if pattern is not None:
+        try:
+            compile_pattern(pattern)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from exc
+
+
 def label_from_name(regex: re.Pattern, image: ImageFile) -> str | None:
     """The label ``--label-pattern`` gives a file: the first group of its match on the file name (else on the path
     under the data folder), the whole match for a pattern without groups; None when neither matches, or the

@@ -15,7 +15,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.ml.finetune_loops import CHECKPOINT, ImageTraining, LinearProbe
-from tlq.ml.labelled import compile_pattern, load_labelled, load_trainable
+from tlq.ml.labelled import check_label_pattern, load_labelled, load_trainable
 from tlq.plugins.context import JobContext
 from tlq.plugins.params import BatchSize, DataSource, Number, Precision, parse_number
 from tlq.plugins.task import TaskParams, TaskPlugin
@@ -115,11 +115,7 @@ class FinetuneParams(TaskParams):
             raise ValueError("--schedule onecycle warms up by itself; drop --warmup-epochs, or use cosine or step")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"--warmup-epochs ({self.warmup_epochs}) must be below --epochs ({self.epochs})")
-        if self.label_pattern is not None:
-            try:
-                compile_pattern(self.label_pattern)
-            except BadInput as exc:
-                raise ValueError(str(exc)) from exc
+        check_label_pattern(self.label_pattern)
         return self
 
     @property

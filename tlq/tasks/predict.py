@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.ml.images import ImageFile, discover_files
-from tlq.ml.labelled import compile_pattern, label_from_name
+from tlq.ml.labelled import check_label_pattern, compile_pattern, label_from_name
 from tlq.ml.memory import inference_memory
 from tlq.plugins.context import JobContext
 from tlq.plugins.params import BatchSize, DataDir, Precision
@@ -40,11 +40,7 @@ class PredictParams(TaskParams):
     @field_validator("label_pattern")
     @classmethod
     def _valid_pattern(cls, pattern: str | None) -> str | None:
-        if pattern is not None:
-            try:
-                compile_pattern(pattern)
-            except BadInput as exc:
-                raise ValueError(str(exc)) from exc
+        check_label_pattern(pattern)
         return pattern
 
 

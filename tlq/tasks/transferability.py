@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from tlq.env import Environment
 from tlq.errors import BadInput
-from tlq.ml.labelled import compile_pattern, load_trainable
+from tlq.ml.labelled import check_label_pattern, load_trainable
 from tlq.ml.reports import csv_text, pyplot
 from tlq.plugins.backbone import BackboneRef, absolute
 from tlq.plugins.context import JobContext
@@ -55,11 +55,7 @@ class TransferabilityParams(TaskParams):
 
     @model_validator(mode="after")
     def _pattern_compiles(self):
-        if self.label_pattern is not None:
-            try:
-                compile_pattern(self.label_pattern)
-            except BadInput as exc:
-                raise ValueError(str(exc)) from exc
+        check_label_pattern(self.label_pattern)
         return self
 
 
