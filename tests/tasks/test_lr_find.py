@@ -90,6 +90,11 @@ def test_lr_auto_is_a_value_of_lr_in_submit_and_sweep_and_anything_else_is_one_l
         refused = CliRunner().invoke(cli, ["submit", *common, "--lr", bad], env=env)
         assert refused.exit_code == 2 and says in refused.stderr and "or auto" in refused.stderr
         assert refused.stderr.count("\n") == 1
+    # lr-find checks the options it shares with finetune as finetune does: one line, not a traceback
+    lr_find = ["lr-find", "--backbone", "test_resnet", "--no-pretrained", "--data", str(tiny)]
+    refused = CliRunner().invoke(cli, ["submit", *lr_find, "--label-pattern", "("], env=env)
+    assert refused.exit_code == 2 and "not a valid regular expression" in refused.stderr
+    assert refused.stderr.count("\n") == 1
 
 
 def test_the_range_test_leaves_model_optimizer_and_random_state_as_they_were_and_stops_at_divergence():

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from tlq.env import Environment
 from tlq.ml.lr_find import DEFAULT_RULE, record
 from tlq.plugins.context import JobContext
-from tlq.plugins.params import BatchSize, DataSource, Number, Precision
+from tlq.plugins.params import BatchSize, DataSource, Number, Precision, describe_validation_error
 from tlq.plugins.task import TaskParams, TaskPlugin
 from tlq.tasks import finetune
 from tlq.tasks.finetune import FinetuneParams, Strategy
@@ -32,7 +32,7 @@ class LrFindParams(TaskParams):
     val_split: Number = SAME["val_split"]
     label_pattern: str | None = SAME["label_pattern"]
     strategy: Strategy = SAME["strategy"]
-    freeze_epochs: int = SAME["freeze_epochs"]
+    freeze_epochs: int = Field(3, ge=0, le=99_999, description=SAME["freeze_epochs"].description)
     backbone_lr_mult: Number | None = SAME["backbone_lr_mult"]
     weight_decay: Number = SAME["weight_decay"]
     batch_size: BatchSize = SAME["batch_size"]
@@ -56,6 +56,16 @@ class LrFindParams(TaskParams):
     def _rising(self):
         if self.end_lr <= self.start_lr:
             raise ValueError(f"--end-lr ({self.end_lr:g}) must be above --start-lr ({self.start_lr:g})")
+        return self
+
+    @model_validator(mode="after")
+    def _a_finetune_would_take_them(self):
+        # The shared options are checked together as finetune checks them (a --label-pattern that does not
+        # compile, say), so a bad one is refused at submit in one line, not by a traceback from `check`.
+        try:
+            self.as_finetune()
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(exc)) from None
         return self
 
     def as_finetune(self) -> FinetuneParams:
