@@ -348,3 +348,31 @@ def test_a_class_without_an_image_file_is_refused_at_submit(tmp_path, tiny):
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "class '2'" in result.stderr and "has no usable image file" in result.stderr
     assert not (home / "broker.sqlite").exists()  # nothing was queued
+
+
+# --- --epochs and --batch-size left to tlq: sized to the data -----------------------------------------------------
+
+
+def test_sized_defaults_follow_the_number_of_training_images():
+    from tlq.tasks.finetune import sized_to_data
+
+    assert sized_to_data(None, None, 25) == (100, 8)  # make demo's few-shot task: 3 updates an epoch (drop_last)
+    assert sized_to_data(None, None, 100) == (75, 25)
+    assert sized_to_data(None, None, 200) == (43, 32)
+    assert sized_to_data(None, None, 960) == (10, 32)  # from about 1,000 images up: the plain defaults
+    assert sized_to_data(None, None, 25_000) == (10, 32)
+    assert sized_to_data(None, None, 3) == (100, 8)
+    assert sized_to_data(5, None, 25) == (5, 8) and sized_to_data(None, 32, 25) == (100, 32)  # a given value stays
+    assert sized_to_data(7, 4, 25) == (7, 4)
+
+
+def test_a_small_dataset_gets_enough_updates_by_default_and_says_so(env, trained, target):
+    """100 training images: 75 epochs of 25 (300 updates) instead of 10 of 32 (40), recorded in the model card;
+    more updates reach a better model than the old fixed defaults."""
+    train, val = target
+    sized = finetune(env, trained.backbone, train, val_data=str(val), strategy="linear-probe", precision="fp32")
+    fixed = finetune(env, trained.backbone, train, val_data=str(val), **PROBE | {"epochs": 10, "batch_size": 32})
+    assert len(history(sized)) == 75 and len(history(fixed)) == 10
+    card = json.loads(open(sized["files"]["model_card"]).read())
+    assert card["params"]["epochs"] == 75 and card["params"]["batch_size"] == 25
+    assert sized["metrics"]["val_acc"] >= fixed["metrics"]["val_acc"] + 0.05, (sized["metrics"], fixed["metrics"])

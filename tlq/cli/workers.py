@@ -34,34 +34,62 @@ def parse_queues(text: str | None, has_gpu: bool) -> list[str]:
     show_default=True,
     help="Jobs at once; one training job already uses every core.",
 )
+@click.option(
+    "--gpus",
+    metavar="all|N|LIST",
+    help="One pool process per GPU, each seeing only its own: all, the first N, or indices such as 0,2,5.",
+)
 @click.option("--name", metavar="NAME", help="Worker name, unique among live workers.  [default: HOST-PID-XXXX]")
 @click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
 @click.option("--events", is_flag=True, help="Send Celery task events (for Flower).")
 @pass_state
-def worker(state: CliState, queues, concurrency, name, loglevel, pool, events) -> None:
+def worker(state: CliState, queues, concurrency, gpus, name, loglevel, pool, events) -> None:
     """Start a worker that runs queued jobs (Ctrl-C stops it)."""
     from tlq.workers.app import create_app, default_worker_name
     from tlq.workers.devices import cuda_available, describe_device
     from tlq.workers.lifecycle import start_worker
 
-    has_gpu = cuda_available()
+    name = name or default_worker_name()
+    owned = None
+    if gpus is not None:
+        owned, concurrency, queues = gpu_worker(gpus, name, concurrency, queues, pool)
+    has_gpu = owned is not None or cuda_available()
     import timm  # noqa: F401  (loaded once here, so forked pool children start jobs without the import)
 
     chosen = parse_queues(queues, has_gpu)
     state.env.db.ensure_schema()
     app = create_app(state.settings)
+    device = describe_device() if owned is None else f"cuda ({len(owned)} GPUs, one per pool process)"
     start_worker(
         app,
-        name=name or default_worker_name(),
+        name=name,
         queues=chosen,
-        device=describe_device(),
+        device=device,
         concurrency=concurrency,
         loglevel=loglevel,
         pool=pool,
         events=events,
-        memory_per_job=memory_per_job("gpu" in chosen, concurrency),
+        memory_per_job=memory_per_job("gpu" in chosen, concurrency)
+        if owned is None
+        else min(g.memory_bytes for g in owned),
+        gpus=owned,
     )
+
+
+def gpu_worker(spec: str, name: str, concurrency: int, queues: str | None, pool: str):
+    """``--gpus``: (the GPUs, checked free and locked for this worker's life; one pool process each; the gpu queue
+    unless ``--queues`` says otherwise)."""
+    from tlq.errors import BadInput
+    from tlq.workers.gpus import claim
+
+    source = click.get_current_context().get_parameter_source("concurrency")
+    if pool != "prefork":
+        raise BadInput("--gpus runs one pool process per GPU; drop --pool or use --pool prefork")
+    owned, _locks = claim(spec, name)  # the locks live as long as this process
+    if source is click.core.ParameterSource.COMMANDLINE and concurrency != len(owned):
+        raise BadInput(f"--gpus gives {len(owned)} pool processes, one per GPU; drop --concurrency {concurrency}")
+    return owned, len(owned), queues or "gpu"
 
 
 def memory_per_job(gpu: bool, concurrency: int) -> int | None:
@@ -100,7 +128,8 @@ def workers(state: CliState, show_all: bool, json_out: bool) -> None:
             w["name"],
             w["hostname"],
             ",".join(w["queues"]),
-            w["device"],
+            w["device"]
+            + "".join(f"\n  GPU {g['index']}: {g['name']}, {g['memory_bytes'] / 2**30:.0f} GiB" for g in w["gpus"]),
             w["status"],
             ",".join(map(str, w["current_jobs"])),
             f"{w['seconds_since_seen']:.0f}s ago",

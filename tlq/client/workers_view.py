@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 
@@ -28,6 +29,7 @@ def worker_rows(env, show_all: bool = False) -> list[dict[str, Any]]:
                 "queues": w.queues.split(","),
                 "device": w.device,
                 "concurrency": w.concurrency,
+                "gpus": json.loads(w.gpus) if w.gpus else [],
                 "status": "online" if live else "offline",
                 "current_job": jobs.get(w.name, [None])[0],  # the one claimed first; all in current_jobs
                 "current_jobs": jobs.get(w.name, []),

@@ -55,11 +55,15 @@ class EpochSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self):
+        from tlq.ml.distributed import shard
+
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        return iter(shard(torch.randperm(self.size, generator=generator).tolist()))  # a --ddp rank's share
 
     def __len__(self) -> int:
-        return self.size
+        from tlq.ml.distributed import world
+
+        return -(-self.size // world())
 
 
 def inference_batch_size(requested: int | None, device: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 
 from tlq.errors import BadInput
+from tlq.ml import distributed
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -225,6 +226,7 @@ class ImageTraining(Fit):
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.plain_criterion = torch.nn.CrossEntropyLoss()
         self.phase = None
+        self.wrapped = None  # under --ddp: what trains, in DistributedDataParallel
         self.optimizer = self.scheduler = None
 
     def phase_of(self, epoch: int) -> str:
@@ -245,7 +247,11 @@ class ImageTraining(Fit):
         groups = param_groups(self.model, p.lr, p.backbone_multiplier, phase == "unfrozen", p.weight_decay)
         self.optimizer = make_optimizer(groups, p.optimizer, p.weight_decay)
         phase_epochs = sum(1 for e in range(1, p.epochs + 1) if self.phase_of(e) == phase)
-        steps_per_epoch = max(1, len(self.train_files) // p.batch_size + (len(self.train_files) % p.batch_size > 1))
+        steps_per_epoch = max(1, len(self.train_loader))  # of this rank's shard under --ddp
+        self.wrapped = None
+        if distributed.active():  # what trains in this phase, its gradients averaged across the ranks
+            self.wrapped = distributed.wrap(self.model if phase == "unfrozen" else self.model.get_classifier(),
+                                            self.ctx.device)  # fmt: skip
         # Each phase warms up anew (at most all its epochs but one): unfreezing starts a cold optimizer state.
         self.scheduler = make_scheduler(self.optimizer, p.schedule, phase_epochs, steps_per_epoch, p.warmup_epochs)
 
@@ -312,7 +318,10 @@ class ImageTraining(Fit):
             epoch,
             train_backbone=self.phase == "unfrozen",
             on_step=lambda i, n: self.ctx.progress(i, n, f"{stage} train"),
+            wrapped=self.wrapped,
         )
+        if not distributed.is_main():  # validation, and what follows from it, is rank 0's
+            return self.note(epoch, trained, trained, dict)
         checked = evaluate(
             self.model,
             self.val_loader,
@@ -325,9 +334,14 @@ class ImageTraining(Fit):
         )
         return self.note(epoch, trained, checked, self.model.state_dict)
 
+    def should_stop(self) -> bool:
+        return distributed.agree(super().should_stop())  # rank 0 validates; every rank stops with it
+
     def save(self, epoch: int, rng: dict) -> None:
         from tlq.ml.training import save_checkpoint
 
+        if not distributed.is_main():
+            return
         state = self.common_state(epoch, rng) | {
             "model": self.model.state_dict(),
             "phase": self.phase,

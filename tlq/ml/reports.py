@@ -119,3 +119,36 @@ def curves_figure(history: dict[str, list[tuple[int, float]]], title: str = "tra
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def write_finetune_reports(ctx, params, model, backbone, data_config, classes, final, fit) -> None:
+    """finetune's outputs: model and card, confusion matrix (CSV, PNG), per-class accuracy, curves, and the final
+    metrics."""
+    from tlq.ml.model_card import save_model
+
+    matrix = confusion_matrix(final.predictions, final.targets, len(classes))
+    ctx.artifacts.write_text("confusion_matrix", "confusion_matrix.csv", confusion_csv(matrix, classes))
+    ctx.artifacts.save_figure("confusion_matrix_png", "confusion_matrix.png", confusion_figure(matrix, classes))
+    ctx.artifacts.write_text("per_class_accuracy", "per_class_accuracy.csv", per_class_csv(matrix, classes))
+    title = f"job {ctx.job_id}: {backbone.arch}, {params.strategy}"
+    ctx.artifacts.save_figure("curves", "curves.png", curves_figure(fit.history, title))
+    summary = {"final_val_acc": final.acc, "best_val_acc": fit.best_acc, "best_epoch": fit.best_epoch}
+    ctx.metrics(summary)
+    metrics = {name: values[-1][1] for name, values in fit.history.items()} | summary
+    save_model(
+        ctx.artifacts,
+        model,
+        {
+            "job_id": ctx.job_id,
+            "arch": backbone.arch,
+            "backbone": ctx.backbone.name,
+            "weights_source": backbone.source,
+            "lineage": backbone.extra.get("lineage", [ctx.backbone.name]),
+            "num_classes": len(classes),
+            "classes": classes,
+            "data_config": data_config,
+            "strategy": params.strategy,
+            "params": params.model_dump(mode="json"),
+            "metrics": metrics,
+        },
+    )

@@ -197,8 +197,8 @@ def training_loader(
 ):
     """A loader for every epoch of a training run: shuffled per epoch (``loader.sampler.set_epoch``), with
     decoding processes (if any) that persist across epochs instead of starting anew each time."""
-    drop_last = len(files) > batch_size and len(files) % batch_size == 1  # a batch of one breaks batch norm
-    sampler = EpochSampler(len(files), seed)
+    sampler = EpochSampler(len(files), seed)  # under --ddp, this rank's shard
+    drop_last = len(sampler) > batch_size and len(sampler) % batch_size == 1  # a batch of one breaks batch norm
     return image_loader(
         files, transform, batch_size, workers, sampler=sampler, drop_last=drop_last, persistent=True, device=device
     )
@@ -213,17 +213,19 @@ def train_step(
     device: str,
     precision: str,
     train_backbone: bool,
+    wrapped: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One update on one batch: (loss, logits). ``train_epoch`` and the lr range test (``tlq.ml.lr_find``) both
-    take it, so the test's curve is the loss of the job's own step."""
+    take it, so the test's curve is the loss of the job's own step. ``wrapped``: what trains (the model, or the
+    head alone when the backbone is frozen) in DistributedDataParallel, under ``--ddp``."""
     images = prepare_batch(images, device, precision)
     with autocast(device, precision):
         if train_backbone:
-            logits = model(images)
+            logits = (wrapped or model)(images)
         else:
             with torch.no_grad():
                 features = pooled_features(model, images)
-            logits = model.get_classifier()(features)
+            logits = (wrapped or model.get_classifier())(features)
     loss = criterion(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -243,8 +245,12 @@ def train_epoch(
     epoch: int,
     train_backbone: bool,
     on_step: StepCallback | None = None,
+    wrapped: nn.Module | None = None,
 ) -> EpochResult:
-    """One pass over a training loader (see ``training_loader``) in the order of ``epoch``."""
+    """One pass over a training loader (see ``training_loader``) in the order of ``epoch``; under ``--ddp`` over
+    this rank's shard, with loss and accuracy averaged and images counted over every rank."""
+    from tlq.ml.distributed import mean_over_ranks, sum_over_ranks
+
     set_backbone_mode(model, train_backbone)
     loader.sampler.set_epoch(epoch)
     label_of = torch.as_tensor(list(targets), dtype=torch.long)
@@ -255,7 +261,9 @@ def train_epoch(
         if images is None:
             continue
         labels = label_of[indices].to(device)
-        loss, logits = train_step(model, images, labels, optimizer, criterion, device, precision, train_backbone)
+        loss, logits = train_step(
+            model, images, labels, optimizer, criterion, device, precision, train_backbone, wrapped
+        )
         scheduler.step()
         total_loss += loss.item() * len(indices)
         correct += (logits.argmax(1) == labels).sum().item()
@@ -263,7 +271,8 @@ def train_epoch(
         if on_step is not None:
             on_step(step, len(loader))
     seconds = time.perf_counter() - start
-    return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, seconds, wait_seconds=batches.seconds)
+    loss, acc = mean_over_ranks([total_loss / max(seen, 1), correct / max(seen, 1)])
+    return EpochResult(loss, acc, int(sum_over_ranks(seen)), seconds, wait_seconds=batches.seconds)
 
 
 @torch.inference_mode()

@@ -16,6 +16,14 @@ from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.ml.finetune_loops import CHECKPOINT, ImageTraining, LinearProbe
 from tlq.ml.labelled import check_label_pattern, load_labelled, load_trainable
+from tlq.ml.sized_defaults import (
+    DEFAULT_BATCH,
+    DEFAULT_EPOCHS,
+    MAX_SIZED_EPOCHS,
+    MIN_SIZED_BATCH,
+    MIN_UPDATES,
+    sized_to_data,
+)
 from tlq.plugins.context import JobContext
 from tlq.plugins.params import BatchSize, DataSource, Number, Precision, parse_number
 from tlq.plugins.task import TaskParams, TaskPlugin
@@ -64,7 +72,13 @@ class FinetuneParams(TaskParams):
         description="linear-probe: features once + linear head; freeze: "
         "head only; freeze-unfreeze: head, then all; full: all from the start.",
     )
-    epochs: int = Field(10, ge=1, le=100_000, description="Epochs in all.")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description=f"Epochs in all (default {DEFAULT_EPOCHS}; on small datasets enough for {MIN_UPDATES} updates, "
+        f"at most {MAX_SIZED_EPOCHS}).",
+    )
     freeze_epochs: int = Field(3, ge=0, description="freeze-unfreeze: head-only epochs before unfreezing.")
     lr: LearningRate = Field(
         1e-3, description="Learning rate of the head; auto: chosen by a range test on this job's data (lr_find.png)."
@@ -73,7 +87,11 @@ class FinetuneParams(TaskParams):
         None, ge=0, le=100, description="Backbone lr = lr x this (default 0.1 for freeze-unfreeze, 1 for full)."
     )
     weight_decay: Number = Field(0.01, ge=0, le=10, description="Weight decay (not of norm layers and biases).")
-    batch_size: BatchSize = Field(32, description="Images per step.")
+    batch_size: BatchSize | None = Field(
+        None,
+        description=f"Images per step (default {DEFAULT_BATCH}; at most a quarter of the training images, at least "
+        f"{MIN_SIZED_BATCH}).",
+    )
     optimizer: Literal["adamw", "sgd"] = Field(
         "adamw", description="timm's optimizer: adamw, or sgd (Nesterov); no weight decay on norms and biases."
     )
@@ -103,19 +121,31 @@ class FinetuneParams(TaskParams):
     )
     seed: int = Field(0, ge=0, le=2**31, description="Seed of the split, initialization and data order.")
     image_size: int | None = Field(None, ge=8, le=2048, description="Input size (default: the model's own).")
+    ddp: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Train as this many processes under torch.distributed (DistributedDataParallel; gloo on CPU, "
+        "nccl on GPUs); --batch-size is per process.",
+    )
     loader_workers: int | None = Field(None, ge=0, le=64, description="Image-decoding processes.")
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.strategy == "freeze-unfreeze" and self.freeze_epochs >= self.epochs:
-            raise ValueError(
-                f"freeze-unfreeze needs --freeze-epochs ({self.freeze_epochs}) below --epochs ({self.epochs})"
-            )
+        # Epochs left to tlq are at least DEFAULT_EPOCHS (sized_to_data only adds), so the checks hold for any.
+        epochs = self.epochs or DEFAULT_EPOCHS
+        said = f"{epochs}" if self.epochs else f"{epochs}, the default"
+        if self.strategy == "freeze-unfreeze" and self.freeze_epochs >= epochs:
+            raise ValueError(f"freeze-unfreeze needs --freeze-epochs ({self.freeze_epochs}) below --epochs ({said})")
         if self.warmup_epochs and self.schedule == "onecycle":
             raise ValueError("--schedule onecycle warms up by itself; drop --warmup-epochs, or use cosine or step")
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"--warmup-epochs ({self.warmup_epochs}) must be below --epochs ({self.epochs})")
+        if self.warmup_epochs >= epochs:
+            raise ValueError(f"--warmup-epochs ({self.warmup_epochs}) must be below --epochs ({said})")
         check_label_pattern(self.label_pattern)
+        if self.ddp > 1 and self.strategy == "linear-probe":
+            raise ValueError("--ddp trains through the backbone; a linear probe runs in one process (drop --ddp)")
+        if self.ddp > 1 and self.lr == "auto":
+            raise ValueError("--lr auto runs in one process; run `tlq submit lr-find` first and pass its lr_chosen")
         return self
 
     @property
@@ -190,12 +220,14 @@ def prepare(ctx: JobContext, params: FinetuneParams):
     ``ImageTraining``); returns (fit, model, backbone, data_config, classes). The lr-find task shares it."""
 
     from tlq.ml.calibration import Workload, resolve_precision
+    from tlq.ml.distributed import from_main
     from tlq.ml.features import pooled_features_of, scan_images
     from tlq.ml.precision import prepare_model
     from tlq.ml.training import seed_everything
 
     train, val = load_sets(params)
     train_files, train_y, val_files, val_y, classes = split_sets(params, train, val)
+    params.epochs, params.batch_size = sized_to_data(params.epochs, params.batch_size, len(train_files), ctx.log)
     seed_everything(params.seed)
     backbone = ctx.load_backbone(num_classes=len(classes))
     model = backbone.model
@@ -210,7 +242,8 @@ def prepare(ctx: JobContext, params: FinetuneParams):
     images = passes * (len(train_files) + len(val_files))
     shape = tuple(data_config["input_size"])
     workload = Workload(kind, model, shape, params.batch_size, backbone.arch, images=images)
-    precision = resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home, ctx.log)
+    precision = from_main(lambda: resolve_precision(params.precision, ctx.device, workload, ctx.env.settings.home,
+                                                    ctx.log))  # fmt: skip
     prepare_model(model, ctx.device, precision)
     eval_tf, train_tf = build_transforms(data_config, params.augment)
     ctx.log.info(
@@ -261,8 +294,14 @@ def prepare(ctx: JobContext, params: FinetuneParams):
 
 
 def run(ctx: JobContext, params: FinetuneParams) -> None:
+    from tlq.ml import distributed
+    from tlq.ml.reports import write_finetune_reports
     from tlq.ml.training import load_checkpoint, rng_state, set_rng_state
 
+    if params.ddp > 1 and not distributed.active():  # the job's process: start the ranks, each runs this again
+        from tlq.ml.ddp_launch import launch
+
+        return launch(ctx, params, run, params.ddp)
     fit, model, backbone, data_config, classes = prepare(ctx, params)
 
     checkpoint_path = ctx.artifacts.path(CHECKPOINT)
@@ -300,8 +339,10 @@ def run(ctx: JobContext, params: FinetuneParams) -> None:
             ctx.log.info("early stop after epoch %d (best %d)", epoch, fit.best_epoch)
             break
 
+    if not distributed.is_main():  # rank 0 alone validates and writes what the job leaves
+        return
     final = fit.finish()
-    write_reports(ctx, params, model, backbone, data_config, classes, final, fit)
+    write_finetune_reports(ctx, params, model, backbone, data_config, classes, final, fit)
     ctx.artifacts.remove(CHECKPOINT)
 
 
@@ -315,39 +356,6 @@ def record_data_metrics(ctx, n_train: int, n_val: int, classes, skipped) -> None
         raise BadInput("no readable images are left to train or validate on; see skipped.csv for why")
 
 
-def write_reports(ctx, params, model, backbone, data_config, classes, final, fit) -> None:
-    """Model and card, confusion matrix (CSV, PNG), per-class accuracy, curves, and the final metrics."""
-    from tlq.ml.model_card import save_model
-    from tlq.ml.reports import confusion_csv, confusion_figure, confusion_matrix, curves_figure, per_class_csv
-
-    matrix = confusion_matrix(final.predictions, final.targets, len(classes))
-    ctx.artifacts.write_text("confusion_matrix", "confusion_matrix.csv", confusion_csv(matrix, classes))
-    ctx.artifacts.save_figure("confusion_matrix_png", "confusion_matrix.png", confusion_figure(matrix, classes))
-    ctx.artifacts.write_text("per_class_accuracy", "per_class_accuracy.csv", per_class_csv(matrix, classes))
-    title = f"job {ctx.job_id}: {backbone.arch}, {params.strategy}"
-    ctx.artifacts.save_figure("curves", "curves.png", curves_figure(fit.history, title))
-    summary = {"final_val_acc": final.acc, "best_val_acc": fit.best_acc, "best_epoch": fit.best_epoch}
-    ctx.metrics(summary)
-    metrics = {name: values[-1][1] for name, values in fit.history.items()} | summary
-    save_model(
-        ctx.artifacts,
-        model,
-        {
-            "job_id": ctx.job_id,
-            "arch": backbone.arch,
-            "backbone": ctx.backbone.name,
-            "weights_source": backbone.source,
-            "lineage": backbone.extra.get("lineage", [ctx.backbone.name]),
-            "num_classes": len(classes),
-            "classes": classes,
-            "data_config": data_config,
-            "strategy": params.strategy,
-            "params": params.model_dump(mode="json"),
-            "metrics": metrics,
-        },
-    )
-
-
 def memory(params: FinetuneParams, env: Environment, backbone=None):
     """The job's memory: training keeps every activation of the batch; a linear probe only runs inference."""
     from tlq.ml.memory import backbone_profile, inference_need, training_need
@@ -357,9 +365,10 @@ def memory(params: FinetuneParams, env: Environment, backbone=None):
         return None
     model, size = found
     loaders = params.loader_workers or 0
+    batch = params.batch_size or DEFAULT_BATCH  # the most a batch left to tlq can be
     if params.strategy == "linear-probe":
-        return inference_need(model, params.batch_size, size, params.precision, loaders)
-    return training_need(model, params.batch_size, size, params.precision, loaders, params.strategy != "freeze")
+        return inference_need(model, batch, size, params.precision, loaders)
+    return training_need(model, batch, size, params.precision, loaders, params.strategy != "freeze")
 
 
 task: TaskPlugin[FinetuneParams] = TaskPlugin(

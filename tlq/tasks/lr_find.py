@@ -35,7 +35,7 @@ class LrFindParams(TaskParams):
     freeze_epochs: int = Field(3, ge=0, le=99_999, description=SAME["freeze_epochs"].description)
     backbone_lr_mult: Number | None = SAME["backbone_lr_mult"]
     weight_decay: Number = SAME["weight_decay"]
-    batch_size: BatchSize = SAME["batch_size"]
+    batch_size: BatchSize | None = SAME["batch_size"]
     optimizer: Literal["adamw", "sgd"] = SAME["optimizer"]
     label_smoothing: Number = SAME["label_smoothing"]
     augment: Literal["none", "light", "strong"] = SAME["augment"]

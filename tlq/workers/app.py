@@ -83,6 +83,7 @@ class WorkerRuntime:
         self.worker_name = default_worker_name()
         self.model_cache = ModelCache(settings.model_cache)
         self.threads_per_process: int | None = None  # set by a worker whose pool processes share the cores
+        self.gpus: list[int] | None = None  # `tlq worker --gpus`: pool process i uses GPU gpus[i]
 
     def run(self, job_id) -> str:
         from tlq.workers.execute import execute_job
@@ -161,6 +162,12 @@ def create_app(settings: Settings) -> Celery:
         multiprocessing.current_process()._config["daemon"] = False
         if runtime.threads_per_process:
             share_cores(runtime.threads_per_process)
+        if runtime.gpus:  # `tlq worker --gpus`: this pool process's own GPU, before CUDA starts
+            from billiard.process import current_process
+
+            from tlq.workers.gpus import pin
+
+            log.info("pool process %s uses GPU %s", os.getpid(), pin(runtime.gpus, current_process().index))
 
     worker_process_init.connect(_after_fork, weak=False)
     after_setup_logger.connect(_mask_logs, weak=False)

@@ -32,6 +32,7 @@ from tlq.db.models import WorkerRecord
 from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.workers.execute import heartbeat_interval
+from tlq.workers.gpus import as_json
 from tlq.workers.keeper import is_transient
 from tlq.workers.recovery import (
     DatabaseHealth,
@@ -82,8 +83,10 @@ class WorkerMonitor(threading.Thread):
         device: str,
         concurrency: int,
         memory_per_job: int | None = None,
+        gpus: list | None = None,
     ):
         super().__init__(name="tlq-worker-monitor", daemon=True)
+        self.gpus = gpus
         self.env = env
         self.app = app
         self.worker_name = name
@@ -116,6 +119,7 @@ class WorkerMonitor(threading.Thread):
                 device=self.device,
                 concurrency=self.concurrency,
                 memory_bytes=self.memory_per_job,
+                gpus=as_json(self.gpus) if self.gpus else None,
             )
         if holder is not None:
             raise BadInput(
@@ -220,8 +224,12 @@ def start_worker(
     pool: str = "prefork",
     events: bool = False,
     memory_per_job: int | None = None,
+    gpus: list | None = None,
 ) -> None:
     """Runs a Celery worker consuming ``queues`` until it is stopped; blocks.
+
+    ``gpus`` (``tlq worker --gpus``, ``tlq.workers.gpus.Gpu``): one pool process per GPU, each pinned to its own
+    as it starts, and recorded with the worker for `tlq workers`.
 
     ``memory_per_job`` is recorded for submit's estimate check and, on a CPU worker, caps each pool process:
     one that ends a job holding more is replaced (Celery's ``worker_max_memory_per_child``), so a leak or a
@@ -235,7 +243,8 @@ def start_worker(
     runtime = app.tlq_runtime
     runtime.worker_name = name
     runtime.threads_per_process = threads_per_process(concurrency, pool)
-    monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency, memory_per_job)
+    runtime.gpus = [gpu.index for gpu in gpus] if gpus else None
+    monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency, memory_per_job, gpus)
     if memory_per_job and "gpu" not in queues:
         app.conf.worker_max_memory_per_child = memory_per_job // 1024  # KiB
     monitor.register()

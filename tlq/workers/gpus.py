@@ -1,0 +1,153 @@
+"""`tlq worker --gpus all|N|0,2,5`: one pool process per GPU, each seeing only its own.
+
+The GPUs are read from nvidia-smi (CUDA stays uninitialized in the worker's main process, which forks the pool).
+A worker refuses a GPU that a process outside it computes on, or that another tlq worker of this host owns (a lock
+file per GPU, held while the worker lives). Each pool process sets ``CUDA_VISIBLE_DEVICES`` to its GPU as it starts,
+before anything touches CUDA, by its pool index: a pool process that is replaced takes the same GPU again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tlq.errors import BadInput
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    uuid: str
+    name: str
+    memory_bytes: int
+
+    def describe(self) -> str:
+        return f"{self.index}: {self.name}, {self.memory_bytes / 2**30:.0f} GiB"
+
+
+def nvidia_smi(*query: str) -> str:
+    try:
+        done = subprocess.run(["nvidia-smi", *query], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def host_gpus() -> list[Gpu]:
+    """This host's GPUs, from nvidia-smi; none without it."""
+    return parse_gpu_table(nvidia_smi("--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"))
+
+
+def parse_gpu_table(text: str) -> list[Gpu]:
+    gpus = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 4 and parts[0].isdigit():
+            with contextlib.suppress(ValueError):
+                gpus.append(Gpu(int(parts[0]), parts[1], parts[2], int(float(parts[3]) * 2**20)))
+    return gpus
+
+
+def choose(spec: str, available: list[Gpu]) -> list[Gpu]:
+    """The GPUs ``--gpus`` names: ``all``, a count ``N`` (the first N) or a list of indices ``0,2,5``."""
+    if not available:
+        raise BadInput("this machine has no CUDA GPU (nvidia-smi lists none); drop --gpus to run CPU jobs")
+    text = spec.strip().lower()
+    by_index = {g.index: g for g in available}
+    have = f"this host has {len(available)} ({', '.join(str(g.index) for g in available)})"
+    if text == "all":
+        return list(available)
+    if text.isdigit() and "," not in text and len(text) > 0 and not (len(text) > 1 and text.startswith("0")):
+        count = int(text)
+        if not 1 <= count <= len(available):
+            raise BadInput(f"--gpus {count}: {have}; give a count from 1 to {len(available)}, a list or all")
+        return list(available[:count])
+    picked = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit():
+            raise BadInput(f"--gpus {spec!r}: give all, a count, or GPU indices such as 0,2,5")
+        if int(item) not in by_index:
+            raise BadInput(f"--gpus {spec!r}: there is no GPU {item}; {have}")
+        if by_index[int(item)] in picked:
+            raise BadInput(f"--gpus {spec!r}: GPU {item} is named twice")
+        picked.append(by_index[int(item)])
+    return picked
+
+
+def foreign_users(gpus: list[Gpu], ours: set[int]) -> dict[int, list[int]]:
+    """{GPU index: pids} of processes outside ``ours`` computing on ``gpus`` now, from nvidia-smi."""
+    text = nvidia_smi("--query-compute-apps=gpu_uuid,pid", "--format=csv,noheader")
+    return busy_gpus(text, gpus, ours)
+
+
+def busy_gpus(text: str, gpus: list[Gpu], ours: set[int]) -> dict[int, list[int]]:
+    by_uuid = {g.uuid: g.index for g in gpus}
+    busy: dict[int, list[int]] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] in by_uuid and parts[1].isdigit() and int(parts[1]) not in ours:
+            busy.setdefault(by_uuid[parts[0]], []).append(int(parts[1]))
+    return busy
+
+
+class GpuLocks:
+    """One lock file per GPU of this host (in the system's temporary folder, shared by every tlq worker here),
+    held while the worker lives: two workers never own one GPU."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = Path(folder or tempfile.gettempdir())
+        self.held: list[int] = []
+
+    def take(self, gpus: list[Gpu], worker: str) -> None:
+        for gpu in gpus:
+            path = self.folder / f"tlq-gpu-{gpu.uuid}.lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = Path(path).read_text(errors="replace").strip() or "another worker"
+                os.close(fd)
+                self.release()
+                raise BadInput(f"GPU {gpu.index} belongs to {holder} on this host; give --gpus without it") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"tlq worker {worker} (pid {os.getpid()})".encode())
+            self.held.append(fd)
+
+    def release(self) -> None:
+        for fd in self.held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.held = []
+
+
+def claim(spec: str, worker: str, locks: GpuLocks | None = None) -> tuple[list[Gpu], GpuLocks]:
+    """The GPUs a ``--gpus`` worker takes, checked free and locked; raises BadInput naming the problem and fix."""
+    gpus = choose(spec, host_gpus())
+    busy = foreign_users(gpus, {os.getpid()})
+    if busy:
+        index, pids = next(iter(busy.items()))
+        raise BadInput(
+            f"GPU {index} is in use by process {', '.join(map(str, pids))}, not a tlq worker's; stop it or give "
+            "--gpus without that GPU"
+        )
+    locks = locks or GpuLocks()
+    locks.take(gpus, worker)
+    return gpus, locks
+
+
+def pin(gpus: list[int], pool_index: int) -> str:
+    """Sets this pool process's ``CUDA_VISIBLE_DEVICES`` to its GPU (by its pool index); returns the value."""
+    value = str(gpus[pool_index % len(gpus)])
+    os.environ["CUDA_VISIBLE_DEVICES"] = value
+    return value
+
+
+def as_json(gpus: list[Gpu]) -> str:
+    return json.dumps([asdict(g) for g in gpus])
