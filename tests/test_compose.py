@@ -91,12 +91,13 @@ def test_workers_and_cli_share_artifacts_and_the_weights_cache(compose):
     assert {"artifacts", "hf-cache", "redis-data", "postgres-data"} <= set(compose["volumes"])
 
 
-def test_gpu_worker_reserves_one_gpu_and_runs_one_process(compose):
+def test_gpu_worker_reserves_every_gpu_and_runs_one_process_per_gpu(compose):
     service = compose["services"]["gpu-worker"]
     (device,) = service["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and len(device["device_ids"]) == 1
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == "all"
     args = tlq_args(service)
-    assert args[args.index("--queues") + 1] == "gpu" and args[args.index("--concurrency") + 1] == "1"
+    assert args[args.index("--queues") + 1] == "gpu" and args[args.index("--gpus") + 1] == "all"
+    assert "--concurrency" not in args  # --gpus sets it: one pool process per GPU
     assert service["build"]["args"]["TORCH_INDEX"].startswith("https://download.pytorch.org/whl/cu")
 
 
@@ -131,7 +132,9 @@ def test_each_worker_service_consumes_only_its_own_queue_one_job_at_a_time(compo
 
     params = worker_params(compose["services"][name])
     assert parse_queues(params["queues"], has_gpu=True) == [queue]  # never both: a GPU job on the CPU worker
-    assert params["concurrency"] == 1 and params["events"]  # one job in memory; Flower sees the tasks
+    assert params["events"]  # Flower sees the tasks
+    # One job in memory per CPU worker; one per GPU on the GPU worker (--gpus sets its pool to the GPUs it owns).
+    assert params["concurrency"] == 1 and (params["gpus"] == "all") == (queue == "gpu")
     if queue == "gpu":  # started on a host without a GPU, it stops at once, saying why
         with pytest.raises(BadInput, match="this machine has no CUDA GPU"):
             parse_queues(params["queues"], has_gpu=False)

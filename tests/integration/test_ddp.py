@@ -76,6 +76,13 @@ def epochs_checkpointed(env, home, job_id: int, at_least: int) -> bool:
     return any(a["kind"] == "checkpoint" for a in shown["artifacts"]) and len(steps) >= at_least
 
 
+def running_ddp_job(env, home, tmp, digits, epochs: int, checkpointed: int) -> tuple[dict, dict[int, int]]:
+    """A --ddp 2 job submitted and trained until ``checkpointed`` epochs are checkpointed: (job, {rank: pid})."""
+    job = submit(env, digits, "--ddp", "2", "--batch-size", "16", epochs=epochs)
+    wait_until(lambda: epochs_checkpointed(env, home, job["id"], checkpointed), 240, "checkpointed epochs")
+    return job, ranks(tmp, job["id"])
+
+
 @pytest.fixture()
 def worker_env(tmp_path, home):
     tmp = tmp_path / "tmp"
@@ -112,9 +119,7 @@ def test_two_cpu_ranks_learn_what_one_process_learns_and_record_once(tmp_path, h
 def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(tmp_path, home, digits, worker_env):
     env, tmp = worker_env
     with WorkerProcess(env, tmp_path / "w.log", "--name", "ddp") as worker:
-        job = submit(env, digits, "--ddp", "2", "--batch-size", "16", epochs=5)
-        wait_until(lambda: epochs_checkpointed(env, home, job["id"], 2), 240, "two checkpointed epochs")
-        before = ranks(tmp, job["id"])
+        job, before = running_ddp_job(env, home, tmp, digits, epochs=5, checkpointed=2)
         os.kill(before[1], signal.SIGKILL)
         done = wait_for_status(env, job["id"], ("succeeded", "failed"), timeout=300)
         assert done["status"] == "succeeded", (done["error"], worker.log())
@@ -129,9 +134,7 @@ def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(tmp_path, hom
 def test_a_killed_job_process_takes_its_ranks_and_the_job_resumes(tmp_path, home, digits, worker_env):
     env, tmp = worker_env
     with WorkerProcess(env, tmp_path / "w.log", "--name", "ddp", "--concurrency", "1") as worker:
-        job = submit(env, digits, "--ddp", "2", "--batch-size", "16", epochs=5)
-        wait_until(lambda: epochs_checkpointed(env, home, job["id"], 2), 240, "two checkpointed epochs")
-        before = ranks(tmp, job["id"])
+        job, before = running_ddp_job(env, home, tmp, digits, epochs=5, checkpointed=2)
         pool = parent(before[0])
         killed = time.monotonic()
         os.kill(pool, signal.SIGKILL)  # the pool process that holds the job, not the worker
@@ -148,9 +151,7 @@ def test_a_killed_job_process_takes_its_ranks_and_the_job_resumes(tmp_path, home
 def test_a_cancelled_ddp_job_stops_every_rank(tmp_path, home, digits, worker_env):
     env, tmp = worker_env
     with WorkerProcess(env, tmp_path / "w.log", "--name", "ddp", "--concurrency", "1") as worker:
-        job = submit(env, digits, "--ddp", "2", "--batch-size", "16", epochs=50)
-        wait_until(lambda: epochs_checkpointed(env, home, job["id"], 1), 240, "a checkpointed epoch")
-        before = ranks(tmp, job["id"])
+        job, before = running_ddp_job(env, home, tmp, digits, epochs=50, checkpointed=1)
         asked = time.monotonic()
         run_tlq(["cancel", str(job["id"])], env)
         done = wait_for_status(env, job["id"], ("cancelled", "succeeded", "failed"), timeout=60)
