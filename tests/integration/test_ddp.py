@@ -164,3 +164,20 @@ def test_a_cancelled_ddp_job_stops_every_rank(tmp_path, home, digits, worker_env
     figure("ddp job cancelled", all_ranks_gone_after_s=stopped_s)
     steps = metric_steps(f"sqlite:///{home / 'tlq.sqlite'}", job["id"])
     assert len(steps["val_acc"]) < 50
+
+
+def test_bad_data_fails_a_ddp_job_at_once_with_its_reason(tmp_path, home, digits, worker_env):
+    import shutil
+
+    env, tmp = worker_env
+    train = tmp_path / "train"
+    shutil.copytree(digits[0], train)
+    for image in (train / "4").iterdir():  # every image of one class unreadable
+        image.write_bytes(b"not an image")
+    with WorkerProcess(env, tmp_path / "w.log", "--name", "ddp", "--concurrency", "1") as worker:
+        job = submit(env, (train, digits[1]), "--ddp", "2", "--batch-size", "16", epochs=2)
+        done = wait_for_status(env, job["id"], ("succeeded", "failed"), timeout=120)
+        assert done["status"] == "failed", worker.log()
+    assert "class '4' has no readable training image" in done["error"]  # the rank's own message, not an exit code
+    assert "ddp_restarts" not in done["metrics"]  # bad data is not tried again
+    assert not list(tmp.glob("tlq-ddp-*")) and not list(tmp.glob("torchelastic_*"))  # nothing left behind

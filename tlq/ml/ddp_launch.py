@@ -19,13 +19,14 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import tempfile
 import threading
 import uuid
 from collections.abc import Callable
-from multiprocessing.connection import Listener
+from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ def register_rendezvous() -> None:
 def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
     """Runs ``run(rank_ctx, params)`` in ``processes`` ranks (``run`` is the task's own run function, pickled by
     name) and returns when they all succeeded; raises what stopped them."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -100,10 +102,13 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
             )
     register_rendezvous()
     plain_authkey()
+    # torch warns on every launch from a thread that it could not install signal handlers: tlq kills the ranks.
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.ERROR)
+    before = children()  # a stdlib resource tracker, say: not ranks
     rundir = Path(tempfile.mkdtemp(prefix=f"tlq-ddp-{ctx.job_id}-"))  # mode 0700: this user's alone
     authkey = secrets.token_bytes(32)
     listener = Listener(str(rundir / "reports.sock"), family="AF_UNIX", authkey=authkey)
-    server = RankServer(ctx, listener)
+    server = RankServer(ctx, listener, (str(rundir / "reports.sock"), authkey))
     server.start()
     job = {
         "settings": ctx.env.settings,
@@ -133,6 +138,7 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
                 max_restarts=0,  # tlq restarts the group itself: a cancel must not be restarted
                 monitor_interval=0.2,
                 start_method="spawn",
+                logs_specs=DefaultLogsSpecs(log_dir=str(rundir / "logs")),
             )
             outcome: dict[str, Any] = {}
 
@@ -151,7 +157,7 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
                     if server.error is not None:
                         raise server.error
             except BaseException:
-                kill_ranks(rundir)
+                kill_ranks(before)
                 thread.join(30)
                 raise
             error = outcome.get("error")
@@ -162,6 +168,8 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
             ctx.check()  # a cancel that rank 0 heard first ended the group: say that, not that a rank failed
             if server.stopping is not None:
                 raise server.stopping
+            if server.error is not None:  # rank 0 said why it failed (bad input): starting again would not help
+                raise server.error
             if not isinstance(error, ChildFailedError) or restarts >= RESTARTS:
                 raise RuntimeError(f"--ddp {processes}: {describe_failure(error)}") from error
             restarts += 1
@@ -176,11 +184,8 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
             ctx.metric("ddp_restarts", restarts)
     finally:
         server.close()
-        kill_ranks(rundir)
-        with contextlib.suppress(OSError):
-            for path in rundir.iterdir():
-                path.unlink()
-            rundir.rmdir()
+        kill_ranks(before)
+        shutil.rmtree(rundir, ignore_errors=True)
 
 
 def plain_authkey() -> None:
@@ -200,29 +205,29 @@ def describe_failure(error: BaseException) -> str:
         for rank, failure in sorted(failures.items()):
             code = failure.exitcode
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            message = failure.message if isinstance(failure.message, str) else ""
+            message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
+            message = message if isinstance(message, str) else ""
             parts.append(f"rank {rank} {how}" + (f": {message.splitlines()[0][:200]}" if message else ""))
         return "; ".join(parts)
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def kill_ranks(rundir: Path) -> None:
-    """SIGKILL to every rank that wrote its pid into ``rundir`` and is still this process's child."""
-    for pid_file in rundir.glob("rank-*.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text())
-            if parent_of(pid) == os.getpid():
-                os.kill(pid, signal.SIGKILL)
+def children() -> set[int]:
+    """The pids of this process's children, from /proc."""
+    me, found = os.getpid(), set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                found.add(int(stat.parent.name))
+    return found
 
 
-def parent_of(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("PPid:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def kill_ranks(before: set[int]) -> None:
+    """SIGKILL to every child of this process born since ``before`` was taken: the ranks, at any stage of their
+    start (they write no pid file until torch is imported and the group is joined)."""
+    for pid in children() - before:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 class RankServer(threading.Thread):
@@ -230,9 +235,9 @@ class RankServer(threading.Thread):
     each to the job's real context, in order, answering each with None or the exception it raised. A group
     started again connects again."""
 
-    def __init__(self, ctx: JobContext, listener) -> None:
+    def __init__(self, ctx: JobContext, listener, address: tuple[str, bytes]) -> None:
         super().__init__(name=f"tlq-ddp-reports-{ctx.job_id}", daemon=True)
-        self.ctx, self.listener = ctx, listener
+        self.ctx, self.listener, self.address = ctx, listener, address
         self.error: BaseException | None = None  # a report the job could not take (a bad metric)
         self.stopping: BaseException | None = None  # a cancel, lost lease or timeout rank 0 was told of
         self.closed = threading.Event()
@@ -261,6 +266,8 @@ class RankServer(threading.Thread):
                 if method == "log":
                     self.ctx.log.log(*args)
                     answer = None
+                elif method == "failed":  # rank 0's own error, before it exits
+                    self.error, answer = args[0], None
                 else:
                     getattr(self.ctx, method)(*args)
                     answer = None
@@ -273,6 +280,8 @@ class RankServer(threading.Thread):
 
     def close(self) -> None:
         self.closed.set()
+        with contextlib.suppress(OSError, EOFError), Client(self.address[0], "AF_UNIX", authkey=self.address[1]):
+            pass  # closing a listening socket does not wake a thread blocked in accept(); a connection does
         with contextlib.suppress(OSError):
             self.listener.close()
         self.join(2)

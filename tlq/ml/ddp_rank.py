@@ -11,6 +11,7 @@ import time
 from multiprocessing.connection import Client
 from pathlib import Path
 
+from tlq.errors import BadInput
 from tlq.plugins.artifacts import ArtifactStore
 from tlq.plugins.context import JobContext
 
@@ -139,6 +140,7 @@ def rank_main(job: dict) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
     device = job["device"]
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks talk over loopback: nothing listens outside
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
     if device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
@@ -148,6 +150,12 @@ def rank_main(job: dict) -> None:
             ctx.log.setLevel(logging.INFO)
             ctx.log.addHandler(_ToJobLog(ctx))
         params = job["params_type"].model_validate(job["params"])
-        job["run"](ctx, params)
+        try:
+            job["run"](ctx, params)
+        except BadInput as exc:  # the job's data or options: the job's process says so and starts nothing again
+            if rank == 0:
+                with contextlib.suppress(Exception):
+                    ctx._call("failed", exc)
+            raise
     finally:
         dist.destroy_process_group()

@@ -48,11 +48,16 @@ def wrap(module: torch.nn.Module, device: str) -> torch.nn.Module:
     return DistributedDataParallel(module, device_ids=device_ids)
 
 
+def _device() -> str:
+    """Where a collective's tensors must live: nccl reduces GPU tensors only, gloo CPU ones."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
 def agree(flag: bool) -> bool:
     """Rank 0's ``flag``, on every rank (early stopping is decided where validation runs)."""
     if not active():
         return flag
-    value = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    value = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_device())
     dist.broadcast(value, src=0)
     return bool(value.item())
 
@@ -61,15 +66,15 @@ def mean_over_ranks(values: list[float]) -> list[float]:
     """Each value averaged over the ranks (training loss and accuracy of equal shards)."""
     if not active():
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_device())
     dist.all_reduce(tensor)
-    return (tensor / world()).tolist()
+    return (tensor / world()).cpu().tolist()
 
 
 def sum_over_ranks(value: float) -> float:
     if not active():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
+    tensor = torch.tensor([value], dtype=torch.float64, device=_device())
     dist.all_reduce(tensor)
     return float(tensor.item())
 
