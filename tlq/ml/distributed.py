@@ -4,20 +4,26 @@ the other ranks. Outside a distributed job every helper answers as for a single 
 
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    """Whether this process is a rank of a started group; never imports torch itself (the CLI imports the task
+    modules that use this without torch, for shell completion)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    return sys.modules["torch.distributed"].get_rank() if active() else 0
 
 
 def world() -> int:
-    return dist.get_world_size() if active() else 1
+    return sys.modules["torch.distributed"].get_world_size() if active() else 1
 
 
 def is_main() -> bool:
@@ -40,6 +46,8 @@ def wrap(module: torch.nn.Module, device: str) -> torch.nn.Module:
     """``module`` in DistributedDataParallel (gradients averaged across ranks at each backward, buffers such as
     batch norm's broadcast from rank 0 at each forward); ``module`` itself outside a distributed job. Wrapped
     anew whenever what trains changes (freeze-unfreeze's phases): DDP fixes its parameters when it is built."""
+    import torch
+
     if not active():
         return module
     from torch.nn.parallel import DistributedDataParallel
@@ -50,11 +58,16 @@ def wrap(module: torch.nn.Module, device: str) -> torch.nn.Module:
 
 def _device() -> str:
     """Where a collective's tensors must live: nccl reduces GPU tensors only, gloo CPU ones."""
+    import torch.distributed as dist
+
     return "cuda" if dist.get_backend() == "nccl" else "cpu"
 
 
 def agree(flag: bool) -> bool:
     """Rank 0's ``flag``, on every rank (early stopping is decided where validation runs)."""
+    import torch
+    import torch.distributed as dist
+
     if not active():
         return flag
     value = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_device())
@@ -64,6 +77,9 @@ def agree(flag: bool) -> bool:
 
 def mean_over_ranks(values: list[float]) -> list[float]:
     """Each value averaged over the ranks (training loss and accuracy of equal shards)."""
+    import torch
+    import torch.distributed as dist
+
     if not active():
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=_device())
@@ -72,6 +88,9 @@ def mean_over_ranks(values: list[float]) -> list[float]:
 
 
 def sum_over_ranks(value: float) -> float:
+    import torch
+    import torch.distributed as dist
+
     if not active():
         return value
     tensor = torch.tensor([value], dtype=torch.float64, device=_device())
@@ -81,6 +100,8 @@ def sum_over_ranks(value: float) -> float:
 
 def from_main(compute):
     """``compute()`` on rank 0, its result on every rank (a choice measured once, such as the precision)."""
+    import torch.distributed as dist
+
     if not active():
         return compute()
     box = [compute() if is_main() else None]
