@@ -4,7 +4,7 @@ The job's own process (the one that holds the lease) starts the ranks with ``ela
 own, so the launcher leaves the worker's signal handlers alone) and stays their only link to the database:
 
 - rank 0 records metrics, progress, checkpoints and artifacts through a ``RankContext`` whose every report is a
-  call over a pipe to this process, answered after the job's real ``JobContext`` took it (a cancel, a lost lease
+  call over a Unix socket to this process, answered after the job's real ``JobContext`` took it (a cancel, a lost lease
   or a timeout comes back as the exception it is, and rank 0 stops); the other ranks record nothing;
 - this process checks the job every half second while the ranks run, and on a cancel, a lost lease or a timeout
   kills every rank before it raises;
@@ -35,8 +35,6 @@ from tlq.plugins.context import JobContext
 
 RESTARTS = 2  # group restarts after a rank died, within one attempt
 CHECK_S = 0.5
-
-log = logging.getLogger("tlq.ddp")
 
 
 # --- the job's process ----------------------------------------------------------------------------------------
@@ -106,9 +104,8 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.ERROR)
     before = children()  # a stdlib resource tracker, say: not ranks
     rundir = Path(tempfile.mkdtemp(prefix=f"tlq-ddp-{ctx.job_id}-"))  # mode 0700: this user's alone
-    authkey = secrets.token_bytes(32)
-    listener = Listener(str(rundir / "reports.sock"), family="AF_UNIX", authkey=authkey)
-    server = RankServer(ctx, listener, (str(rundir / "reports.sock"), authkey))
+    reports = (str(rundir / "reports.sock"), secrets.token_bytes(32))  # the socket and its key
+    server = RankServer(ctx, Listener(reports[0], family="AF_UNIX", authkey=reports[1]), reports)
     server.start()
     job = {
         "settings": ctx.env.settings,
@@ -122,7 +119,7 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
         "run": run,
         "parent": os.getpid(),
         "rundir": str(rundir),
-        "reports": (str(rundir / "reports.sock"), authkey),
+        "reports": reports,
     }
     restarts = 0
     try:

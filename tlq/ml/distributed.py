@@ -75,8 +75,8 @@ def agree(flag: bool) -> bool:
     return bool(value.item())
 
 
-def mean_over_ranks(values: list[float]) -> list[float]:
-    """Each value averaged over the ranks (training loss and accuracy of equal shards)."""
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Each value summed over the ranks, in one collective."""
     import torch
     import torch.distributed as dist
 
@@ -84,18 +84,7 @@ def mean_over_ranks(values: list[float]) -> list[float]:
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=_device())
     dist.all_reduce(tensor)
-    return (tensor / world()).cpu().tolist()
-
-
-def sum_over_ranks(value: float) -> float:
-    import torch
-    import torch.distributed as dist
-
-    if not active():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=_device())
-    dist.all_reduce(tensor)
-    return float(tensor.item())
+    return tensor.cpu().tolist()
 
 
 def from_main(compute):

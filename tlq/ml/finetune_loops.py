@@ -226,7 +226,7 @@ class ImageTraining(Fit):
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.plain_criterion = torch.nn.CrossEntropyLoss()
         self.phase = None
-        self.wrapped = None  # under --ddp: what trains, in DistributedDataParallel
+        self.wrapped = None  # what trains in this phase (in DistributedDataParallel under --ddp)
         self.optimizer = self.scheduler = None
 
     def phase_of(self, epoch: int) -> str:
@@ -248,10 +248,9 @@ class ImageTraining(Fit):
         self.optimizer = make_optimizer(groups, p.optimizer, p.weight_decay)
         phase_epochs = sum(1 for e in range(1, p.epochs + 1) if self.phase_of(e) == phase)
         steps_per_epoch = max(1, len(self.train_loader))  # of this rank's shard under --ddp
-        self.wrapped = None
-        if distributed.active():  # what trains in this phase, its gradients averaged across the ranks
-            self.wrapped = distributed.wrap(self.model if phase == "unfrozen" else self.model.get_classifier(),
-                                            self.ctx.device)  # fmt: skip
+        # What trains in this phase, its gradients averaged across the ranks under --ddp (else itself).
+        trains = self.model if phase == "unfrozen" else self.model.get_classifier()
+        self.wrapped = distributed.wrap(trains, self.ctx.device)
         # Each phase warms up anew (at most all its epochs but one): unfreezing starts a cold optimizer state.
         self.scheduler = make_scheduler(self.optimizer, p.schedule, phase_epochs, steps_per_epoch, p.warmup_epochs)
 

@@ -221,11 +221,11 @@ def train_step(
     images = prepare_batch(images, device, precision)
     with autocast(device, precision):
         if train_backbone:
-            logits = (wrapped or model)(images)
+            logits = (model if wrapped is None else wrapped)(images)
         else:
             with torch.no_grad():
                 features = pooled_features(model, images)
-            logits = (wrapped or model.get_classifier())(features)
+            logits = (model.get_classifier() if wrapped is None else wrapped)(features)
     loss = criterion(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -249,7 +249,7 @@ def train_epoch(
 ) -> EpochResult:
     """One pass over a training loader (see ``training_loader``) in the order of ``epoch``; under ``--ddp`` over
     this rank's shard, with loss and accuracy averaged and images counted over every rank."""
-    from tlq.ml.distributed import mean_over_ranks, sum_over_ranks
+    from tlq.ml.distributed import sum_over_ranks, world
 
     set_backbone_mode(model, train_backbone)
     loader.sampler.set_epoch(epoch)
@@ -271,8 +271,9 @@ def train_epoch(
         if on_step is not None:
             on_step(step, len(loader))
     seconds = time.perf_counter() - start
-    loss, acc = mean_over_ranks([total_loss / max(seen, 1), correct / max(seen, 1)])
-    return EpochResult(loss, acc, int(sum_over_ranks(seen)), seconds, wait_seconds=batches.seconds)
+    # Loss and accuracy of equal shards averaged, images counted, over the ranks (as they are alone).
+    loss, acc, images = sum_over_ranks([total_loss / max(seen, 1), correct / max(seen, 1), seen])
+    return EpochResult(loss / world(), acc / world(), int(images), seconds, wait_seconds=batches.seconds)
 
 
 @torch.inference_mode()

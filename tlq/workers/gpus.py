@@ -63,7 +63,7 @@ def choose(spec: str, available: list[Gpu]) -> list[Gpu]:
     have = f"this host has {len(available)} ({', '.join(str(g.index) for g in available)})"
     if text == "all":
         return list(available)
-    if text.isdigit() and "," not in text and len(text) > 0 and not (len(text) > 1 and text.startswith("0")):
+    if text.isdigit() and not (len(text) > 1 and text.startswith("0")):  # a count; "02" is an index
         count = int(text)
         if not 1 <= count <= len(available):
             raise BadInput(f"--gpus {count}: {have}; give a count from 1 to {len(available)}, a list or all")
