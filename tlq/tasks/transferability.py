@@ -27,6 +27,9 @@ from tlq.plugins.backbone import BackboneRef, absolute
 from tlq.plugins.context import JobContext
 from tlq.plugins.params import BatchSize, DataSource, Precision
 from tlq.plugins.task import TaskParams, TaskPlugin
+from tlq.tasks.feature_extract import FeatureExtractParams
+
+FEATURE_PASS = FeatureExtractParams.model_fields  # the feature pass's options: feature-extract's help and limits
 
 
 class TransferabilityParams(TaskParams):
@@ -40,15 +43,9 @@ class TransferabilityParams(TaskParams):
     image_size: int | None = Field(
         None, ge=8, le=2048, description="Input size for every backbone (default: each backbone's own)."
     )
-    batch_size: BatchSize | None = Field(
-        None, description="Images per forward pass (default: 16 on a CPU, 64 on a GPU)."
-    )
-    precision: Precision = Field(
-        "auto", description="auto: the fastest of fp32, fp32 in channels_last memory and bf16, measured here."
-    )
-    loader_workers: int | None = Field(
-        None, ge=0, le=64, description="Image-decoding processes (default: sized to the machine)."
-    )
+    batch_size: BatchSize | None = FEATURE_PASS["batch_size"]
+    precision: Precision = FEATURE_PASS["precision"]
+    loader_workers: int | None = FEATURE_PASS["loader_workers"]
     seed: int = Field(
         0, ge=0, le=2**31, description="Seed of random initializations (--no-pretrained): the same baseline each run."
     )
