@@ -19,12 +19,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from tlq.config import mask_secrets_in
+from tlq.db import lease_statements as ls
 from tlq.db.clock import db_now
-from tlq.db.models import Attempt, Job, JobStatus, WorkerRecord
+from tlq.db.models import Attempt, Job, JobStatus
 from tlq.db.scans import HeldJob, running_jobs  # noqa: F401 (the scans and sends, once here, are claims.NAME too)
 from tlq.db.sends import (  # noqa: F401
     SEND_HOLD_S,
@@ -39,10 +40,8 @@ CANCELLED_ON_REQUEST = "cancelled on request"
 
 RUNNING = JobStatus.RUNNING.value
 QUEUED = JobStatus.QUEUED.value
-PROGRESS_COLUMNS = ("progress_current", "progress_total", "progress_stage")
 # The statements a running job makes are on the tables (SQLAlchemy Core): half the CPU of the ORM's path per job.
 JOBS, ATTEMPTS = Job.__table__, Attempt.__table__
-_OTHER_ATTEMPT = ATTEMPTS.alias("other_attempt")  # made once: a new alias per claim cost 0.3 ms to build
 
 
 @dataclass(frozen=True)
@@ -122,65 +121,25 @@ def claim_job(
         shutting down. A queued job whose cancel was asked for is ended ``cancelled`` here.
     """
     lease = lease or new_lease()
-    stopping = select(WorkerRecord.id).where(WorkerRecord.name == worker, WorkerRecord.status == "stopping").exists()
-    values = dict(
-        status=RUNNING,
-        worker=worker,
-        lease=lease,
-        process_id=pid or None,
-        attempts=Job.attempts + 1,
-        started_at=func.coalesce(Job.started_at, db_now()),
-        claimed_at=db_now(),
-        heartbeat_at=db_now(),
-        progress_at=db_now(),
-        sending_since=None,
-        error=None,
-    )
-    if ran_on:
-        values["ran_on"] = case(*((Job.device == device, label) for device, label in ran_on.items()), else_=Job.ran_on)
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == QUEUED, Job.cancel_requested.is_(False), ~stopping)
-        .values(**values)
-        .returning(Job)
-        # the row as the claim left it, even when this session had loaded the job before
-        .execution_options(synchronize_session=False, populate_existing=True)
-    ).first()
+    labels = dict(ran_on or {})
+    params = dict(p_job_id=job_id, p_worker=worker, p_lease=lease, p_pid=pid or None)
+    params.update({f"p_ran_on_{i}": label for i, label in enumerate(labels.values())})
+    row = session.execute(ls.claim_statement(tuple(labels)), params).first()
     if row is None:
         job = session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
         if job is not None and job.status == RUNNING and job.lease == lease:
             # an earlier try of this very claim was committed; its reply was lost
-            return Claim(lease, job, session.scalar(_earlier_claims(job_id, lease)))
+            return Claim(lease, job, session.scalar(ls.earlier_claims(job_id, lease)))
         _end_cancelled_queued(session, job_id)
         return None
     (job,) = row
     # Counted by the INSERT, a statement of its own: on PostgreSQL an UPDATE that waited for the row's lock keeps
     # its older snapshot, which misses the attempt of a claim made (and requeued) meanwhile.
-    before = session.execute(
-        insert(ATTEMPTS)
-        .values(
-            job_id=job_id,
-            number=job.attempts,
-            lease=lease,
-            worker=worker,
-            hostname=hostname,
-            pid=pid,
-            claimed_at=db_now(),
-        )
-        .returning(_earlier_claims(job_id, lease).scalar_subquery())
-    ).scalar_one()
-    return Claim(lease, job, before)
-
-
-def _earlier_claims(job_id: int, lease: str):
-    """How many attempt rows of the job another lease wrote (aliased: it also runs inside an INSERT into them)."""
-    other = _OTHER_ATTEMPT.c
-    return select(func.count()).select_from(_OTHER_ATTEMPT).where(other.job_id == job_id, other.lease != lease)
-
-
-def _progress_values(progress: tuple | None) -> dict:
-    """The columns of a progress report (current, total, stage); none without one."""
-    return {} if progress is None else dict(zip(PROGRESS_COLUMNS, progress, strict=True))
+    before = session.connection().execute(
+        ls.ATTEMPT_INSERT,
+        dict(p_job_id=job_id, p_number=job.attempts, p_lease=lease, p_worker=worker, p_hostname=hostname, p_pid=pid),
+    )
+    return Claim(lease, job, before.scalar_one())
 
 
 def _end_cancelled_queued(session: Session, job_id: int) -> None:
@@ -209,13 +168,8 @@ def hold_state(
 ) -> LeaseState | None:
     """``hold`` that also records ``progress`` (current, total, stage) and says, in the same statement, whether
     a cancel was asked for; None when the lease is no longer the job's."""
-    values = {"heartbeat_at": db_now()}
-    if progressed:
-        values["progress_at"] = db_now()
-    values.update(_progress_values(progress))
-    row = session.execute(
-        update(JOBS).where(*_held(job_id, lease)).values(**values).returning(JOBS.c.cancel_requested)
-    ).first()
+    params = dict(p_job_id=job_id, p_lease=lease, **ls.progress_params(progress))
+    row = session.connection().execute(ls.hold_statement(progressed, progress is not None), params).first()
     return None if row is None else LeaseState(True, bool(row.cancel_requested))
 
 
@@ -261,8 +215,8 @@ def finish_attempt(
         no longer the job's.
     """
     error = error and mask_secrets_in(error)  # a task's exception text may carry a URL with its password
-    values = dict(status=status.value, error=error, finished_at=db_now(), **_progress_values(progress))
-    result = session.execute(update(JOBS).where(*_held(job_id, lease)).values(**values))
+    params = dict(p_job_id=job_id, p_lease=lease, p_status=status.value, p_error=error, **ls.progress_params(progress))
+    result = session.connection().execute(ls.finish_statement(progress is not None), params)
     if result.rowcount != 1:
         row = session.execute(select(JOBS.c.lease, JOBS.c.status).where(JOBS.c.id == job_id)).first()
         return "already" if row is not None and row.lease == lease and row.status == status.value else None
@@ -362,11 +316,8 @@ def end_overdue(session: Session, job_id: int, lease: str, reason: str) -> str |
 
 
 def _end_attempt(session: Session, lease: str, outcome: str, reason: str | None) -> None:
-    session.execute(
-        update(ATTEMPTS)
-        .where(ATTEMPTS.c.lease == lease, ATTEMPTS.c.ended_at.is_(None))
-        .values(ended_at=db_now(), outcome=outcome, reason=reason and mask_secrets_in(reason)[:4000])
-    )
+    reason = reason and mask_secrets_in(reason)[:4000]
+    session.connection().execute(ls.END_ATTEMPT, dict(p_lease=lease, p_outcome=outcome, p_reason=reason))
 
 
 def request_cancel(session: Session, job_id: int) -> str:

@@ -25,8 +25,7 @@ def route(device: str, env: Environment) -> str:
     if device == "cpu":
         return "cpu"
     with env.db.read_session() as session:
-        gpu_workers = queries.live_workers(session, queue="gpu")
-    return "gpu" if gpu_workers else "cpu"
+        return "gpu" if queries.has_live_worker(session, "gpu") else "cpu"
 
 
 def live_queues(env: Environment) -> set[str]:
@@ -82,7 +81,7 @@ def check_memory(env: Environment, plugin, params, spec: JobSpec, queue: str) ->
 
 def create_job_row(env: Environment, spec: JobSpec, queue: str, params: dict) -> int:
     with env.db.session() as session:
-        return queries.create_job(session, **spec.row_fields(queue, params)).id
+        return queries.insert_job(session, **spec.row_fields(queue, params))
 
 
 def submit(env: Environment, spec: JobSpec, app=None) -> int:
