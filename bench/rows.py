@@ -450,6 +450,8 @@ def wait_done(env, job_ids: list[int], timeout: float = 300) -> list:
     from tlq.db import queries
     from tlq.db.models import Job
 
+    if not job_ids:
+        return []
     ended = ("succeeded", "failed", "cancelled")
     deadline = time.monotonic() + timeout
     ranges = [(min(job_ids), max(job_ids))] if len(set(job_ids)) == max(job_ids) - min(job_ids) + 1 else []

@@ -90,3 +90,91 @@ def test_tlq_worker_gpus_on_a_cpu_host_says_so_in_one_line(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0
     assert "no CUDA GPU" in done.stderr and "drop --gpus" in done.stderr
+
+
+# --- a --gpus worker's jobs sharing its GPUs (real lock files; each JobGpus is one pool process's view) -----------
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_ddp_job_gathers_gpus_free_together_and_a_one_gpu_job_waits_for_its_own(host, tmp_path):
+    from tlq.workers.gpus import JobGpus
+
+    two = host[:2]
+    first = JobGpus(two, own=0, folder=tmp_path, every=0.01)  # pool process 0
+    second = JobGpus(two, own=1, folder=tmp_path, every=0.01)  # pool process 1
+    assert first.gather(1, 11, waiting=lambda why: pytest.fail(why)) == [0]
+
+    said = []
+
+    def job_11_ends_after_two_waits(why):
+        said.append(why)
+        if len(said) == 2:
+            first.release()
+
+    assert second.gather(2, 12, job_11_ends_after_two_waits) == [0, 1]  # its own first, then the one lent back
+    assert said[0] == "waiting for 2 GPUs of this worker free together (1 free; GPU 0: job 11)"
+
+    def cancelled(why):
+        raise Stop(why)
+
+    with pytest.raises(Stop, match=r"waiting for GPU 0, lent to another job \(GPU 0: job 12\)"):
+        first.gather(1, 13, cancelled)
+    assert first.held == {}  # a job that gave up holds nothing
+    second.release()
+    assert first.gather(1, 13, cancelled) == [0]
+
+
+def test_two_ddp_jobs_never_hold_half_each(host, tmp_path):
+    """Three GPUs, one busy, two --ddp 2 jobs: neither keeps a GPU while it waits, so both run, one after the other
+    (a job that held its own GPU while waiting for a second would deadlock the pair)."""
+    import threading
+    import time
+
+    from tlq.workers.gpus import JobGpus
+
+    three = host[:3]
+    busy = JobGpus(three, own=2, folder=tmp_path)
+    busy.gather(1, 1, waiting=lambda why: None)
+    ran, errors = [], []
+
+    def ddp(own, job):
+        try:
+            pool = JobGpus(three, own=own, folder=tmp_path, every=0.005)
+            got = pool.gather(2, job, waiting=lambda why: None)
+            start = time.monotonic()
+            time.sleep(0.3)
+            ran.append((job, got, start, time.monotonic()))
+            pool.release()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ddp, args=(own, job)) for own, job in ((0, 10), (1, 20))]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    assert len(ran) == 1 and set(ran[0][1]) == {0, 1}  # one ran on the two free GPUs; the other waited
+    busy.release()
+    for t in threads:
+        t.join(10)
+    assert not errors and len(ran) == 2 and not any(t.is_alive() for t in threads)
+    (_, _, _, first_end), (_, _, second_start, _) = ran
+    assert second_start >= first_end  # never on one GPU at once
+
+
+def test_a_ddp_job_larger_than_the_worker_is_refused_with_the_fix(host, tmp_path):
+    from tlq.workers.gpus import JobGpus
+
+    with pytest.raises(BadInput, match="--ddp 3 needs 3 GPUs but this worker owns 2; resubmit with --ddp 2"):
+        JobGpus(host[:2], own=0, folder=tmp_path).gather(3, 1, waiting=lambda why: None)
+
+
+def test_the_gpus_a_plain_worker_sees(host):
+    from tlq.workers.gpus import visible_gpus
+
+    assert visible_gpus(host, None) == host or os.environ.get("CUDA_VISIBLE_DEVICES") is not None
+    assert [g.index for g in visible_gpus(host, "2,GPU-aaaa")] == [2, 0]
+    assert [g.index for g in visible_gpus(host, "1,7,3")] == [1]  # CUDA stops at the first unknown entry
+    assert visible_gpus(host, "") == []

@@ -58,6 +58,14 @@ def worker(state: CliState, queues, concurrency, gpus, name, loglevel, pool, eve
     import timm  # noqa: F401  (loaded once here, so forked pool children start jobs without the import)
 
     chosen = parse_queues(queues, has_gpu)
+    shown = owned
+    if "gpu" in chosen:  # a job of N GPUs (--ddp N) is on gpus-N: taken by workers that own as many
+        from tlq.workers.app import gpu_queues
+        from tlq.workers.gpus import visible_gpus
+
+        shown = owned or visible_gpus()
+        at = chosen.index("gpu")
+        chosen[at : at + 1] = gpu_queues(len(shown))
     state.env.db.ensure_schema()
     app = create_app(state.settings)
     device = describe_device() if owned is None else f"cuda ({len(owned)} GPUs, one per pool process)"
@@ -74,6 +82,7 @@ def worker(state: CliState, queues, concurrency, gpus, name, loglevel, pool, eve
         if owned is None
         else min(g.memory_bytes for g in owned),
         gpus=owned,
+        shown_gpus=shown,
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, Table, and_, exists, func, literal, select, update
+from sqlalchemy import Table, and_, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from tlq.db.clock import db_now
@@ -64,10 +64,17 @@ def insert_job(session: Session, **fields: Any) -> int:
 
     Returns:
         The new job's id.
+
+    Raises:
+        TypeError: A field is not a column the submit may set (as the ORM would for a field without a column).
     """
+    wrong = set(fields) - _SUBMITTED_COLUMNS
+    if wrong:
+        raise TypeError(f"{', '.join(sorted(wrong))}: not a column a new job's row takes")
     return session.connection().execute(_INSERT_JOB, fields).scalar_one()
 
 
+_SUBMITTED_COLUMNS = set(Job.__table__.c.keys()) - {"id", "status", "sending_since"}  # the INSERT sets those
 _INSERT_JOB = (
     Job.__table__.insert().values(status=JobStatus.QUEUED.value, sending_since=db_now()).returning(Job.__table__.c.id)
 )
@@ -319,12 +326,12 @@ def live_workers(session: Session, queue: str | None = None) -> list[WorkerRecor
 
 
 def has_live_worker(session: Session, queue: str) -> bool:
-    """Whether a live worker (as ``live_workers`` says) consumes ``queue``: one EXISTS, the ORM left out, as
-    submit asks it for every ``--device auto`` job."""
-    queues = literal(",", String) + WorkerRecord.queues + ","
-    live = exists().where(
-        WorkerRecord.status == "online",
-        WorkerRecord.last_seen >= db_now(-WORKER_LIVE_WINDOW_S),
-        queues.contains(f",{queue},", autoescape=True),
+    """Whether a live worker (as ``live_workers`` says) consumes ``queue``: their queue lists alone, the ORM left
+    out, as submit asks it for every ``--device auto`` job (matched in Python, exactly as ``live_workers`` does:
+    SQLite's LIKE ignores case)."""
+    lists = session.scalars(
+        select(WorkerRecord.queues).where(
+            WorkerRecord.status == "online", WorkerRecord.last_seen >= db_now(-WORKER_LIVE_WINDOW_S)
+        )
     )
-    return bool(session.scalar(select(live)))
+    return any(queue in (queues or "").split(",") for queues in lists)

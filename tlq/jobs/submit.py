@@ -18,14 +18,17 @@ class BrokerUnavailable(RuntimeError):
     """The broker refused or could not be reached; the job row records it as failed."""
 
 
-def route(device: str, env: Environment) -> str:
-    """The queue for a job: ``gpu`` for cuda, ``cpu`` for cpu; ``auto`` takes gpu when a live GPU worker exists."""
+def route(device: str, env: Environment, processes: int = 1) -> str:
+    """The queue for a job: ``gpu`` for cuda (``gpus-N`` for a job of N processes, a GPU each: only workers that
+    own N GPUs take it), ``cpu`` for cpu; ``auto`` takes the GPU queue when a live worker consumes it."""
+    from tlq.workers.app import gpu_queue
+
     if device == "cuda":
-        return "gpu"
+        return gpu_queue(processes)
     if device == "cpu":
         return "cpu"
     with env.db.read_session() as session:
-        return "gpu" if queries.has_live_worker(session, "gpu") else "cpu"
+        return gpu_queue(processes) if queries.has_live_worker(session, gpu_queue(processes)) else "cpu"
 
 
 def live_queues(env: Environment) -> set[str]:
@@ -37,8 +40,18 @@ def live_queues(env: Environment) -> set[str]:
 
 def waiting_reason(queue: str, status: str, consumed: set[str]) -> str | None:
     """Why a queued job is not starting, when no live worker takes its queue; None otherwise."""
+    from tlq.workers.app import gpus_wanted
+
     if status != "queued" or queue == "local" or queue in consumed:
         return None
+    wanted = gpus_wanted(queue)
+    if wanted is not None and wanted > 1:
+        largest = max((gpus_wanted(q) or 0 for q in consumed), default=0)
+        have = f"the largest live GPU worker owns {largest}" if largest else "no GPU worker is live"
+        return (
+            f"waiting for a worker with {wanted} GPUs: {have}; start `tlq worker --gpus all` on a host with "
+            f"{wanted} GPUs, or resubmit with a smaller --ddp"
+        )
     if queue == "gpu":
         return "waiting for a GPU worker: none is live; start `tlq worker --queues gpu` on a host with a GPU"
     return f"waiting for a worker: none is live on the {queue} queue; start one with `tlq worker`"
@@ -95,7 +108,7 @@ def submit(env: Environment, spec: JobSpec, app=None) -> int:
         BrokerUnavailable: The broker could not take the message; the job row is marked failed with why.
     """
     plugin, params = validate_spec(spec, env)
-    queue = route(spec.device, env)
+    queue = route(spec.device, env, params.processes())
     check_memory(env, plugin, params, spec, queue)
     return _queue(env, spec, params.model_dump(mode="json"), app, queue)
 
@@ -116,7 +129,7 @@ def submit_group(env: Environment, specs: list[JobSpec], name: str | None, group
     for number, spec in enumerate(specs, start=1):
         try:
             plugin, params = validate_spec(spec, env)
-            queue = route(spec.device, env)
+            queue = route(spec.device, env, params.processes())
             check_memory(env, plugin, params, spec, queue)
             validated.append((params.model_dump(mode="json"), queue))
         except BadInput as exc:

@@ -87,7 +87,12 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if ctx.device == "cuda":
+    visible = None
+    if ctx.device == "cuda" and ctx.gpus is not None:  # a `tlq worker --gpus` pool process: gather N of its GPUs
+        chosen = ctx.gpus.gather(processes, ctx.job_id, lambda why: ctx.progress(None, None, why))
+        visible = ",".join(str(index) for index in chosen)
+        ctx.log.info("--ddp %s runs on GPUs %s", processes, visible)
+    elif ctx.device == "cuda":
         import torch
 
         seen = torch.cuda.device_count()
@@ -95,8 +100,8 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
             from tlq.errors import BadInput
 
             raise BadInput(
-                f"--ddp {processes} needs {processes} GPUs but this worker's process sees {seen} (a `tlq worker "
-                "--gpus` process sees one); run it on a `tlq worker` without --gpus on a host with enough GPUs"
+                f"--ddp {processes} needs {processes} GPUs but this worker's process sees {seen}; run it on a "
+                f"worker that owns {processes} (`tlq worker --gpus all` on a host with as many)"
             )
     register_rendezvous()
     plain_authkey()
@@ -122,6 +127,9 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
         "reports": reports,
     }
     restarts = 0
+    shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:  # what the ranks see (they start after this); this process's CUDA is set already
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
     try:
         while True:
             config = LaunchConfig(
@@ -180,9 +188,18 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
             )
             ctx.metric("ddp_restarts", restarts)
     finally:
+        if visible is not None:
+            _restore("CUDA_VISIBLE_DEVICES", shown)
         server.close()
         kill_ranks(before)
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def plain_authkey() -> None:

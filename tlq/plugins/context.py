@@ -89,6 +89,8 @@ class JobContext:
         on_progress: Called on every progress report (`tlq run` draws its bar from it).
         started: When the attempt began (``time.monotonic()``), from which ``timeout_s`` counts.
         origin: The job, database, parameters and attempt this run writes as (checkpoints record it).
+        gpus: In a `tlq worker --gpus` pool process, for a GPU job: the worker's GPUs as its jobs share them
+            (``gpus.gather(n, job_id, waiting)`` holds n of them); None elsewhere.
     """
 
     def __init__(
@@ -107,8 +109,10 @@ class JobContext:
         started: float | None = None,
         origin: JobOrigin | None = None,
         feature_cache=None,
+        gpus=None,
     ) -> None:
         self.job_id = job_id
+        self.gpus = gpus
         self.backbone = backbone
         self.env = env
         self.worker = worker

@@ -148,6 +148,9 @@ class FinetuneParams(TaskParams):
             raise ValueError("--lr auto runs in one process; run `tlq submit lr-find` first and pass its lr_chosen")
         return self
 
+    def processes(self) -> int:
+        return self.ddp
+
     @property
     def backbone_multiplier(self) -> float:
         if self.backbone_lr_mult is not None:

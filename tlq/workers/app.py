@@ -24,6 +24,26 @@ from tlq.env import Environment
 TASK_NAME = "tlq.run_job"
 QUEUES = ("cpu", "gpu")
 
+
+def gpu_queue(gpus: int) -> str:
+    """The queue of a job that takes ``gpus`` GPUs of one worker: ``gpu`` for one, ``gpus-N`` for N (finetune's
+    ``--ddp N``), which only a worker owning N or more consumes."""
+    return "gpu" if gpus <= 1 else f"gpus-{gpus}"
+
+
+def gpu_queues(owned: int) -> list[str]:
+    """The GPU queues a worker owning ``owned`` GPUs consumes: gpu, and gpus-2 up to gpus-``owned``."""
+    return [gpu_queue(n) for n in range(1, max(1, owned) + 1)]
+
+
+def gpus_wanted(queue: str) -> int | None:
+    """How many GPUs a job on ``queue`` takes (``gpus-4``: 4, ``gpu``: 1); None for a queue of no GPU."""
+    if queue == "gpu":
+        return 1
+    prefix, _, count = queue.partition("-")
+    return int(count) if prefix == "gpus" and count.isdigit() else None
+
+
 log = logging.getLogger("tlq.worker")
 
 
@@ -83,7 +103,8 @@ class WorkerRuntime:
         self.worker_name = default_worker_name()
         self.model_cache = ModelCache(settings.model_cache)
         self.threads_per_process: int | None = None  # set by a worker whose pool processes share the cores
-        self.gpus: list[int] | None = None  # `tlq worker --gpus`: pool process i uses GPU gpus[i]
+        self.gpus: list | None = None  # `tlq worker --gpus` (tlq.workers.gpus.Gpu): pool process i uses gpus[i]
+        self.job_gpus = None  # in such a pool process: the worker's GPUs as its jobs share them (JobGpus)
 
     def run(self, job_id) -> str:
         from tlq.workers.execute import execute_job
@@ -91,7 +112,7 @@ class WorkerRuntime:
         if isinstance(job_id, bool) or not isinstance(job_id, int):
             log.error("refused a message whose job id is %r, not an integer", job_id)
             return "refused"
-        return execute_job(self.env, job_id, self.worker_name, model_cache=self.model_cache)
+        return execute_job(self.env, job_id, self.worker_name, model_cache=self.model_cache, gpus=self.job_gpus)
 
 
 class SecretsFilter(logging.Filter):
@@ -165,9 +186,11 @@ def create_app(settings: Settings) -> Celery:
         if runtime.gpus:  # `tlq worker --gpus`: this pool process's own GPU, before CUDA starts
             from billiard.process import current_process
 
-            from tlq.workers.gpus import pin
+            from tlq.workers.gpus import JobGpus, pin
 
-            log.info("pool process %s uses GPU %s", os.getpid(), pin(runtime.gpus, current_process().index))
+            own = pin([gpu.index for gpu in runtime.gpus], current_process().index)
+            runtime.job_gpus = JobGpus(runtime.gpus, int(own))
+            log.info("pool process %s uses GPU %s", os.getpid(), own)
 
     worker_process_init.connect(_after_fork, weak=False)
     after_setup_logger.connect(_mask_logs, weak=False)

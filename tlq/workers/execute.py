@@ -115,8 +115,13 @@ def execute_job(
     heartbeat_every: float | None = None,
     on_claim: Callable[[int], None] | None = None,
     model_cache=None,
+    gpus=None,
 ) -> str:
     """Runs job ``job_id`` if this call can claim it.
+
+    ``gpus`` (``tlq.workers.gpus.JobGpus``, in a `tlq worker --gpus` pool process): a GPU job first holds its
+    process's own GPU (waiting while a ``--ddp`` job borrows it), and a ``--ddp`` job gathers more through
+    ``ctx.gpus``.
 
     Returns:
         The final status; ``"dropped"`` when the job was not there to claim (a duplicate delivery, a
@@ -161,6 +166,7 @@ def execute_job(
             started=claimed,
             origin=origin,
             feature_cache=FeatureCache.for_home(env.settings.home, env.settings.feature_cache_mb),
+            gpus=gpus if device == "cuda" else None,
         )
         if earlier_claims == 0:
             # A first claim never reads what it did not write: files left under this job id by a database that
@@ -169,6 +175,8 @@ def execute_job(
             if moved is not None:
                 log.warning("job %s: its artifact folder held files it did not write; moved to %s", job_id, moved)
         with job_log(ctx):  # its lines become the job.log artifact `tlq ui` shows
+            if ctx.gpus is not None:
+                ctx.gpus.gather(1, job_id, lambda why: ctx.progress(None, None, why))
             plugin.run(ctx, params)
         if keeper.lost.is_set():  # a task that ended without a last check must not record an outcome it lost
             raise JobLost(keeper.lost_reason)
@@ -190,8 +198,12 @@ def execute_job(
             error = mask_secrets_in(f"{type(exc).__name__}: {exc}".strip())
             log.error("job %s failed:\n%s", job_id, mask_secrets_in(traceback.format_exc()))
     except BaseException:  # Ctrl-C in `tlq run`, or the process told to exit: the job must not stay running
+        if gpus is not None:
+            gpus.release()
         keeper.close(JobStatus.CANCELLED, "interrupted while it ran (Ctrl-C or the process was told to exit)")
         raise
+    if gpus is not None:
+        gpus.release()
     if status is None:
         keeper.close(None)
         log.warning("job %s: %s; this attempt stops without an outcome", job_id, keeper.lost_reason)

@@ -12,8 +12,11 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +45,22 @@ def nvidia_smi(*query: str) -> str:
 def host_gpus() -> list[Gpu]:
     """This host's GPUs, from nvidia-smi; none without it."""
     return parse_gpu_table(nvidia_smi("--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"))
+
+
+def visible_gpus(gpus: list[Gpu] | None = None, visible: str | None = None) -> list[Gpu]:
+    """The host's GPUs this process may use: all that nvidia-smi lists, or those ``CUDA_VISIBLE_DEVICES`` names
+    (by index or UUID; CUDA ignores the list from its first unknown entry on)."""
+    gpus = host_gpus() if gpus is None else gpus
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if visible is None:
+        return gpus
+    picked = []
+    for name in (v.strip() for v in visible.split(",")):
+        match = next((g for g in gpus if name in (str(g.index), g.uuid)), None)
+        if match is None:
+            break
+        picked.append(match)
+    return picked
 
 
 def parse_gpu_table(text: str) -> list[Gpu]:
@@ -140,6 +159,75 @@ def claim(spec: str, worker: str, locks: GpuLocks | None = None) -> tuple[list[G
     locks = locks or GpuLocks()
     locks.take(gpus, worker)
     return gpus, locks
+
+
+class JobGpus:
+    """The GPUs of a `tlq worker --gpus` as its jobs share them. A job holds a lock file for each GPU it computes
+    on (the kernel drops it if the pool process dies). A one-GPU job takes its pool process's own GPU and waits
+    while a ``--ddp`` job borrows it; a ``--ddp`` job of N gathers N GPUs that are free together (its own first)
+    or holds none and tries again, so two ``--ddp`` jobs never each hold half of what both need."""
+
+    def __init__(self, gpus: list[Gpu], own: int, folder: Path | None = None, every: float = 0.5) -> None:
+        self.gpus = list(gpus)
+        self.own = own
+        self.folder = Path(folder or tempfile.gettempdir())
+        self.every = every
+        self.held: dict[int, int] = {}  # GPU index: the lock file's descriptor
+
+    def gather(self, count: int, job_id: int, waiting: Callable[[str], None]) -> list[int]:
+        """Holds ``count`` GPUs for job ``job_id`` (only the pool process's own, for one) and returns their
+        indices; while they are not free together, calls ``waiting(why)`` (which raises to give up) and retries.
+
+        Raises:
+            BadInput: The worker owns fewer than ``count`` GPUs.
+        """
+        if count > len(self.gpus):
+            raise BadInput(
+                f"--ddp {count} needs {count} GPUs but this worker owns {len(self.gpus)}; resubmit with --ddp "
+                f"{len(self.gpus)} or fewer"
+            )
+        ours = [g for g in self.gpus if g.index == self.own]
+        order = ours if count == 1 else ours + [g for g in self.gpus if g.index != self.own]
+        while True:
+            self.release()
+            busy = [gpu for gpu in order if len(self.held) < count and not self._take(gpu, job_id)]
+            if len(self.held) == count:
+                return sorted(self.held)
+            free = len(self.held)
+            self.release()
+            users = ", ".join(f"GPU {g.index}: {self._holder(g)}" for g in busy)
+            if count == 1:
+                waiting(f"waiting for GPU {self.own}, lent to another job ({users})")
+            else:
+                waiting(f"waiting for {count} GPUs of this worker free together ({free} free; {users})")
+            time.sleep(self.every * random.uniform(0.5, 1.5))  # two jobs retrying in step would collide again
+
+    def release(self) -> None:
+        for fd in self.held.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.held = {}
+
+    def _path(self, gpu: Gpu) -> Path:
+        return self.folder / f"tlq-gpu-{gpu.uuid}.job.lock"
+
+    def _take(self, gpu: Gpu, job_id: int) -> bool:
+        fd = os.open(self._path(gpu), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"job {job_id}".encode())
+        self.held[gpu.index] = fd
+        return True
+
+    def _holder(self, gpu: Gpu) -> str:
+        try:
+            return self._path(gpu).read_text(errors="replace").strip() or "a job"
+        except OSError:
+            return "a job"
 
 
 def pin(gpus: list[int], pool_index: int) -> str:

@@ -225,11 +225,13 @@ def start_worker(
     events: bool = False,
     memory_per_job: int | None = None,
     gpus: list | None = None,
+    shown_gpus: list | None = None,
 ) -> None:
     """Runs a Celery worker consuming ``queues`` until it is stopped; blocks.
 
     ``gpus`` (``tlq worker --gpus``, ``tlq.workers.gpus.Gpu``): one pool process per GPU, each pinned to its own
-    as it starts, and recorded with the worker for `tlq workers`.
+    as it starts, and recorded with the worker for `tlq workers`. ``shown_gpus``: the GPUs a worker without
+    ``--gpus`` sees (all in each pool process), recorded alike.
 
     ``memory_per_job`` is recorded for submit's estimate check and, on a CPU worker, caps each pool process:
     one that ends a job holding more is replaced (Celery's ``worker_max_memory_per_child``), so a leak or a
@@ -243,8 +245,8 @@ def start_worker(
     runtime = app.tlq_runtime
     runtime.worker_name = name
     runtime.threads_per_process = threads_per_process(concurrency, pool)
-    runtime.gpus = [gpu.index for gpu in gpus] if gpus else None
-    monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency, memory_per_job, gpus)
+    runtime.gpus = list(gpus) if gpus else None
+    monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency, memory_per_job, shown_gpus or gpus)
     if memory_per_job and "gpu" not in queues:
         app.conf.worker_max_memory_per_child = memory_per_job // 1024  # KiB
     monitor.register()
