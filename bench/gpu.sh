@@ -23,5 +23,11 @@ if bash scripts/services.sh >/dev/null 2>&1; then
 else
     echo "Redis/PostgreSQL not available: the queue row (4) is left out" >&2
 fi
+gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null | wc -l || echo 0)
+if [ "$gpus" -ge 2 ]; then
+    rows="$rows,9"  # --ddp 2 against one process: the scaling efficiency
+else
+    echo "one GPU: the --ddp 2 scaling row (9) needs two and is left out" >&2
+fi
 mkdir -p "$OUT"
 timeout 470 "$PY" bench/run.py --device cuda --rows "$rows" --out "$OUT" --work "${WORK:-bench/work-cuda}"

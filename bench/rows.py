@@ -411,6 +411,44 @@ def full_finetune_row(work: Path, device: str, per_class: int) -> Row:
     )
 
 
+# 9 --------------------------------------------------------------------------------------------------------------
+def ddp_scaling_row(work: Path, device: str, per_class: int, epochs: int = 3) -> Row:
+    """``--ddp 2`` against one process, the same per-process batch (the global batch doubles): training images/s
+    over the last epoch, and the scaling efficiency, rate(2) / (2 x rate(1)). On CUDA it needs 2 GPUs."""
+    from data import write_digits
+
+    data = write_digits(work / f"digits-source-{per_class}", per_class, classes=range(5))
+    rates, accuracy = {}, {}
+    for processes in (1, 2):
+        env = tlq_env(work / f"home-ddp-{processes}", device)
+        job = run_job(
+            env,
+            "finetune",
+            "resnet18",
+            device,
+            data=str(data),
+            strategy="full",
+            epochs=epochs,
+            batch_size=32,
+            augment="none",
+            lr=1e-3,
+            ddp=processes,
+        )
+        rates[processes] = job["history"]["images_per_second"][-1][1]
+        accuracy[processes] = job["history"]["val_acc"][-1][1]
+    efficiency = rates[2] / (2 * rates[1])
+    return Row(
+        "full finetune resnet18 at 224: --ddp 2 against 1 process",
+        rates[2],
+        rates[1],
+        "img/s",
+        "-",
+        None,
+        note=f"scaling efficiency {efficiency:.0%} (1.0 = twice the images/s); batch 32 per process; val_acc "
+        f"{accuracy[2]:.3f} (ddp 2) and {accuracy[1]:.3f} (1 process) after {epochs} epochs",
+    )
+
+
 # 4 --------------------------------------------------------------------------------------------------------------
 def install_example_plugin(work: Path) -> Path:
     from tests.support import install_packages

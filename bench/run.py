@@ -60,7 +60,9 @@ def table(rows: list[bench.Row]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8", help="Which rows to run (1-8).")
+    parser.add_argument(
+        "--rows", default="1,2,3,4,5,6,7,8", help="Which rows to run (1-9; 9, --ddp 2 scaling, is not a default)."
+    )
     parser.add_argument("--work", default=str(HERE / "work"), help="Scratch folder for images and homes.")
     parser.add_argument("--out", default=str(HERE / "results"), help="Where the table is saved.")
     args = parser.parse_args()
@@ -111,6 +113,8 @@ def main() -> int:
 
     if 8 in chosen:
         run("8 --lr auto against a hand grid", lambda: lr_rows.lr_auto_row(work, args.device))
+    if 9 in chosen:
+        run("9 --ddp 2 scaling", lambda: bench.ddp_scaling_row(work, args.device, sizes["full_per_class"]))
 
     info = bench.machine_info(args.device)
     report = "\n".join(

@@ -36,6 +36,8 @@ def test_a_job_of_more_gpus_than_any_worker_owns_waits_and_says_why(tmp_path, ho
     job = tlq_json([*args, "--ddp", "2"], env)
     one = tlq_json(args, env)
     assert job["queue"] == "gpus-2" and one["queue"] == "gpu"
+    auto = tlq_json([*[a if a != "cuda" else "auto" for a in args], "--ddp", "2"], env)
+    assert auto["queue"] == "cpu" and auto["device"] == "cpu"  # no worker owns 2 GPUs: it runs on CPUs, said so
 
     shown = tlq_json(["show", job["id"]], env)
     assert shown["status"] == "queued"

@@ -164,6 +164,27 @@ def test_two_ddp_jobs_never_hold_half_each(host, tmp_path):
     assert second_start >= first_end  # never on one GPU at once
 
 
+def test_a_released_gpu_is_free_though_a_process_forked_meanwhile_still_lives(host, tmp_path):
+    """A job's image loaders are forked while it holds its GPU and may outlive it: their copy of the lock's file
+    must not keep the GPU from the next job."""
+    import signal
+
+    from tlq.workers.gpus import JobGpus
+
+    pool = JobGpus(host[:1], own=0, folder=tmp_path)
+    pool.gather(1, 1, waiting=lambda why: pytest.fail(why))
+    child = os.fork()
+    if child == 0:  # a loader that lives on
+        signal.pause()
+        os._exit(0)
+    try:
+        pool.release()
+        assert JobGpus(host[:1], own=0, folder=tmp_path).gather(1, 2, waiting=lambda why: pytest.fail(why)) == [0]
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
 def test_a_ddp_job_larger_than_the_worker_is_refused_with_the_fix(host, tmp_path):
     from tlq.workers.gpus import JobGpus
 

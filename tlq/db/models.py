@@ -209,7 +209,8 @@ class WorkerRecord(Base):
     concurrency: Mapped[int] = mapped_column(Integer, default=1)
     # Memory each of its jobs may use (GPU memory on a GPU worker, else its machine's memory / concurrency).
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    # `tlq worker --gpus`: the GPUs it owns, one pool process each (JSON list of index, uuid, name, memory_bytes).
+    # The GPUs it owns (`tlq worker --gpus`: one pool process each) or, without --gpus, those it sees (JSON list of
+    # index, uuid, name, memory_bytes).
     gpus: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="online")
     # A random token per worker life: a worker whose name another one took over stops reporting under it.

@@ -31,6 +31,14 @@ def route(device: str, env: Environment, processes: int = 1) -> str:
         return gpu_queue(processes) if queries.has_live_worker(session, gpu_queue(processes)) else "cpu"
 
 
+def on_cpu_if_routed_there(spec: JobSpec, params, queue: str) -> JobSpec:
+    """A ``--device auto`` job of several processes (``--ddp``) sent to the cpu queue runs on CPUs, even if a GPU
+    worker (which takes cpu jobs too) runs it: it would otherwise ask that worker for GPUs no one counted on."""
+    if spec.device == "auto" and queue == "cpu" and params.run_processes() > 1:
+        return spec.model_copy(update={"device": "cpu"})
+    return spec
+
+
 def live_queues(env: Environment) -> set[str]:
     """The queues at least one live worker consumes."""
     with env.db.read_session() as session:
@@ -108,7 +116,8 @@ def submit(env: Environment, spec: JobSpec, app=None) -> int:
         BrokerUnavailable: The broker could not take the message; the job row is marked failed with why.
     """
     plugin, params = validate_spec(spec, env)
-    queue = route(spec.device, env, params.processes())
+    queue = route(spec.device, env, params.run_processes())
+    spec = on_cpu_if_routed_there(spec, params, queue)
     check_memory(env, plugin, params, spec, queue)
     return _queue(env, spec, params.model_dump(mode="json"), app, queue)
 
@@ -129,16 +138,17 @@ def submit_group(env: Environment, specs: list[JobSpec], name: str | None, group
     for number, spec in enumerate(specs, start=1):
         try:
             plugin, params = validate_spec(spec, env)
-            queue = route(spec.device, env, params.processes())
+            queue = route(spec.device, env, params.run_processes())
+            spec = on_cpu_if_routed_there(spec, params, queue)
             check_memory(env, plugin, params, spec, queue)
-            validated.append((params.model_dump(mode="json"), queue))
+            validated.append((spec, params.model_dump(mode="json"), queue))
         except BadInput as exc:
             raise BadInput(f"run {number} of {len(specs)} ({describe_run(spec)}): {exc}") from exc
     with env.db.session() as session:
         group_id = results.create_group(session, name, group_spec)
     app = app or _app(env)
     job_ids: list[int] = []
-    for spec, (params, queue) in zip(specs, validated, strict=True):
+    for spec, params, queue in validated:
         spec = spec.model_copy(update={"group_id": group_id})
         job_ids.append(_queue(env, spec, params, app, queue))
     return group_id, job_ids

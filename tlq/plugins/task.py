@@ -50,7 +50,7 @@ class TaskParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    def processes(self) -> int:
+    def run_processes(self) -> int:
         """How many processes one run takes (on a GPU worker, a GPU each): submit routes a job of several to the
         workers that own as many GPUs. One, unless a task runs distributed (finetune's ``--ddp``)."""
         return 1

@@ -148,7 +148,7 @@ class FinetuneParams(TaskParams):
             raise ValueError("--lr auto runs in one process; run `tlq submit lr-find` first and pass its lr_chosen")
         return self
 
-    def processes(self) -> int:
+    def run_processes(self) -> int:
         return self.ddp
 
     @property

@@ -41,7 +41,7 @@ def gpus_wanted(queue: str) -> int | None:
     if queue == "gpu":
         return 1
     prefix, _, count = queue.partition("-")
-    return int(count) if prefix == "gpus" and count.isdigit() else None
+    return int(count) if prefix == "gpus" and count.isascii() and count.isdecimal() else None
 
 
 log = logging.getLogger("tlq.worker")
@@ -105,6 +105,7 @@ class WorkerRuntime:
         self.threads_per_process: int | None = None  # set by a worker whose pool processes share the cores
         self.gpus: list | None = None  # `tlq worker --gpus` (tlq.workers.gpus.Gpu): pool process i uses gpus[i]
         self.job_gpus = None  # in such a pool process: the worker's GPUs as its jobs share them (JobGpus)
+        self.gpu_lock_dir: str | None = None  # their job locks: a folder of this worker's own (mode 0700)
 
     def run(self, job_id) -> str:
         from tlq.workers.execute import execute_job
@@ -189,7 +190,7 @@ def create_app(settings: Settings) -> Celery:
             from tlq.workers.gpus import JobGpus, pin
 
             own = pin([gpu.index for gpu in runtime.gpus], current_process().index)
-            runtime.job_gpus = JobGpus(runtime.gpus, int(own))
+            runtime.job_gpus = JobGpus(runtime.gpus, int(own), runtime.gpu_lock_dir)
             log.info("pool process %s uses GPU %s", os.getpid(), own)
 
     worker_process_init.connect(_after_fork, weak=False)
@@ -218,14 +219,16 @@ def _thread_count(text: str) -> int | None:
     return int(first) if first.isascii() and first.isdigit() and int(first) > 0 else None
 
 
-def ensure_broker_queues(app: Celery, attempts: int = 10) -> None:
+def ensure_broker_queues(app: Celery, queues=QUEUES, attempts: int = 10) -> None:
     """Creates the cpu and gpu queues in the embedded (SQLite) broker before anything uses them.
 
     kombu's SQLAlchemy transport creates a queue row on first use and, when two processes do so at once, one
     of them fails with a unique-constraint error that kombu does not catch (seen with four workers starting
     together). Creating them here, retrying on that error, keeps workers and `tlq submit` clear of it.
     """
-    if getattr(app, "_tlq_queues_ready", False) or app.conf.broker_transport is not EmbeddedTransport:
+    ready = app.__dict__.setdefault("_tlq_queues_ready", set())
+    queues = [q for q in dict.fromkeys((*QUEUES, *queues)) if q not in ready]  # cpu and gpu always, then those asked
+    if not queues or app.conf.broker_transport is not EmbeddedTransport:
         return
     from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -233,9 +236,9 @@ def ensure_broker_queues(app: Celery, attempts: int = 10) -> None:
         try:
             with app.connection_for_write() as conn:
                 channel = conn.default_channel
-                for queue in QUEUES:
+                for queue in queues:
                     channel.queue_declare(queue=queue, durable=True, auto_delete=False)
-            app._tlq_queues_ready = True
+            ready.update(queues)
             return
         except (IntegrityError, OperationalError):
             if attempt == attempts - 1:
@@ -260,7 +263,7 @@ def job_label(job_id: int, task: str, backbone: str | None) -> str:
 def publish(app: Celery, job_id: int, queue: str, priority: int = 0, label: str | None = None) -> None:
     """Sends a job id to ``queue``, shown under ``label`` (``job_label``) by Celery's tools; raises the broker's
     error when it cannot be reached."""
-    ensure_broker_queues(app)
+    ensure_broker_queues(app, (queue,))
     app.send_task(
         TASK_NAME,
         args=[job_id],

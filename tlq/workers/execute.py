@@ -29,6 +29,7 @@ from tlq.plugins.context import JobContext, JobLost, JobOrigin, ProgressCallback
 from tlq.plugins.params import describe_validation_error
 from tlq.plugins.registry import Registry
 from tlq.workers.devices import choose_device, device_label
+from tlq.workers.gpus import free_cached_memory
 from tlq.workers.job_log import job_log
 from tlq.workers.keeper import LeaseKeeper, Timing, is_transient
 
@@ -203,6 +204,8 @@ def execute_job(
         keeper.close(JobStatus.CANCELLED, "interrupted while it ran (Ctrl-C or the process was told to exit)")
         raise
     if gpus is not None:
+        if gpus.held:
+            free_cached_memory()
         gpus.release()
     if status is None:
         keeper.close(None)

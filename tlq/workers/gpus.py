@@ -205,6 +205,7 @@ class JobGpus:
     def release(self) -> None:
         for fd in self.held.values():
             with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)  # for every copy: a loader process forked meanwhile holds one
                 os.close(fd)
         self.held = {}
 
@@ -212,15 +213,16 @@ class JobGpus:
         return self.folder / f"tlq-gpu-{gpu.uuid}.job.lock"
 
     def _take(self, gpu: Gpu, job_id: int) -> bool:
-        fd = os.open(self._path(gpu), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self._path(gpu), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"job {job_id}".encode())
-        self.held[gpu.index] = fd
+        self.held[gpu.index] = fd  # released with the rest even if the note below cannot be written
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"job {job_id}".encode())
         return True
 
     def _holder(self, gpu: Gpu) -> str:
@@ -228,6 +230,16 @@ class JobGpus:
             return self._path(gpu).read_text(errors="replace").strip() or "a job"
         except OSError:
             return "a job"
+
+
+def free_cached_memory() -> None:
+    """Hands the memory torch's allocator keeps cached on this process's GPU back, so that a --ddp job of another
+    pool process that borrows the GPU next gets it."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def pin(gpus: list[int], pool_index: int) -> str:

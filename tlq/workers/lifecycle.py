@@ -21,6 +21,7 @@ import os
 import secrets
 import signal
 import socket
+import tempfile
 import threading
 import time
 
@@ -246,11 +247,13 @@ def start_worker(
     runtime.worker_name = name
     runtime.threads_per_process = threads_per_process(concurrency, pool)
     runtime.gpus = list(gpus) if gpus else None
+    if gpus:  # the pool processes' job locks on these GPUs: private to this worker, made before the pool forks
+        runtime.gpu_lock_dir = tempfile.mkdtemp(prefix="tlq-gpu-jobs-")
     monitor = WorkerMonitor(runtime.env, app, name, queues, device, concurrency, memory_per_job, shown_gpus or gpus)
     if memory_per_job and "gpu" not in queues:
         app.conf.worker_max_memory_per_child = memory_per_job // 1024  # KiB
     monitor.register()
-    ensure_broker_queues(app)
+    ensure_broker_queues(app, queues)
 
     def on_ready(**_kwargs) -> None:
         monitor.on_ready()
