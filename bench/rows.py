@@ -333,25 +333,21 @@ _DIGITS_BACKBONE: dict = {}
 def digits_backbone(work: Path, device: str, per_class: int = 50, epochs: int = 3):
     """A resnet18 fine-tuned by tlq on 224 px JPEGs of digits 0-4 (full strategy): row 3's measurement and
     row 2's backbone. Trained once per run."""
-    from data import write_digits
 
     if device not in _DIGITS_BACKBONE:
-        data = write_digits(work / f"digits-source-{per_class}", per_class, classes=range(5))
-        env = tlq_env(work / "home-digits", device)
-        job = run_job(
-            env,
-            "finetune",
-            "resnet18",
-            device,
-            data=str(data),
-            strategy="full",
-            epochs=epochs,
-            batch_size=16,
-            augment="none",
-            lr=1e-3,
-        )
-        _DIGITS_BACKBONE[device] = (env, job)
+        _DIGITS_BACKBONE[device] = digits_finetune(work, "home-digits", device, per_class, epochs, batch_size=16)
     return _DIGITS_BACKBONE[device]
+
+
+def digits_finetune(work: Path, home: str, device: str, per_class: int, epochs: int, **params):
+    """(env, job) of resnet18 fine-tuned (full strategy, no augmentation, lr 1e-3) by tlq on 224 px JPEGs of
+    digits 0-4, ``per_class`` of each, in a fresh home ``work / home``."""
+    from data import write_digits
+
+    data = write_digits(work / f"digits-source-{per_class}", per_class, classes=range(5))
+    env = tlq_env(work / home, device)
+    options = dict(data=str(data), strategy="full", epochs=epochs, augment="none", lr=1e-3) | params
+    return env, run_job(env, "finetune", "resnet18", device, **options)
 
 
 # 3 --------------------------------------------------------------------------------------------------------------
@@ -415,24 +411,10 @@ def full_finetune_row(work: Path, device: str, per_class: int) -> Row:
 def ddp_scaling_row(work: Path, device: str, per_class: int, epochs: int = 3) -> Row:
     """``--ddp 2`` against one process, the same per-process batch (the global batch doubles): training images/s
     over the last epoch, and the scaling efficiency, rate(2) / (2 x rate(1)). On CUDA it needs 2 GPUs."""
-    from data import write_digits
-
-    data = write_digits(work / f"digits-source-{per_class}", per_class, classes=range(5))
     rates, accuracy = {}, {}
     for processes in (1, 2):
-        env = tlq_env(work / f"home-ddp-{processes}", device)
-        job = run_job(
-            env,
-            "finetune",
-            "resnet18",
-            device,
-            data=str(data),
-            strategy="full",
-            epochs=epochs,
-            batch_size=32,
-            augment="none",
-            lr=1e-3,
-            ddp=processes,
+        _env, job = digits_finetune(
+            work, f"home-ddp-{processes}", device, per_class, epochs, batch_size=32, ddp=processes
         )
         rates[processes] = job["history"]["images_per_second"][-1][1]
         accuracy[processes] = job["history"]["val_acc"][-1][1]

@@ -164,6 +164,39 @@ def test_two_ddp_jobs_never_hold_half_each(host, tmp_path):
     assert second_start >= first_end  # never on one GPU at once
 
 
+def test_while_a_ddp_job_gathers_no_new_job_takes_a_gpu_it_waits_for(host, tmp_path):
+    """Two GPUs, a one-GPU job running on GPU 1: a --ddp 2 job waits for it; a new one-GPU job on GPU 1's pool
+    process (the next in its queue) must not slip in between and starve the --ddp job."""
+    import threading
+    import time
+
+    from tlq.workers.gpus import JobGpus
+
+    two = host[:2]
+    running = JobGpus(two, own=1, folder=tmp_path, every=0.01)
+    running.gather(1, 1, waiting=lambda why: None)
+    gathered = []
+    ddp = threading.Thread(
+        target=lambda: gathered.append(JobGpus(two, own=0, folder=tmp_path, every=0.01).gather(2, 2, lambda w: None)),
+        daemon=True,  # if the next job took GPU 1 the --ddp job would wait on: the test fails, not hangs
+    )
+    ddp.start()
+    time.sleep(0.2)  # the --ddp job is gathering: GPU 0 free, GPU 1 busy
+    running.release()  # job 1 ends; job 3 comes next on GPU 1's pool process
+    said = []
+
+    def next_job_waits(why):
+        said.append(why)
+        if gathered:  # the --ddp job has both GPUs: give up rather than wait for it to end
+            raise Stop(why)
+
+    with pytest.raises(Stop):
+        JobGpus(two, own=1, folder=tmp_path, every=0.01).gather(1, 3, next_job_waits)
+    ddp.join(5)
+    assert gathered == [[0, 1]]
+    assert "waiting while a --ddp job of this worker gathers its GPUs" in said or any("job 2" in w for w in said)
+
+
 def test_a_released_gpu_is_free_though_a_process_forked_meanwhile_still_lives(host, tmp_path):
     """A job's image loaders are forked while it holds its GPU and may outlive it: their copy of the lock's file
     must not keep the GPU from the next job."""

@@ -165,7 +165,8 @@ class JobGpus:
     """The GPUs of a `tlq worker --gpus` as its jobs share them. A job holds a lock file for each GPU it computes
     on (the kernel drops it if the pool process dies). A one-GPU job takes its pool process's own GPU and waits
     while a ``--ddp`` job borrows it; a ``--ddp`` job of N gathers N GPUs that are free together (its own first)
-    or holds none and tries again, so two ``--ddp`` jobs never each hold half of what both need."""
+    or holds none and tries again, so two ``--ddp`` jobs never each hold half of what both need; while it
+    gathers, no other job of the worker starts on a GPU (a turn lock), so a stream of one-GPU jobs cannot starve it."""
 
     def __init__(self, gpus: list[Gpu], own: int, folder: Path | None = None, every: float = 0.5) -> None:
         self.gpus = list(gpus)
@@ -188,19 +189,42 @@ class JobGpus:
             )
         ours = [g for g in self.gpus if g.index == self.own]
         order = ours if count == 1 else ours + [g for g in self.gpus if g.index != self.own]
-        while True:
-            self.release()
-            busy = [gpu for gpu in order if len(self.held) < count and not self._take(gpu, job_id)]
-            if len(self.held) == count:
-                return sorted(self.held)
-            free = len(self.held)
-            self.release()
-            users = ", ".join(f"GPU {g.index}: {self._holder(g)}" for g in busy)
-            if count == 1:
-                waiting(f"waiting for GPU {self.own}, lent to another job ({users})")
-            else:
-                waiting(f"waiting for {count} GPUs of this worker free together ({free} free; {users})")
-            time.sleep(self.every * random.uniform(0.5, 1.5))  # two jobs retrying in step would collide again
+        # A --ddp job gathers under the worker's turn lock, exclusively: one-GPU jobs take their GPU under it shared,
+        # so while a --ddp job waits no new job takes a GPU it is waiting for, and it is not starved.
+        with self._turn(exclusive=count > 1, waiting=waiting):
+            while True:
+                self.release()
+                busy = [gpu for gpu in order if len(self.held) < count and not self._take(gpu, job_id)]
+                if len(self.held) == count:
+                    return sorted(self.held)
+                free = len(self.held)
+                self.release()
+                users = ", ".join(f"GPU {g.index}: {self._holder(g)}" for g in busy)
+                if count == 1:
+                    waiting(f"waiting for GPU {self.own}, lent to another job ({users})")
+                else:
+                    waiting(f"waiting for {count} GPUs of this worker free together ({free} free; {users})")
+                self._pause()
+
+    @contextlib.contextmanager
+    def _turn(self, exclusive: bool, waiting: Callable[[str], None]):
+        fd = os.open(self.folder / "tlq-gpu-turn.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    waiting("waiting while a --ddp job of this worker gathers its GPUs")
+                    self._pause()
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _pause(self) -> None:
+        time.sleep(self.every * random.uniform(0.5, 1.5))  # two jobs retrying in step would collide again
 
     def release(self) -> None:
         for fd in self.held.values():
