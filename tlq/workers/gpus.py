@@ -191,6 +191,7 @@ class JobGpus:
         order = ours if count == 1 else ours + [g for g in self.gpus if g.index != self.own]
         # A --ddp job gathers under the worker's turn lock, exclusively: one-GPU jobs take their GPU under it shared,
         # so while a --ddp job waits no new job takes a GPU it is waiting for, and it is not starved.
+        self.release()  # what this job held (its own GPU, before a --ddp launch) is not kept while it waits its turn
         with self._turn(exclusive=count > 1, waiting=waiting):
             while True:
                 self.release()
@@ -215,7 +216,9 @@ class JobGpus:
                     fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    waiting("waiting while a --ddp job of this worker gathers its GPUs")
+                    waiting(
+                        "waiting for its turn: a --ddp job of this worker is gathering GPUs, or a job waits for its own"
+                    )
                     self._pause()
             yield
         finally:
