@@ -173,3 +173,22 @@ def test_what_a_job_runs_on_and_the_workers_current_job_are_recorded_with_the_cl
     assert seen == [(f"cpu ({__import__('os').cpu_count()} cores)", job_id, [job_id])]
     (worker,) = (w for w in worker_rows(env) if w["name"] == "w")  # and gone with the outcome
     assert worker["current_job"] is None and worker["current_jobs"] == []
+
+
+def test_a_worker_that_runs_many_jobs_keeps_no_logger_per_job(env):
+    """Each job logs through a logger of its own (its lines become its job.log); a pool process that has run
+    thousands of jobs must not keep thousands of loggers (each setLevel in the process walks them all)."""
+    import logging
+
+    def run(ctx, params):
+        ctx.log.info("job %s ran", ctx.job_id)
+        ctx.artifacts.write_text("probe", "out.txt", "done")
+
+    tasks = registry_with(run)
+    assert execute_job(env, new_job(env), "w1", tasks=tasks) == "succeeded"  # the first job's imports done
+    before = len(logging.Logger.manager.loggerDict)
+    ids = [new_job(env) for _ in range(5)]
+    assert [execute_job(env, job_id, "w1", tasks=tasks) for job_id in ids] == ["succeeded"] * 5
+    assert len(logging.Logger.manager.loggerDict) == before
+    logged = (env.settings.artifacts_dir / str(ids[-1]) / "job.log").read_text()
+    assert f"job {ids[-1]} ran" in logged  # its lines still reach its job.log

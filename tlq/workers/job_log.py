@@ -41,6 +41,13 @@ class _Lines(logging.Handler):
         self.lines.append(mask_secrets_in(text)[:MAX_LINE])
 
 
+def forget(logger: logging.Logger) -> None:
+    """Unregisters a job's own logger (``tlq.job.<id>``) once its job ends: a pool process that runs many jobs would
+    otherwise keep one logger per job for ever, and every ``setLevel`` in the process walks them all."""
+    if logger.name.startswith("tlq.job.") and not logger.handlers:
+        logging.Logger.manager.loggerDict.pop(logger.name, None)
+
+
 @contextlib.contextmanager
 def job_log(ctx) -> Iterator[None]:
     """Collects the lines the task logs to ``ctx.log`` while the block runs, then writes them as the job's
@@ -61,7 +68,9 @@ def job_log(ctx) -> Iterator[None]:
         raise
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(level)
+        if logger.level != level:  # setLevel clears the cache of every logger of the process: not on every job
+            logger.setLevel(level)
+        forget(logger)
         lines = handler.lines
         if lines and not isinstance(failure, JobCancelled | JobTimedOut | JobLost):  # those may write no more
             if handler.dropped:
