@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from tlq.config import mask_secrets_in
 from tlq.db import lease_statements as ls
 from tlq.db.clock import db_now
-from tlq.db.models import Attempt, Job, JobStatus
+from tlq.db.models import Job, JobStatus
 from tlq.db.scans import HeldJob, running_jobs  # noqa: F401 (the scans and sends, once here, are claims.NAME too)
 from tlq.db.sends import (  # noqa: F401
     SEND_HOLD_S,
@@ -38,10 +38,8 @@ from tlq.db.sends import (  # noqa: F401
 
 CANCELLED_ON_REQUEST = "cancelled on request"
 
-RUNNING = JobStatus.RUNNING.value
-QUEUED = JobStatus.QUEUED.value
 # The statements a running job makes are on the tables (SQLAlchemy Core): half the CPU of the ORM's path per job.
-JOBS, ATTEMPTS = Job.__table__, Attempt.__table__
+JOBS, ATTEMPTS, RUNNING, QUEUED = ls.JOBS, ls.ATTEMPTS, ls.RUNNING, ls.QUEUED
 
 
 @dataclass(frozen=True)

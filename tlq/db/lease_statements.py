@@ -119,11 +119,7 @@ END_ATTEMPT = (
 )
 
 
-def progress_values(progress: tuple | None) -> dict:
-    """The columns of a progress report (current, total, stage); none without one."""
-    return {} if progress is None else dict(zip(PROGRESS_COLUMNS, progress, strict=True))
-
-
 def progress_params(progress: tuple | None) -> dict:
-    """``progress_values`` as the parameters of a statement built once (``p_<column>``)."""
-    return {f"p_{column}": value for column, value in progress_values(progress).items()}
+    """A progress report (current, total, stage) as the parameters of a statement built once (``p_<column>``);
+    none without one."""
+    return {} if progress is None else {f"p_{c}": v for c, v in zip(PROGRESS_COLUMNS, progress, strict=True)}

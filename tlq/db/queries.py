@@ -33,16 +33,12 @@ def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: It
     table, dialect and shape, executed with the rows as its parameters (SQLAlchemy sends them as one INSERT):
     building a multi-row VALUES per call cost twice the CPU of the write itself."""
     columns = tuple(rows[0])
-    stmt = _upsert_statement(session.get_bind().dialect.name, table, tuple(keys), columns)
+    stmt = _upsert_statement(_insert_for(session), table, tuple(keys), columns)
     session.connection().execute(stmt, rows)
 
 
 @functools.lru_cache(maxsize=64)
-def _upsert_statement(dialect: str, table: Table, keys: tuple[str, ...], columns: tuple[str, ...]):
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+def _upsert_statement(insert, table: Table, keys: tuple[str, ...], columns: tuple[str, ...]):
     stmt = insert(table)
     return stmt.on_conflict_do_update(index_elements=keys, set_={k: stmt.excluded[k] for k in columns if k not in keys})
 
@@ -317,11 +313,7 @@ def list_workers(session: Session) -> list[WorkerRecord]:
 
 def live_workers(session: Session, queue: str | None = None) -> list[WorkerRecord]:
     """Workers that reported in within ``WORKER_LIVE_WINDOW_S`` and, if given, consume ``queue``."""
-    workers = session.scalars(
-        select(WorkerRecord).where(
-            WorkerRecord.status == "online", WorkerRecord.last_seen >= db_now(-WORKER_LIVE_WINDOW_S)
-        )
-    )
+    workers = session.scalars(select(WorkerRecord).where(*_live()))
     return [w for w in workers if queue is None or queue in w.queues.split(",")]
 
 
@@ -329,9 +321,10 @@ def has_live_worker(session: Session, queue: str) -> bool:
     """Whether a live worker (as ``live_workers`` says) consumes ``queue``: their queue lists alone, the ORM left
     out, as submit asks it for every ``--device auto`` job (matched in Python, exactly as ``live_workers`` does:
     SQLite's LIKE ignores case)."""
-    lists = session.scalars(
-        select(WorkerRecord.queues).where(
-            WorkerRecord.status == "online", WorkerRecord.last_seen >= db_now(-WORKER_LIVE_WINDOW_S)
-        )
-    )
+    lists = session.scalars(select(WorkerRecord.queues).where(*_live()))
     return any(queue in (queues or "").split(",") for queues in lists)
+
+
+def _live():
+    """A worker record that is online and reported in within ``WORKER_LIVE_WINDOW_S`` (by the database's clock)."""
+    return WorkerRecord.status == "online", WorkerRecord.last_seen >= db_now(-WORKER_LIVE_WINDOW_S)

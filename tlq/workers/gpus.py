@@ -194,7 +194,6 @@ class JobGpus:
         self.release()  # what this job held (its own GPU, before a --ddp launch) is not kept while it waits its turn
         with self._turn(exclusive=count > 1, waiting=waiting):
             while True:
-                self.release()
                 busy = [gpu for gpu in order if len(self.held) < count and not self._take(gpu, job_id)]
                 if len(self.held) == count:
                     return sorted(self.held)
