@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tlq.config import mask_secrets_in, mask_url, normalize_database_url
@@ -23,6 +24,8 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 7_274_201  # arbitrary key for pg_advisory_xact_lock, shared by every tlq process
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY_OPTION = "tlq_read_only"
+PING_AFTER_IDLE_S = 1.0
+_RETURNED_AT = "tlq_returned_at"
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -44,7 +47,38 @@ def create_db_engine(url: str) -> Engine:
         _configure_sqlite(engine)
         return engine
     connect_args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
+    engine = create_engine(url, pool_size=5, max_overflow=5, connect_args=connect_args)
+    _ping_after_idle(engine)
+    return engine
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """``pool_pre_ping``, for a connection that sat in the pool longer than ``PING_AFTER_IDLE_S``: a dead one (the
+    server restarted) is replaced before use, as SQLAlchemy's pessimistic disconnect recipe does. A connection
+    returned within the last second is used without a ping: the ping was a round trip of its own on every checkout,
+    three per job a worker runs and three per job submitted. A server that went away within that second fails the
+    next statement, which SQLAlchemy then reports as a disconnect (and the pool replaces every older connection);
+    the worker's claims and lease writes retry it as the transient error it is."""
+
+    @event.listens_for(engine, "connect")
+    def _connected(_dbapi_connection, record) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection, record) -> None:
+        if record is not None:
+            record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection, record, _proxy) -> None:
+        if time.monotonic() - record.info.get(_RETURNED_AT, 0.0) <= PING_AFTER_IDLE_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"a pooled connection is dead: {_first_line(exc)}") from exc
+        if alive is False:
+            raise DisconnectionError("a pooled connection is dead")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -86,6 +120,10 @@ class Database:
         self._read_sessions = sessionmaker(
             self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
         )
+        self._own_commit = self.engine.dialect.name == "postgresql"
+        self._autocommit_sessions = sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
         self._migrate = migrate
         self._schema_ready = False
         self._instance_id: str | None = None
@@ -109,6 +147,20 @@ class Database:
         """
         self.ensure_schema()
         with self._read_sessions() as session:  # closing it rolls its transaction back, objects stay loaded
+            yield session
+
+    @contextlib.contextmanager
+    def one_statement(self, read: bool = False) -> Iterator[Session]:
+        """A session for work that is a single statement, which is atomic on its own: on PostgreSQL it runs in
+        autocommit, one round trip where a transaction takes three (BEGIN, the statement, COMMIT); on SQLite, whose
+        round trips cost nothing, it is ``read_session`` (``read``) or ``session``. Never for two statements:
+        each would commit alone."""
+        if not self._own_commit:
+            with self.read_session() if read else self.session() as session:
+                yield session
+            return
+        self.ensure_schema()
+        with self._autocommit_sessions() as session, session.begin():
             yield session
 
     def ensure_schema(self) -> None:

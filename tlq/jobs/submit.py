@@ -27,7 +27,7 @@ def route(device: str, env: Environment, processes: int = 1) -> str:
         return gpu_queue(processes)
     if device == "cpu":
         return "cpu"
-    with env.db.read_session() as session:
+    with env.db.one_statement(read=True) as session:
         return gpu_queue(processes) if queries.has_live_worker(session, gpu_queue(processes)) else "cpu"
 
 
@@ -101,7 +101,7 @@ def check_memory(env: Environment, plugin, params, spec: JobSpec, queue: str) ->
 
 
 def create_job_row(env: Environment, spec: JobSpec, queue: str, params: dict) -> int:
-    with env.db.session() as session:
+    with env.db.one_statement() as session:
         return queries.insert_job(session, **spec.row_fields(queue, params))
 
 
@@ -183,7 +183,7 @@ def _queue(env: Environment, spec: JobSpec, params: dict, app, queue: str) -> in
         raise BrokerUnavailable(f"job {job_id} was not queued: {reason}") from exc
     # Confirmed only now that the publish returned; if this process dies first, the send hold the new row
     # carries expires and a live worker sends the job.
-    with env.db.session() as session:
+    with env.db.one_statement() as session:
         claims.confirm_sent(session, job_id)
     log.info("job %s queued on %s", job_id, queue)
     return job_id
