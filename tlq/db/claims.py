@@ -122,7 +122,7 @@ def claim_job(
     labels = dict(ran_on or {})
     params = dict(p_job_id=job_id, p_worker=worker, p_lease=lease, p_pid=pid or None)
     params.update({f"p_ran_on_{i}": label for i, label in enumerate(labels.values())})
-    row = session.execute(ls.claim_statement(tuple(labels)), params).first()
+    row = session.connection().execute(ls.claim_statement(tuple(labels)), params).first()
     if row is None:
         job = session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
         if job is not None and job.status == RUNNING and job.lease == lease:
@@ -130,7 +130,7 @@ def claim_job(
             return Claim(lease, job, session.scalar(ls.earlier_claims(job_id, lease)))
         _end_cancelled_queued(session, job_id)
         return None
-    (job,) = row
+    job = Job(**row._mapping)  # the row as the claim left it, apart from any copy this session loaded before
     # Counted by the INSERT, a statement of its own: on PostgreSQL an UPDATE that waited for the row's lock keeps
     # its older snapshot, which misses the attempt of a claim made (and requeued) meanwhile.
     before = session.connection().execute(

@@ -47,13 +47,11 @@ def claim_statement(devices: tuple[str, ...]):
             *((Job.device == device, label) for device, label in zip(devices, labels, strict=True)), else_=Job.ran_on
         )
     return (
-        update(Job)
+        update(JOBS)
         .where(Job.id == bindparam("p_job_id", type_=Integer), Job.status == QUEUED, Job.cancel_requested.is_(False))
         .where(~stopping)
         .values(**values)
-        .returning(Job)
-        # the row as the claim left it, even when this session had loaded the job before
-        .execution_options(synchronize_session=False, populate_existing=True)
+        .returning(*JOBS.c)  # Core, not the ORM's bulk UPDATE: that cost a millisecond of CPU per claim
     )
 
 
