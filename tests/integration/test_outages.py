@@ -159,18 +159,22 @@ def test_a_checker_whose_clock_runs_90_s_ahead_requeues_nothing_healthy(tmp_path
     env = tlq_env(home, database_url=pg_url, broker_url=redis_url, PYTHONPATH=str(plugin_site), TLQ_STALE_AFTER="5")
     ahead_env = dict(env, PYTHONPATH=f"{skew}:{plugin_site}", TLQ_TEST_CLOCK_SKEW_S="90")
     with WorkerProcess(env, tmp_path / "honest.log", "--name", "honest"):
-        job_id = tlq_json(["submit", "sleep", "--steps", "30", "--step-seconds", "0.5"], env)["id"]
+        # Longer than the test watches: however slowly the second worker starts, the job still runs while it checks.
+        job_id = tlq_json(["submit", "sleep", "--steps", "600", "--step-seconds", "0.5"], env)["id"]
         wait_for_status(env, job_id, ("running",), timeout=60)
         with WorkerProcess(ahead_env, tmp_path / "ahead.log", "--name", "ahead") as ahead:
             assert "clock runs +90 s ahead" in ahead.log()
-            done = wait_for_status(env, job_id, FINAL, timeout=120)
+            wait_until(lambda: "checking for silent jobs" in ahead.log(), 120, "the skewed worker to start checking")
+            time.sleep(10)  # two stale windows of its checks (one every 2.5 s) while the job runs
+            during = tlq_json(["show", str(job_id)], env)
             seen = {w["name"]: w["seconds_since_seen"] for w in tlq_json(["workers"], env)}
             log = ahead.log()
-    assert done["status"] == "succeeded" and done["attempts"] == 1 and done["worker"] == "honest", done
-    assert "checking for silent jobs" in log  # it did check while the job ran, ...
-    assert "requeued" not in log and "no heartbeat" not in log  # ... and found nothing silent
+        run_tlq(["cancel", str(job_id)], env)
+        wait_for_status(env, job_id, FINAL, timeout=60)
+    assert (during["status"], during["attempts"], during["worker"]) == ("running", 1, "honest"), during
+    assert "requeued" not in log and "no heartbeat" not in log  # it checked while the job ran, and found nothing
     assert abs(seen["ahead"]) < 10  # it reports by the database's clock, not its own
-    figure("checker clock 90 s ahead", requeued=0, attempts=done["attempts"], ahead_seen_s_ago=seen["ahead"])
+    figure("checker clock 90 s ahead", requeued=0, attempts=during["attempts"], ahead_seen_s_ago=seen["ahead"])
 
 
 # 6 ---------------------------------------------------------------------------------------------------------------
