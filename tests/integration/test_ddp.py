@@ -2,8 +2,8 @@
 
 Two ranks with batches of 16 see, step for step, the images one process sees in batches of 32 (each rank takes
 every other image of the epoch's order), so they must learn what it learns; rank 0 alone records. A rank that
-dies restarts the group from the last checkpoint; a job process that dies takes its ranks with it, and the job
-resumes on the next attempt.
+dies restarts the group from the last checkpoint, and so does a rank that freezes (after ``TLQ_STALL_AFTER``); a job
+process that dies takes its ranks with it, and the job resumes on the next attempt.
 """
 
 import os
@@ -128,6 +128,28 @@ def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(tmp_path, hom
     steps = metric_steps(f"sqlite:///{home / 'tlq.sqlite'}", job["id"])
     assert steps["val_acc"] == list(range(1, 6))  # every epoch once: none lost, none twice
     assert "rank 1 killed by SIGKILL" in worker.log() and done["metrics"]["val_acc"] >= 0.5
+    assert not any(alive(pid) for pid in before.values())
+
+
+@pytest.mark.timeout(480)
+def test_a_frozen_rank_restarts_the_group_once_it_shows_no_sign_of_life(tmp_path, home, digits):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    # 60 s: well past a loaded start's longest silence (a rank importing timm), well short of gloo's 30 minutes.
+    env = tlq_env(home, TMPDIR=str(tmp), TLQ_STALE_AFTER="5", TLQ_STALL_AFTER="60")
+    with WorkerProcess(env, tmp_path / "w.log", "--name", "ddp") as worker:
+        job, before = running_ddp_job(env, home, tmp, digits, epochs=5, checkpointed=2)
+        frozen = time.monotonic()
+        os.kill(before[1], signal.SIGSTOP)  # alive and silent: rank 0 waits for it in a collective
+        done = wait_for_status(env, job["id"], ("succeeded", "failed"), timeout=400)
+        assert done["status"] == "succeeded", (done["error"], worker.log())
+        figure("ddp rank frozen", job_done_after_s=time.monotonic() - frozen)
+    assert done["attempts"] == 1 and done["metrics"]["ddp_restarts"] == 1
+    assert done["metrics"]["resumed_from_epoch"] >= 2
+    steps = metric_steps(f"sqlite:///{home / 'tlq.sqlite'}", job["id"])
+    assert steps["val_acc"] == list(range(1, 6))
+    assert "the group hung: no sign of life from the ranks for" in worker.log()
+    assert "raise TLQ_STALL_AFTER (now 60)" in worker.log()
     assert not any(alive(pid) for pid in before.values())
 
 

@@ -10,6 +10,9 @@ own, so the launcher leaves the worker's signal handlers alone) and stays their 
   kills every rank before it raises;
 - a rank that dies (killed, out of memory) ends the group: the launcher stops the others, and the group starts
   again from the last checkpoint, up to ``RESTARTS`` times (metric ``ddp_restarts``);
+- a group that shows no sign of life for ``TLQ_STALL_AFTER`` seconds (no report from rank 0, no rank started or
+  ended) is killed and counts as a failed run of the group (``GroupWatch``): the job's own half-second check marks
+  the job as moving, so the worker's stall check cannot see a stuck group;
 - a rank whose parent died (the worker was killed) exits within a second: no rank outlives its job's process.
 """
 
@@ -24,9 +27,11 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
-from multiprocessing.connection import Client, Listener
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +131,7 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
         "rundir": str(rundir),
         "reports": reports,
     }
-    restarts = 0
+    restarts, stall_s = 0, ctx.env.settings.stall_after_s
     shown = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:  # what the ranks see (they start after this); this process's CUDA is set already
         os.environ["CUDA_VISIBLE_DEVICES"] = visible
@@ -154,19 +159,11 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
                     outcome["error"] = exc
 
             thread = threading.Thread(target=start, name=f"tlq-ddp-{ctx.job_id}", daemon=True)
+            watch = GroupWatch(stall_s, time.monotonic(), server.joined)
             thread.start()
-            try:
-                while thread.is_alive():
-                    thread.join(CHECK_S)
-                    ctx.check()
-                    if server.error is not None:
-                        raise server.error
-            except BaseException:
-                kill_ranks(before)
-                thread.join(30)
-                raise
+            hung = supervise(ctx, thread, server, watch, lambda: live_ranks(rundir), before)
             error = outcome.get("error")
-            if error is None:
+            if error is None and hung is None:
                 if server.error is not None:
                     raise server.error
                 return
@@ -175,13 +172,14 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
                 raise server.stopping
             if server.error is not None:  # rank 0 said why it failed (bad input): starting again would not help
                 raise server.error
-            if not isinstance(error, ChildFailedError) or restarts >= RESTARTS:
-                raise RuntimeError(f"--ddp {processes}: {describe_failure(error)}") from error
+            why = hung or describe_failure(error)
+            if (hung is None and not isinstance(error, ChildFailedError)) or restarts >= RESTARTS:
+                raise RuntimeError(f"--ddp {processes}: {why}") from error
             restarts += 1
             ctx.log.warning(
-                "job %s: a rank failed (%s); starting all %d again from the last checkpoint (%d of %d)",
+                "job %s: %s; starting all %d again from the last checkpoint (%d of %d)",
                 ctx.job_id,
-                describe_failure(error),
+                f"the group hung: {hung}" if hung else f"a rank failed ({why})",
                 processes,
                 restarts,
                 RESTARTS,
@@ -193,6 +191,82 @@ def launch(ctx: JobContext, params, run: Callable, processes: int) -> None:
         server.close()
         kill_ranks(before)
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def supervise(
+    ctx: JobContext,
+    thread: threading.Thread,
+    server: RankServer,
+    watch: GroupWatch,
+    ranks: Callable[[], frozenset[int]],
+    before: set[int],
+) -> str | None:
+    """Waits for the launcher ``thread`` to end, checking the job every ``CHECK_S``; returns None when it ended by
+    itself, or why the group hung once ``watch`` says so (its ranks killed, the launcher ended). A cancel, a lost
+    lease, a timeout or a report the job refused kills the ranks and raises."""
+    try:
+        while thread.is_alive():
+            thread.join(CHECK_S)
+            ctx.check()
+            if server.error is not None:
+                raise server.error
+            hung = watch.hung(time.monotonic(), server.heard, server.joined, ranks())
+            if hung is not None and thread.is_alive():
+                break
+        else:
+            return None
+    except BaseException:
+        kill_ranks(before)
+        thread.join(30)
+        raise
+    kill_ranks(before)
+    thread.join(30)
+    if thread.is_alive():  # torch's launcher is stuck itself: nothing to start again with
+        raise RuntimeError(f"{hung}; torch's launcher did not stop once its ranks were killed")
+    return hung
+
+
+class GroupWatch:
+    """Says when a group of ranks stopped moving. Signs of life: the group's start, anything rank 0 does on its
+    socket (connect, report, hang up: ``RankServer.heard``), and any rank starting or ending. No sign for
+    ``bound_s`` (``TLQ_STALL_AFTER``) means a rank is stuck where no timeout of its own ends it soon: a gloo
+    collective whose peer is frozen waits 30 minutes, a rendezvous two hours.
+
+    Args:
+        bound_s: Seconds without a sign of life before the group counts as hung.
+        now: When the group started (``time.monotonic()``).
+        joined: ``RankServer.joined`` when it started, to tell whether this group's rank 0 ever connected.
+    """
+
+    def __init__(self, bound_s: float, now: float, joined: int) -> None:
+        self.bound_s, self.since, self.joined, self.ranks = bound_s, now, joined, frozenset()
+
+    def hung(self, now: float, heard: float, joined: int, ranks: frozenset[int]) -> str | None:
+        """None while the group moves; else why it is stuck, in one line that names the setting to raise."""
+        if ranks != self.ranks:
+            self.ranks, self.since = ranks, now
+        self.since = max(self.since, heard)
+        quiet = now - self.since
+        if quiet <= self.bound_s:
+            return None
+        if joined == self.joined:
+            where = "rank 0 never connected to the job: the ranks are stuck starting (rendezvous or joining the group)"
+        else:
+            where = "no report from rank 0 and no rank started or ended: a rank is stuck in a step or a collective"
+        fix = f"raise TLQ_STALL_AFTER (now {self.bound_s:g}) if one step may take longer"
+        return f"no sign of life from the ranks for {quiet:.0f} s ({where}); {fix}"
+
+
+def live_ranks(rundir: Path) -> frozenset[int]:
+    """The pids of the ranks alive now, from the pid files each writes as it starts (a group started again
+    writes over them)."""
+    found = set()
+    for pid_file in rundir.glob("rank-*.pid"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(pid_file.read_text())
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.add(pid)
+    return frozenset(found)
 
 
 def _restore(name: str, value: str | None) -> None:
@@ -247,7 +321,7 @@ def kill_ranks(before: set[int]) -> None:
 class RankServer(threading.Thread):
     """Takes rank 0's reports over a Unix socket (in the job's private run folder, with a random key) and hands
     each to the job's real context, in order, answering each with None or the exception it raised. A group
-    started again connects again."""
+    started again connects again; ``heard`` and ``joined`` tell ``GroupWatch`` that rank 0 is moving."""
 
     def __init__(self, ctx: JobContext, listener, address: tuple[str, bytes]) -> None:
         super().__init__(name=f"tlq-ddp-reports-{ctx.job_id}", daemon=True)
@@ -255,15 +329,19 @@ class RankServer(threading.Thread):
         self.error: BaseException | None = None  # a report the job could not take (a bad metric)
         self.stopping: BaseException | None = None  # a cancel, lost lease or timeout rank 0 was told of
         self.closed = threading.Event()
+        self.heard = time.monotonic()  # when rank 0 last connected, reported or hung up
+        self.joined = 0  # connections taken: one per group whose rank 0 started
 
     def run(self) -> None:
         while not self.closed.is_set():
             try:
                 conn = self.listener.accept()
-            except (OSError, EOFError):  # closed, or a peer without the key
+            except (OSError, EOFError, AuthenticationError):  # closed, woken by close(), or a peer without the key
                 continue
+            self.joined, self.heard = self.joined + 1, time.monotonic()
             with conn:
                 self.serve(conn)
+            self.heard = time.monotonic()
 
     def serve(self, conn) -> None:
         from tlq.errors import JobCancelled, JobTimedOut
@@ -276,6 +354,7 @@ class RankServer(threading.Thread):
                 method, args = conn.recv()
             except (EOFError, OSError):
                 return
+            self.heard = time.monotonic()
             try:
                 if method == "log":
                     self.ctx.log.log(*args)
@@ -289,13 +368,23 @@ class RankServer(threading.Thread):
                 self.stopping, answer = exc, exc
             except Exception as exc:  # noqa: BLE001 - rank 0 raises it where it reported
                 self.error, answer = exc, exc
-            with contextlib.suppress(OSError):
+            self.heard = time.monotonic()
+            try:
                 conn.send(answer)
+            except OSError:  # rank 0 is gone
+                return
+            except Exception:  # an exception pickle cannot carry: rank 0 would wait for its answer forever
+                with contextlib.suppress(OSError):
+                    conn.send(RuntimeError(f"{type(answer).__name__}: {answer}"))
 
     def close(self) -> None:
+        """Stops the thread: closing a listening socket does not wake a thread blocked in accept(), a connection
+        does. A bare one, dropped at once, never a ``Client``: a Client's handshake waits for the accept, and a
+        thread that left serve() on seeing ``closed`` never makes it, so the job's process would wait forever."""
         self.closed.set()
-        with contextlib.suppress(OSError, EOFError), Client(self.address[0], "AF_UNIX", authkey=self.address[1]):
-            pass  # closing a listening socket does not wake a thread blocked in accept(); a connection does
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as wake:
+            wake.setblocking(False)  # a full backlog holds a connection already, which wakes the accept as well
+            wake.connect(self.address[0])
         with contextlib.suppress(OSError):
             self.listener.close()
         self.join(2)
