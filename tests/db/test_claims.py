@@ -548,10 +548,12 @@ def test_the_database_clock_with_an_offset_is_compiled_once_per_offset_and_never
 def test_a_claim_in_a_session_that_loaded_the_job_before_sees_the_row_it_wrote(db):
     job_id = new_job(db)
     with db.session() as session:
-        assert queries.get_job(session, job_id).status == "queued"  # loaded, and held by this session
+        before = queries.get_job(session, job_id)  # loaded, and held by this session's identity map
+        assert before.status == "queued"
         lease = claims.claim(session, job_id, "w", "host", 1)
         job = queries.get_job(session, job_id)
         assert (job.status, job.attempts, job.lease) == ("running", 1, lease)
+        assert job is before  # the session's own copy, read again
     with db.read_session() as session:
         assert [a.number for a in queries.job_attempts(session, job_id)] == [1]
 

@@ -27,6 +27,7 @@ def test_a_pooled_connection_the_server_ended_is_replaced_after_it_sat_idle(pg_u
     assert _terminate_other_backends(pg_url) >= 1
     monkeypatch.setattr(engine, "PING_AFTER_IDLE_S", idle_s)
     if idle_s:  # no ping: the dead connection reaches the statement, which is what the ping is there to prevent
+        monkeypatch.setattr(engine, "_heard_from_server", lambda _connection: False)
         with pytest.raises(Exception, match="terminat|closed|connection"), db.session() as session:
             session.execute(select(1))
     else:
@@ -68,3 +69,19 @@ def test_one_statement_on_sqlite_is_an_ordinary_transaction(tmp_path):
         raise RuntimeError("rolled back")
     with db.read_session() as session:
         assert session.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0
+
+
+def test_a_session_the_server_ended_a_moment_ago_is_replaced_before_use(pg_url):
+    """No ping for a connection used within the second, yet a session the server ended (a failover,
+    ``pg_terminate_backend``) is not handed out: the server said so on its socket."""
+    db = Database(pg_url)
+    with db.session() as first, db.session() as second:  # two pooled connections, both used just now
+        first.execute(select(1))
+        second.execute(select(1))
+    assert _terminate_other_backends(pg_url) == 2
+    for _ in range(3):  # both dead connections are replaced, not only the first one checked out
+        with db.session() as session:
+            assert session.execute(select(1)).scalar_one() == 1
+    with db.session() as first, db.session() as second:
+        assert first.execute(select(1)).scalar_one() == second.execute(select(1)).scalar_one() == 1
+    db.engine.dispose()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from tlq.config import mask_secrets_in
 from tlq.db import lease_statements as ls
@@ -130,7 +131,10 @@ def claim_job(
             return Claim(lease, job, session.scalar(ls.earlier_claims(job_id, lease)))
         _end_cancelled_queued(session, job_id)
         return None
-    job = Job(**row._mapping)  # the row as the claim left it, apart from any copy this session loaded before
+    job = Job(**row._mapping)  # the row as the claim left it
+    loaded = session.identity_map.get(identity_key(Job, job_id))
+    if loaded is not None:  # a copy this session read before the claim: read again when next used
+        session.expire(loaded)
     # Counted by the INSERT, a statement of its own: on PostgreSQL an UPDATE that waited for the row's lock keeps
     # its older snapshot, which misses the attempt of a claim made (and requeued) meanwhile.
     before = session.connection().execute(

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tlq.config import mask_secrets_in, mask_url, normalize_database_url
@@ -53,12 +54,12 @@ def create_db_engine(url: str) -> Engine:
 
 
 def _ping_after_idle(engine: Engine) -> None:
-    """``pool_pre_ping``, for a connection that sat in the pool longer than ``PING_AFTER_IDLE_S``: a dead one (the
-    server restarted) is replaced before use, as SQLAlchemy's pessimistic disconnect recipe does. A connection
-    returned within the last second is used without a ping: the ping was a round trip of its own on every checkout,
-    three per job a worker runs and three per job submitted. A server that went away within that second fails the
-    next statement, which SQLAlchemy then reports as a disconnect (and the pool replaces every older connection);
-    the worker's claims and lease writes retry it as the transient error it is."""
+    """``pool_pre_ping`` without its round trip on every checkout (three per job a worker runs, three per job
+    submitted): a connection is pinged when it sat in the pool longer than ``PING_AFTER_IDLE_S``, or when the
+    server sent it something while it sat there. A server that ends a session (a restart, ``pg_terminate_backend``,
+    a failover) says so on its socket and closes it, so a connection returned a moment ago is checked by looking,
+    without a round trip, whether its socket became readable. A dead one replaces every connection pooled before it,
+    as a failed ``pool_pre_ping`` does; a live one that only heard a notice (a setting reloaded) passes its ping."""
 
     @event.listens_for(engine, "connect")
     def _connected(_dbapi_connection, record) -> None:
@@ -71,14 +72,25 @@ def _ping_after_idle(engine: Engine) -> None:
 
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_connection, record, _proxy) -> None:
-        if time.monotonic() - record.info.get(_RETURNED_AT, 0.0) <= PING_AFTER_IDLE_S:
+        idle = time.monotonic() - record.info.get(_RETURNED_AT, 0.0) > PING_AFTER_IDLE_S
+        if not idle and not _heard_from_server(dbapi_connection):
             return
         try:
             alive = engine.dialect.do_ping(dbapi_connection)
         except Exception as exc:
-            raise DisconnectionError(f"a pooled connection is dead: {_first_line(exc)}") from exc
+            raise InvalidatePoolError(f"a pooled connection is dead: {_first_line(exc)}") from exc
         if alive is False:
-            raise DisconnectionError("a pooled connection is dead")
+            raise InvalidatePoolError("a pooled connection is dead")
+
+
+def _heard_from_server(dbapi_connection) -> bool:
+    """Whether the connection's socket has something to read (or cannot be asked) while no query is out."""
+    try:
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # closed, or a driver without a socket to look at
+        return True
 
 
 def _configure_sqlite(engine: Engine) -> None:
