@@ -10,6 +10,7 @@ from tlq.db import claims, queries
 from tlq.env import Environment
 from tlq.errors import BadInput
 from tlq.jobs.spec import JobSpec, validate_spec
+from tlq.workers.keeper import is_transient
 
 log = logging.getLogger("tlq.dispatch")
 
@@ -181,10 +182,16 @@ def _queue(env: Environment, spec: JobSpec, params: dict, app, queue: str) -> in
         with env.db.session() as session:
             claims.fail_queued(session, job_id, reason)
         raise BrokerUnavailable(f"job {job_id} was not queued: {reason}") from exc
-    # Confirmed only now that the publish returned; if this process dies first, the send hold the new row
-    # carries expires and a live worker sends the job.
-    with env.db.one_statement() as session:
-        claims.confirm_sent(session, job_id)
+    # Confirmed only now that the publish returned; if this process dies first, or the database is away now, the
+    # send hold the new row carries expires and a live worker sends the job again (a second message: only one
+    # delivery can claim the job).
+    try:
+        with env.db.one_statement() as session:
+            claims.confirm_sent(session, job_id)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("job %s was queued, but the database could not record that it was sent: %s", job_id, exc)
     log.info("job %s queued on %s", job_id, queue)
     return job_id
 

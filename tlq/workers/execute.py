@@ -68,6 +68,8 @@ def claim_with_retry(env: Environment, job_id: int, worker: str) -> tuple[str | 
     labels = _device_labels()  # asked before the claim's transaction: never while it holds the row (or file)
     while True:
         try:
+            # Read once per process, here where an outage is ridden out: the job's origin needs it once it runs.
+            env.db.instance_id  # noqa: B018
             with env.db.session() as session:
                 # A device this worker cannot give is not in ``labels``: the job fails with why once it starts.
                 won = claims.claim_job(session, job_id, worker, socket.gethostname(), os.getpid(), lease, labels)
