@@ -9,13 +9,16 @@ from tlq.db.models import JobStatus
 
 
 def _terminate_other_backends(pg_url: str) -> int:
-    """Ends every other session on the test's database, as a PostgreSQL restart would; returns how many."""
+    """Ends every other session on the test's database, as a PostgreSQL restart would, and waits until each is gone
+    (the server ends a session a moment after it is asked to); returns how many."""
     name = pg_url.rsplit("/", 1)[1]
     with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
         ).fetchall()
+    assert all(ended for (ended,) in rows)
     return len(rows)
 
 
