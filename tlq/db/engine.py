@@ -132,9 +132,10 @@ class Database:
         self._read_sessions = sessionmaker(
             self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
         )
-        self._own_commit = self.engine.dialect.name == "postgresql"
-        self._autocommit_sessions = sessionmaker(
-            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        self._autocommit_sessions = (
+            sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+            if self.engine.dialect.name == "postgresql"
+            else None  # SQLite: one_statement is an ordinary session
         )
         self._migrate = migrate
         self._schema_ready = False
@@ -167,7 +168,7 @@ class Database:
         autocommit, one round trip where a transaction takes three (BEGIN, the statement, COMMIT); on SQLite, whose
         round trips cost nothing, it is ``read_session`` (``read``) or ``session``. Never for two statements:
         each would commit alone."""
-        if not self._own_commit:
+        if self._autocommit_sessions is None:
             with self.read_session() if read else self.session() as session:
                 yield session
             return
